@@ -1,0 +1,2 @@
+"""Converters into the lowbit format (installed with lowbit; used by `lowbit convert`)."""
+from .convert import convert  # noqa: F401

@@ -1,0 +1,68 @@
+"""The Python API: lowbit.load(path) -> Model."""
+import numpy as np
+
+from .format import LowbitFile
+from .generate import GenerationStats, default_sampling, generate_ids, stream_text
+from .model import Transformer
+from .sampling import Sampler, SamplingParams
+
+
+class Model:
+    """A lowbit model, memory-mapped: nothing of the weights is copied at load."""
+
+    def __init__(self, path, n_ctx: int = None):
+        self.file = LowbitFile(path)
+        self.path = self.file.path
+        self.transformer = Transformer(self.file, n_ctx=n_ctx)
+        self.config = self.transformer.config
+        self.tokenizer = self.transformer.tokenizer
+        self.metadata = self.file.metadata
+        self.last_stats = None
+
+    @property
+    def eos_ids(self):
+        return set(self.tokenizer.eos_ids)
+
+    def tokenize(self, text: str, add_bos: bool = None) -> list:
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def logits(self, ids) -> np.ndarray:
+        """float32 logits (len(ids), vocab) for `ids` in a fresh context."""
+        ids = list(ids)
+        cache = self.transformer.new_cache() if len(ids) <= self.transformer.n_ctx else None
+        if cache is None:
+            raise ValueError(f"{len(ids)} tokens exceed the context length {self.transformer.n_ctx}")
+        return self.transformer.forward(ids, cache, all_logits=True)
+
+    def sampling(self, **overrides) -> SamplingParams:
+        params = default_sampling(self.metadata)
+        for k, v in overrides.items():
+            if v is not None:
+                if k not in SamplingParams.names():
+                    raise TypeError(f"unknown sampling parameter {k!r}")
+                setattr(params, k, v)
+        return params.validate()
+
+    def generate_ids(self, prompt, max_tokens: int = 256, stop_on_eos: bool = True, **sampling) -> list:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        stats = GenerationStats()
+        eos = self.eos_ids if stop_on_eos else set()
+        out = list(generate_ids(self.transformer, self.transformer.new_cache(), ids,
+                                Sampler(self.sampling(**sampling)), max_tokens, eos, stats))
+        self.last_stats = stats
+        return out
+
+    def generate(self, prompt, max_tokens: int = 256, stop=(), **sampling):
+        """Yield text pieces as they are generated. `prompt` is text or token ids."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        stats = self.last_stats = GenerationStats()
+        stream = generate_ids(self.transformer, self.transformer.new_cache(), ids,
+                              Sampler(self.sampling(**sampling)), max_tokens, self.eos_ids, stats)
+        yield from stream_text(self.tokenizer, stream, context_ids=ids, stop=stop)
+
+
+def load(path, n_ctx: int = None) -> Model:
+    return Model(path, n_ctx=n_ctx)

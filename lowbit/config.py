@@ -1,0 +1,65 @@
+"""Model hyperparameters as stored in the file's metadata ("architecture"), validated on load so
+that a hostile file cannot ask for absurd allocations."""
+from dataclasses import dataclass, asdict, field
+from typing import Optional
+
+from .errors import FormatError
+
+ARCHITECTURES = ("llama", "qwen2")
+LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+          "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
+          "context_length": 1 << 20}
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    context_length: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: Optional[dict] = None     # transformers' rope_scaling / rope_parameters, minus theta
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False            # q/k/v projections carry biases (Qwen2)
+    hidden_act: str = "silu"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, path, d) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise FormatError(path, "metadata.architecture is missing or not an object")
+        try:
+            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except TypeError as e:
+            raise FormatError(path, f"metadata.architecture is incomplete: {e}") from None
+        cfg.validate(path)
+        return cfg
+
+    def validate(self, path):
+        if self.arch not in ARCHITECTURES:
+            raise FormatError(path, f"architecture {self.arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+        for k, cap in LIMITS.items():
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= cap:
+                raise FormatError(path, f"metadata.architecture.{k} = {v!r} is outside 1..{cap}")
+        if self.num_heads % self.num_kv_heads:
+            raise FormatError(path, f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise FormatError(path, f"head_dim {self.head_dim} must be even for RoPE")
+        for k in ("rms_norm_eps", "rope_theta"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise FormatError(path, f"metadata.architecture.{k} = {v!r} must be a positive number")
+        if self.hidden_act != "silu":
+            raise FormatError(path, f"activation {self.hidden_act!r} is not supported (only silu)")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise FormatError(path, "metadata.architecture.rope_scaling must be an object or null")

@@ -1,0 +1,132 @@
+"""The transformer (Llama / Qwen2): weights are views into the memory-mapped file, the forward
+pass reads top to bottom like llama2.c's."""
+import numpy as np
+
+from . import kernels, ops
+from .config import ModelConfig
+from .errors import FormatError
+from .format import LowbitFile
+from .tokenizer import Tokenizer
+
+
+class Linear:
+    """y = x @ W.T (+ b), W kept in its stored type and read straight from the map."""
+
+    def __init__(self, f: LowbitFile, name: str, shape, bias: str = None):
+        info = f.info(name)
+        if tuple(info.shape) != tuple(shape):
+            raise FormatError(f.path, f"tensor {name!r} has shape {list(info.shape)}, the architecture needs {list(shape)}")
+        self.name, self.qtype, self.raw = name, f.qtype(name), f.raw(name)
+        self.out_features, self.in_features = shape
+        self.bias = None
+        if bias is not None and bias in f.tensors:
+            if f.info(bias).shape != (self.out_features,):
+                raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{self.out_features}]")
+            self.bias = f.dequantize(bias).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = np.empty((x.shape[0], self.out_features), np.float32)
+        kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+class Layer:
+    def __init__(self, f: LowbitFile, c: ModelConfig, i: int):
+        p = f"blk.{i}."
+        q, kv, dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
+        self.attn_norm = _vector(f, p + "attn_norm.weight", dim)
+        self.ffn_norm = _vector(f, p + "ffn_norm.weight", dim)
+        self.wq = Linear(f, p + "attn_q.weight", (q, dim), p + "attn_q.bias")
+        self.wk = Linear(f, p + "attn_k.weight", (kv, dim), p + "attn_k.bias")
+        self.wv = Linear(f, p + "attn_v.weight", (kv, dim), p + "attn_v.bias")
+        self.wo = Linear(f, p + "attn_output.weight", (dim, q), p + "attn_output.bias")
+        self.w_gate = Linear(f, p + "ffn_gate.weight", (c.intermediate_size, dim), p + "ffn_gate.bias")
+        self.w_up = Linear(f, p + "ffn_up.weight", (c.intermediate_size, dim), p + "ffn_up.bias")
+        self.w_down = Linear(f, p + "ffn_down.weight", (dim, c.intermediate_size), p + "ffn_down.bias")
+
+
+def _vector(f: LowbitFile, name, n):
+    if f.info(name).shape != (n,):
+        raise FormatError(f.path, f"tensor {name!r} has shape {list(f.info(name).shape)}, expected [{n}]")
+    return f.dequantize(name).astype(np.float32)
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..n_ctx-1 (float32)."""
+
+    def __init__(self, c: ModelConfig, n_ctx: int):
+        shape = (c.num_layers, n_ctx, c.num_kv_heads, c.head_dim)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.n_ctx = n_ctx
+        self.pos = 0   # number of positions filled
+
+    @property
+    def nbytes(self):
+        return self.k.nbytes + self.v.nbytes
+
+
+class Transformer:
+    def __init__(self, f: LowbitFile, n_ctx: int = None):
+        self.file = f
+        meta = f.metadata
+        self.config = c = ModelConfig.from_json(f.path, meta.get("architecture"))
+        self.n_ctx = int(n_ctx or c.context_length)
+        if not 1 <= self.n_ctx <= 1 << 20:
+            raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        emb = f.info("token_embd.weight")
+        if emb.shape != (c.vocab_size, c.hidden_size):
+            raise FormatError(f.path, f"token_embd.weight has shape {list(emb.shape)}, expected [{c.vocab_size}, {c.hidden_size}]")
+        self.embed_qtype, self.embed_raw = f.qtype("token_embd.weight"), f.raw("token_embd.weight")
+        self.layers = [Layer(f, c, i) for i in range(c.num_layers)]
+        self.output_norm = _vector(f, "output_norm.weight", c.hidden_size)
+        out_name = "token_embd.weight" if c.tie_word_embeddings else "output.weight"
+        self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
+        self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
+        self.tokenizer = Tokenizer(f)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config, self.n_ctx)
+
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run `tokens` at positions cache.pos.. and append them to the cache. Returns logits
+        for every token (all_logits) or only the last one: (n or 1, vocab)."""
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n, pos0 = tokens.shape[0], cache.pos
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        if pos0 + n > cache.n_ctx:
+            raise ValueError(f"context is full: {pos0} + {n} tokens exceed the context length {cache.n_ctx}")
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
+        H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
+
+        x = np.empty((n, c.hidden_size), np.float32)
+        kernels.gather_rows(self.embed_qtype.dequant_row, self.embed_raw, tokens, x)
+        h = np.empty_like(x)
+        for li, L in enumerate(self.layers):
+            # attention
+            ops.rmsnorm(x, L.attn_norm, c.rms_norm_eps, h)
+            q = L.wq(h).reshape(n, H, D)
+            k = L.wk(h).reshape(n, KVH, D)
+            v = L.wv(h).reshape(n, KVH, D)
+            ops.rope(q, self.cos, self.sin, pos0)
+            ops.rope(k, self.cos, self.sin, pos0)
+            cache.k[li, pos0:pos0 + n] = k
+            cache.v[li, pos0:pos0 + n] = v
+            att = np.empty((n, H, D), np.float32)
+            ops.attention(q, cache.k[li], cache.v[li], pos0, att)
+            x += L.wo(att.reshape(n, H * D))
+            # feed-forward (SwiGLU)
+            ops.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, h)
+            gate = L.w_gate(h)
+            ops.swiglu(gate, L.w_up(h))
+            x += L.w_down(gate)
+        cache.pos = pos0 + n
+        last = x if all_logits else x[-1:]
+        out = np.empty_like(last)
+        ops.rmsnorm(np.ascontiguousarray(last), self.output_norm, c.rms_norm_eps, out)
+        return self.output(out)

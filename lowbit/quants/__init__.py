@@ -1,0 +1,25 @@
+"""The registry of tensor types. Adding a type = one module with a QuantType + one line here
++ its section in format_spec/SPEC.md."""
+from .base import QuantType
+from . import floats, q8_0
+
+TYPES: dict = {}
+
+
+def register(qt: QuantType) -> QuantType:
+    if qt.name in TYPES:
+        raise ValueError(f"quant type {qt.name!r} registered twice")
+    TYPES[qt.name] = qt
+    return qt
+
+
+for _module in (floats, q8_0):
+    for _qt in _module.TYPES:
+        register(_qt)
+
+
+def get(name: str) -> QuantType:
+    try:
+        return TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown tensor type {name!r} (known: {', '.join(TYPES)})") from None
