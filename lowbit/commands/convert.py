@@ -1,0 +1,30 @@
+"""lowbit convert: Hugging Face checkpoint folder -> .lowbit file."""
+import json
+import os
+import sys
+
+
+def register(sub):
+    from .. import quants
+    types = [t for t in quants.TYPES if t != "u8"]
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint folder to a .lowbit file",
+                       description="Convert a Hugging Face checkpoint folder (config.json, *.safetensors, "
+                                   "tokenizer.model or tokenizer.json) to one self-describing .lowbit file. "
+                                   "The output is written atomically: an interrupted conversion leaves no file.")
+    p.add_argument("source", help="checkpoint folder, e.g. ../shared/models/pycode-30m")
+    p.add_argument("-o", "--output", help="output file (default: <folder name>-<type>.lowbit)")
+    p.add_argument("-t", "--type", default="q8_0", choices=types, help="weight type (default q8_0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from converters import convert
+    out = args.output or f"{os.path.basename(os.path.normpath(args.source))}-{args.type}.lowbit"
+    summary = convert(args.source, out, args.type, progress=True)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {summary['path']}: {summary['bytes']:,} bytes, {summary['bits_per_weight']:.3f} bits/weight, "
+              f"{summary['seconds']:.1f} s; tensor types {summary['tensor_types']}", file=sys.stderr)
+    return 0
