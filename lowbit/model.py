@@ -87,6 +87,11 @@ class Transformer:
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
 
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """Embedding rows of `tokens`, dequantized (only those rows are read)."""
+        return np.ascontiguousarray(self.embed_qtype.dequantize(self.embed_raw[tokens], (len(tokens), self.config.hidden_size)),
+                                    dtype=np.float32)
+
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
 
@@ -104,8 +109,7 @@ class Transformer:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
 
-        x = np.empty((n, c.hidden_size), np.float32)
-        kernels.gather_rows(self.embed_qtype.dequant_row, self.embed_raw, tokens, x)
+        x = self.embed(tokens)
         h = np.empty_like(x)
         for li, L in enumerate(self.layers):
             # attention

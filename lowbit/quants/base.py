@@ -17,6 +17,9 @@ class QuantType:
     description: str = ""
     ggml_type: Optional[int] = None   # GGML type id when the block layout is byte-identical to GGML's
     kernels: dict = field(default_factory=dict)  # backend name -> fused kernel, when a type has one
+    # Optional vectorized NumPy dequantizer (raw uint8[rows, row_bytes] -> float32[rows, cols]): used for
+    # small tensors and row gathers, where compiling a Numba driver would cost more than it saves.
+    np_dequantize: Optional[Callable] = None
 
     def fits(self, cols: int) -> bool:
         """Whether a row of `cols` weights can be stored in this type."""
@@ -43,6 +46,8 @@ class QuantType:
         cols = shape[-1] if shape else 1
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
         raw2 = np.ascontiguousarray(raw).reshape(rows, self.row_bytes(cols))
+        if self.np_dequantize is not None:
+            return self.np_dequantize(raw2).reshape(shape)
         out = np.empty((rows, cols), np.float32)
         dequantize_rows(self.dequant_row, raw2, out)
         return out.reshape(shape)

@@ -55,9 +55,19 @@ def dequant_row_u8(raw, out):
         out[i] = np.float32(raw[i])
 
 
+def np_dequant(dtype):
+    return lambda raw: raw.view(dtype).astype(np.float32)
+
+
+def np_dequant_bf16(raw):
+    return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+
+
 # U8 holds opaque byte blobs (embedded tokenizer files) as one-dimensional tensors.
-U8 = QuantType("u8", 1, 1, quantize_u8, dequant_row_u8, "raw bytes (embedded blobs)")
-F32 = QuantType("f32", 1, 4, quantize_f32, dequant_row_f32, "IEEE binary32", ggml_type=0)
-F16 = QuantType("f16", 1, 2, quantize_f16, dequant_row_f16, "IEEE binary16", ggml_type=1)
-BF16 = QuantType("bf16", 1, 2, quantize_bf16, dequant_row_bf16, "bfloat16 (upper half of binary32)", ggml_type=30)
+U8 = QuantType("u8", 1, 1, quantize_u8, dequant_row_u8, "raw bytes (embedded blobs)",
+               np_dequantize=np_dequant(np.uint8))
+F32 = QuantType("f32", 1, 4, quantize_f32, dequant_row_f32, "IEEE binary32", ggml_type=0, np_dequantize=np_dequant("<f4"))
+F16 = QuantType("f16", 1, 2, quantize_f16, dequant_row_f16, "IEEE binary16", ggml_type=1, np_dequantize=np_dequant("<f2"))
+BF16 = QuantType("bf16", 1, 2, quantize_bf16, dequant_row_bf16, "bfloat16 (upper half of binary32)", ggml_type=30,
+                np_dequantize=np_dequant_bf16)
 TYPES = [F32, F16, BF16, U8]

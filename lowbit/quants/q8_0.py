@@ -37,6 +37,14 @@ def dequant_row_q8_0(raw, out):
             out[b * QK + i] = d * np.float32(q[i])
 
 
+def np_dequantize_q8_0(raw):
+    blocks = raw.reshape(raw.shape[0], -1, BLOCK_BYTES)
+    d = np.ascontiguousarray(blocks[..., :2]).view("<f2").astype(np.float32)
+    q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32)
+    return (d * q).reshape(raw.shape[0], -1)
+
+
 Q8_0 = QuantType("q8_0", QK, BLOCK_BYTES, quantize_q8_0, dequant_row_q8_0,
-                 "32 int8 weights with one fp16 scale (GGML Q8_0)", ggml_type=8)
+                 "32 int8 weights with one fp16 scale (GGML Q8_0)", ggml_type=8,
+                 np_dequantize=np_dequantize_q8_0)
 TYPES = [Q8_0]
