@@ -10,6 +10,7 @@ from lowbit import __version__, quants
 from lowbit.errors import ConvertError
 from lowbit.format import TensorSpec, write_lowbit
 
+from . import recipes
 from .hf import Checkpoint
 
 # When a row does not fit a block type, the next type in this chain that fits is used.
@@ -30,6 +31,39 @@ def choose_type(name: str, shape, requested: str):
     if t != requested:
         return t, f"row length {shape[-1]} is not a multiple of {qt.name}'s block size {qt.block_size}"
     return t, None
+
+
+def load_imatrix(path, shapes: dict) -> dict:
+    """{weight name: float32[in_features]} from an importance-matrix file (a lowbit container of
+    f32 vectors named like the weights they apply to), checked against the checkpoint's shapes."""
+    import hashlib
+    from lowbit.errors import FormatError
+    from lowbit.format import LowbitFile
+    try:
+        f = LowbitFile(path)
+    except FormatError as e:
+        raise ConvertError(f"importance matrix {e}") from None
+    vectors = {}
+    with f:
+        for name, info in f.tensors.items():
+            if name not in shapes or len(shapes[name]) != 2:
+                raise ConvertError(f"{path}: importance matrix has tensor {name!r}, which is not a weight matrix of "
+                                   "this checkpoint (made for another model?)")
+            want = shapes[name][1]
+            if info.shape != (want,):
+                raise ConvertError(f"{path}: importance vector {name!r} has shape {list(info.shape)}, but the weight "
+                                   f"{list(shapes[name])} needs [{want}] (made for another model?)")
+            v = np.array(f.dequantize(name), dtype=np.float32)
+            if not np.isfinite(v).all() or (v < 0).any():
+                raise ConvertError(f"{path}: importance vector {name!r} has negative, NaN or infinite values")
+            vectors[name] = v
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    if not vectors:
+        raise ConvertError(f"{path}: importance matrix holds no vectors")
+    return {"vectors": vectors, "file": os.path.basename(str(path)), "sha256": h.hexdigest()}
 
 
 def tokenizer_metadata(ck: Checkpoint, blobs: dict) -> dict:
@@ -74,29 +108,37 @@ def tokenizer_metadata(ck: Checkpoint, blobs: dict) -> dict:
 GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
 
 
-def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None) -> dict:
-    """Convert the checkpoint folder `src` to the lowbit file `out`. Returns a summary."""
+def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, overrides=(), imatrix=None) -> dict:
+    """Convert the checkpoint folder `src` to the lowbit file `out`. `qtype` is a tensor type or a
+    mix name (converters/recipes.py); `overrides` are 'REGEX=TYPE' strings; `imatrix` is the path of
+    an importance-matrix file. Returns a summary."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if qtype not in quants.TYPES or qtype == "u8":
-        raise ConvertError(f"unknown type {qtype!r}; choose one of: {', '.join(t for t in quants.TYPES if t != 'u8')}")
+    if not recipes.is_known(qtype):
+        raise ConvertError(f"unknown type or mix {qtype!r}; types: {', '.join(t for t in quants.TYPES if t != 'u8')}; "
+                           f"mixes: {', '.join(recipes.MIXES)}")
+    rules = recipes.parse_overrides(overrides)
     t0 = time.perf_counter()
     ck = Checkpoint(src)
     blobs = ck.tokenizer_blobs()
     names = ck.ordered_names()
+    shapes = {name: tuple(ck.names[name][0].shape(ck.names[name][1])) for name in names}
+    im = load_imatrix(imatrix, shapes) if imatrix else None
+    wanted = recipes.assign_types(qtype, shapes, ck.config.num_layers, ck.config.tie_word_embeddings, rules)
     types, fallbacks = {}, {}
     for name in names:
-        shape = ck.names[name][0].shape(ck.names[name][1])
-        types[name], reason = choose_type(name, shape, qtype)
+        types[name], reason = choose_type(name, shapes[name], wanted[name])
         if reason:
             fallbacks[name] = {"type": types[name], "reason": reason}
     for name, info in fallbacks.items():
         log(f"fallback: {name} stored as {info['type']} ({info['reason']})")
+    vectors = im["vectors"] if im else {}
 
     specs = []
     for name in names:
         shape = ck.names[name][0].shape(ck.names[name][1])
         qt = quants.get(types[name])
-        specs.append(TensorSpec(name, qt.name, shape, lambda n=name, q=qt: q.quantize(ck.tensor(n))))
+        specs.append(TensorSpec(name, qt.name, shape,
+                                lambda n=name, q=qt: q.quantize(ck.tensor(n), vectors.get(n))))
     for fname, data in blobs.items():
         specs.append(TensorSpec(fname, "u8", (len(data),), lambda d=data: np.frombuffer(d, np.uint8)))
 
@@ -114,7 +156,13 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None) -> d
             "files": ck.file_hashes(),
             "converter": f"lowbit {__version__}",
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "recipe": {"type": qtype, "tensor_types": counts, "fallbacks": fallbacks},
+            "recipe": {"type": qtype, "mix": qtype in recipes.MIXES,
+                       "description": recipes.MIXES[qtype].description if qtype in recipes.MIXES else None,
+                       "overrides": [f"{rx.pattern}={t}" for rx, t in rules],
+                       "imatrix": ({"file": im["file"], "sha256": im["sha256"], "tensors": len(vectors)}
+                                   if im else None),
+                       "tensor_types": counts, "types": {n: t for n, t in types.items() if len(shapes[n]) > 1},
+                       "fallbacks": fallbacks},
         },
     }
     bar = None

@@ -6,6 +6,7 @@ import sys
 
 def register(sub):
     from .. import quants
+    from converters.recipes import MIXES
     types = [t for t in quants.TYPES if t != "u8"]
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint folder to a .lowbit file",
                        description="Convert a Hugging Face checkpoint folder (config.json, *.safetensors, "
@@ -13,7 +14,13 @@ def register(sub):
                                    "The output is written atomically: an interrupted conversion leaves no file.")
     p.add_argument("source", help="checkpoint folder, e.g. ../shared/models/pycode-30m")
     p.add_argument("-o", "--output", help="output file (default: <folder name>-<type>.lowbit)")
-    p.add_argument("-t", "--type", default="q8_0", choices=types, help="weight type (default q8_0)")
+    p.add_argument("-t", "--type", default="q8_0", metavar="TYPE",
+                   help=f"weight type ({', '.join(types)}) or mix ({', '.join(MIXES)}); default q8_0")
+    p.add_argument("--override", action="append", default=[], metavar="REGEX=TYPE",
+                   help="store the weights whose full name matches REGEX as TYPE (repeatable; first match wins), "
+                        "e.g. --override 'blk\\.0\\..*=q8_0'")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix (from `lowbit imatrix`) weighting the quantization error per input channel")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -21,7 +28,7 @@ def register(sub):
 def run(args):
     from converters import convert
     out = args.output or f"{os.path.basename(os.path.normpath(args.source))}-{args.type}.lowbit"
-    summary = convert(args.source, out, args.type, progress=True)
+    summary = convert(args.source, out, args.type, progress=True, overrides=args.override, imatrix=args.imatrix)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -20,15 +20,24 @@ class QuantType:
     # Optional vectorized NumPy dequantizer (raw uint8[rows, row_bytes] -> float32[rows, cols]): used for
     # small tensors and row gathers, where compiling a Numba driver would cost more than it saves.
     np_dequantize: Optional[Callable] = None
+    # Types that store a row's last `cols % block_size` weights in a shorter tail block give its size
+    # here: (remainder) -> bytes. None: rows must be whole blocks. (A row with a tail block is a
+    # lowbit-only layout even when the type's whole blocks are byte-identical to GGML's.)
+    tail_bytes: Optional[Callable] = None
 
     def fits(self, cols: int) -> bool:
         """Whether a row of `cols` weights can be stored in this type."""
-        return cols % self.block_size == 0
+        return cols % self.block_size == 0 or (self.tail_bytes is not None and cols >= 1)
 
     def row_bytes(self, cols: int) -> int:
         if not self.fits(cols):
             raise ValueError(f"{self.name}: row length {cols} is not a multiple of {self.block_size}")
-        return cols // self.block_size * self.block_bytes
+        rem = cols % self.block_size
+        return cols // self.block_size * self.block_bytes + (self.tail_bytes(rem) if rem else 0)
+
+    def ggml_compatible(self, cols: int) -> bool:
+        """Whether rows of `cols` weights are byte-identical to GGML's layout of this type."""
+        return self.ggml_type is not None and cols % self.block_size == 0
 
     def nbytes(self, shape) -> int:
         shape = tuple(int(s) for s in shape)
