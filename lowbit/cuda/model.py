@@ -63,7 +63,6 @@ class CudaKVCache:
         self.k = self.rt.malloc(self.layer_bytes * c.num_layers)
         self.v = self.rt.malloc(self.layer_bytes * c.num_layers)
         self.graph = None   # the decode step captured for this cache's buffers
-
         self.num_layers = c.num_layers
 
     @property
