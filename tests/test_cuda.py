@@ -73,7 +73,32 @@ CASES = {
     "q4_k_m": dict(bias=True),                       # mixed types in one qkv launch, q/k/v biases
     "q8_0-tied": dict(tied=True),
     "f16-scalar": dict(dim=68, heads=2, kv_heads=1, ffn=172),   # rows not a multiple of 16 bytes
+    "f32-hd34": dict(dim=68, heads=2, kv_heads=1, ffn=172),     # head_dim not a multiple of 32
 }
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_gpu_layout_dequantizes_exactly(case, tmp_path, monkeypatch):
+    """Every matrix, read back through the kernels' own dequantizer, equals the CPU's."""
+    mix = case.split("-")[0]
+    path = _random_model(tmp_path, mix, **CASES[case])
+    _, gpu = _cpu_and_gpu(path, monkeypatch)
+    f, rt = gpu.file, gpu.rt
+    mats = {"token_embd.weight": gpu.embed}
+    for i, L in enumerate(gpu.layers):
+        for key, nm in (("wq", "attn_q"), ("wk", "attn_k"), ("wv", "attn_v"), ("wo", "attn_output"),
+                        ("gate", "ffn_gate"), ("up", "ffn_up"), ("down", "ffn_down")):
+            mats[f"blk.{i}.{nm}.weight"] = L[key]
+    for name, m in mats.items():
+        rows, cols = m.mat.rows, m.mat.cols
+        buf = rt.malloc(rows * cols * 4)
+        try:
+            rt.call("lb_dequant", m.mat, buf)
+            got = rt.dtoh(np.empty((rows, cols), np.float32), buf)
+        finally:
+            rt.lib.lb_free(buf)
+        np.testing.assert_array_equal(got, f.dequantize(name), err_msg=f"{case}: {name}")
 
 
 @needs_gpu

@@ -93,8 +93,11 @@ def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
     nb = rows * (cols // QK_K)
     if qtype == "q4_k":
         blk = rng.integers(0, 256, size=(nb, 144), dtype=np.uint8)
-        blk[:, 0:2] = (rng.random(nb, dtype=np.float32) * 2e-3 + 1e-4).astype("<f2")[:, None].view(np.uint8)
-        blk[:, 2:4] = (rng.random(nb, dtype=np.float32) * 2e-3).astype("<f2")[:, None].view(np.uint8)
+        d = rng.random(nb, dtype=np.float32) * 2e-3 + 1e-4
+        # dmin ~ 7.5 d makes the weights roughly zero-mean (mean q is 7.5, scales and mins alike)
+        dmin = d * 7.5 * (0.8 + 0.4 * rng.random(nb, dtype=np.float32))
+        blk[:, 0:2] = d.astype("<f2")[:, None].view(np.uint8)
+        blk[:, 2:4] = dmin.astype("<f2")[:, None].view(np.uint8)
     elif qtype == "q6_k":
         blk = rng.integers(0, 256, size=(nb, 210), dtype=np.uint8)
         blk[:, 208:210] = (rng.random(nb, dtype=np.float32) * 2e-4 + 1e-5).astype("<f2")[:, None].view(np.uint8)

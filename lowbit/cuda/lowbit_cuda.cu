@@ -56,12 +56,29 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-__device__ __forceinline__ float sext8(uint32_t v, int c) { return (float)(int8_t)((v >> (8 * c)) & 0xFF); }
+// small integers to float without the quarter-rate I2F: place the bits in the mantissa of 2^23
+__device__ __forceinline__ float u2f(uint32_t v) { return __uint_as_float(0x4B000000u | v) - 8388608.f; }   // v < 2^23
+__device__ __forceinline__ float sext8(uint32_t v, int c) {   // signed byte c of v
+    return __uint_as_float(__byte_perm(v ^ 0x80808080u, 0x4B000000u, 0x7650 | c)) - 8388736.f;
+}
+// byte i (run-time 0..11) of the 12 bytes in words a|b|c, without a local-memory array
+__device__ __forceinline__ uint32_t byte12(uint32_t a, uint32_t b, uint32_t c, int i) {
+    uint32_t w = i < 4 ? a : i < 8 ? b : c;
+    return (w >> (8 * (i & 3))) & 0xFF;
+}
 
 // GGML's get_scale_min_k4: 6-bit scale and min number j (0..7) from the 12 packed bytes
 __device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* q, int& sc, int& mn) {
     if (j < 4) { sc = q[j] & 63; mn = q[j + 4] & 63; }
     else { sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+__device__ __forceinline__ void q4k_scale_min_reg(int j, uint32_t a, uint32_t b, uint32_t c, int& sc, int& mn) {
+    if (j < 4) { sc = byte12(a, b, c, j) & 63; mn = byte12(a, b, c, j + 4) & 63; }
+    else {
+        sc = (byte12(a, b, c, j + 4) & 0xF) | ((byte12(a, b, c, j - 4) >> 6) << 4);
+        mn = (byte12(a, b, c, j + 4) >> 4) | ((byte12(a, b, c, j) >> 6) << 4);
+    }
 }
 
 // ------------------------------------------------------------------- per-type row dot products
@@ -90,10 +107,9 @@ __device__ __forceinline__ void row_dot_q4k(const lb_mat& m, int row, const floa
             if (u >= units) continue;
             int w = u & 7, j = w >> 1, hh = w & 1;
             float d = h2f(hd[k].x), dmin = h2f(hd[k].x >> 16);
-            const uint8_t* sc = reinterpret_cast<const uint8_t*>(&hd[k]) + 4;
             int s1, m1, s2, m2;
-            q4k_scale_min(2 * j, sc, s1, m1);
-            q4k_scale_min(2 * j + 1, sc, s2, m2);
+            q4k_scale_min_reg(2 * j, hd[k].y, hd[k].z, hd[k].w, s1, m1);
+            q4k_scale_min_reg(2 * j + 1, hd[k].y, hd[k].z, hd[k].w, s2, m2);
             float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
             int k0 = (u >> 3) * 256 + 64 * j + 16 * hh;
             const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
@@ -105,8 +121,8 @@ __device__ __forceinline__ void row_dot_q4k(const lb_mat& m, int row, const floa
                 for (int i = 0; i < 4; i++) {
                     uint32_t v = qw[i];
                     float4 a = ldx4(xt + 4 * i), b = ldx4(xt + 32 + 4 * i);
-                    slo += (float)(v & 15) * a.x + (float)((v >> 8) & 15) * a.y + (float)((v >> 16) & 15) * a.z + (float)((v >> 24) & 15) * a.w;
-                    shi += (float)((v >> 4) & 15) * b.x + (float)((v >> 12) & 15) * b.y + (float)((v >> 20) & 15) * b.z + (float)(v >> 28) * b.w;
+                    slo += u2f(v & 15) * a.x + u2f((v >> 8) & 15) * a.y + u2f((v >> 16) & 15) * a.z + u2f((v >> 24) & 15) * a.w;
+                    shi += u2f((v >> 4) & 15) * b.x + u2f((v >> 12) & 15) * b.y + u2f((v >> 20) & 15) * b.z + u2f(v >> 28) * b.w;
                     sxlo += (a.x + a.y) + (a.z + a.w);
                     sxhi += (b.x + b.y) + (b.z + b.w);
                 }
@@ -143,9 +159,11 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
             int u = u0 + 32 * k + lane;
             if (u >= units) continue;
             int b = u >> 2, n = (u >> 1) & 1, is = u & 1;
-            const int8_t* s8 = reinterpret_cast<const int8_t*>(&sc[k]) + 8 * n + is;
+            // int8 scales 8n+is+{0,2,4,6}: bytes is, is+2 of word 2n and of word 2n+1
+            uint32_t w0 = n ? sc[k].z : sc[k].x, w1 = n ? sc[k].w : sc[k].y;
             float d = h2f(dbits[k]);
-            float c0 = d * s8[0], c1 = d * s8[2], c2 = d * s8[4], c3 = d * s8[6];
+            float c0 = d * (float)(int8_t)(w0 >> (8 * is)), c1 = d * (float)(int8_t)(w0 >> (8 * is + 16));
+            float c2 = d * (float)(int8_t)(w1 >> (8 * is)), c3 = d * (float)(int8_t)(w1 >> (8 * is + 16));
             int k0 = b * 256 + 128 * n + 16 * is;
             const uint32_t A[4] = {qa[k].x, qa[k].y, qa[k].z, qa[k].w};
             const uint32_t B[4] = {qb[k].x, qb[k].y, qb[k].z, qb[k].w};
@@ -162,10 +180,10 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
 #pragma unroll
                     for (int c = 0; c < 4; c++) {
                         uint32_t a = (A[i] >> (8 * c)) & 0xFF, bb = (B[i] >> (8 * c)) & 0xFF, h = (H[i] >> (8 * c)) & 0xFF;
-                        s1 += (float)((int)((a & 0xF) | ((h & 3) << 4)) - 32) * f1[c];
-                        s2 += (float)((int)((bb & 0xF) | (((h >> 2) & 3) << 4)) - 32) * f2[c];
-                        s3 += (float)((int)((a >> 4) | (((h >> 4) & 3) << 4)) - 32) * f3[c];
-                        s4 += (float)((int)((bb >> 4) | (((h >> 6) & 3) << 4)) - 32) * f4[c];
+                        s1 += (u2f((a & 0xF) | ((h & 3) << 4)) - 32.f) * f1[c];
+                        s2 += (u2f((bb & 0xF) | (((h >> 2) & 3) << 4)) - 32.f) * f2[c];
+                        s3 += (u2f((a >> 4) | (((h >> 4) & 3) << 4)) - 32.f) * f3[c];
+                        s4 += (u2f((bb >> 4) | (((h >> 6) & 3) << 4)) - 32.f) * f4[c];
                     }
                 }
                 acc[t] += c0 * s1 + c1 * s2 + c2 * s3 + c3 * s4;
@@ -315,7 +333,7 @@ constexpr int GEMV_WARPS = 4;
 
 // one warp per output row; the rows of up to 3 matrices (q, k, v) are laid end to end
 template <int NT>
-__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
+__global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 5 : 1) gemv_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
     int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     int mi = 0, row = warp;
     if (job.mode != 2)
@@ -411,7 +429,7 @@ __global__ void rope_store_kernel(float* __restrict__ q, int ldq, const float* _
 
 // causal grouped-query attention, one block (4 warps) per (head, token); online softmax per
 // warp over a strided subset of positions, merged at the end. D <= 256.
-constexpr int ATT_WARPS = 4;
+constexpr int ATT_WARPS = 8;
 __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* __restrict__ q, const __half* __restrict__ kc, const __half* __restrict__ vc,
                                                                    float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][256];
@@ -427,17 +445,30 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* 
         acc[e] = 0.f;
     }
     float mx = -INFINITY, l = 0.f;
+    __half kn[8], vn[8];   // the next position's k and v, loaded one step ahead
+#pragma unroll
+    for (int e = 0; e < 8; e++) { kn[e] = vn[e] = __float2half(0.f); }
+    if (warp < len) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) { kn[e] = kc[((size_t)warp * KVH + kvh) * D + i]; vn[e] = vc[((size_t)warp * KVH + kvh) * D + i]; } }
+    }
     for (int j = warp; j < len; j += ATT_WARPS) {
-        const __half* kp = kc + ((size_t)j * KVH + kvh) * D;
-        const __half* vp = vc + ((size_t)j * KVH + kvh) * D;
+        float kf[8], vf[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) { kf[e] = __half2float(kn[e]); vf[e] = __half2float(vn[e]); }
+        int jn = j + ATT_WARPS;
+        if (jn < len) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) { kn[e] = kc[((size_t)jn * KVH + kvh) * D + i]; vn[e] = vc[((size_t)jn * KVH + kvh) * D + i]; } }
+        }
         float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) s += qv[e] * __half2float(kp[i]); }
+        for (int e = 0; e < 8; e++) s += qv[e] * kf[e];
         s = warp_sum(s);
         float mn = fmaxf(mx, s), corr = __expf(mx - mn), p = __expf(s - mn);
         l = l * corr + p;
 #pragma unroll
-        for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) acc[e] = acc[e] * corr + p * __half2float(vp[i]); }
+        for (int e = 0; e < 8; e++) acc[e] = acc[e] * corr + p * vf[e];
         mx = mn;
     }
     if (lane == 0) { sm_m[warp] = mx; sm_l[warp] = l; }
