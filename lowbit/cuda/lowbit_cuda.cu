@@ -85,106 +85,98 @@ __device__ __forceinline__ void q4k_scale_min_reg(int j, uint32_t a, uint32_t b,
 // Each computes lane `lane`'s share of dot(W[row], x[t]) for NT tokens (x rows ldx apart) and
 // adds it to acc[t]. Several 16-byte weight loads are issued before the first use.
 
+// Lane-to-weight mapping: in every load instruction the warp's lanes read consecutive weight
+// bytes AND consecutive x floats (float4 each), so the L1 serves x at full rate (a scattered
+// mapping made x's L1 wavefronts, not DRAM, the limit: ~1 TB/s).
+
+// q4_k: one 144-byte block per warp step; lane = (j = lane/8: 64-weight group, p = lane%8) reads
+// qs bytes 32j+4p..+3 = weights 64j+4p..+3 (low nibbles) and 64j+32+4p..+3 (high nibbles).
 template <int NT>
 __device__ __forceinline__ void row_dot_q4k(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
-    const int units = m.cols >> 5;   // 32 weights (16 quant bytes) per unit, 8 units per block
-    constexpr int U = 4;
-    for (int u0 = 0; u0 < units; u0 += 32 * U) {
-        uint4 q[U], hd[U];
+    const int nb = m.cols >> 8, j = lane >> 3, p = lane & 7;
+    constexpr int U = 8;
+    for (int b0 = 0; b0 < nb; b0 += U) {
+        uint4 hd[U];
+        uint32_t q[U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u < units) {
-                const uint8_t* blk = base + (size_t)(u >> 3) * 144;
+            if (b0 + k < nb) {
+                const uint8_t* blk = base + (size_t)(b0 + k) * 144;
                 hd[k] = __ldg(reinterpret_cast<const uint4*>(blk));
-                q[k] = ldw(blk + 16 + 16 * (u & 7));
+                q[k] = __ldcs(reinterpret_cast<const unsigned int*>(blk + 16 + 32 * j + 4 * p));
             }
         }
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u >= units) continue;
-            int w = u & 7, j = w >> 1, hh = w & 1;
+            if (b0 + k >= nb) continue;
             float d = h2f(hd[k].x), dmin = h2f(hd[k].x >> 16);
             int s1, m1, s2, m2;
             q4k_scale_min_reg(2 * j, hd[k].y, hd[k].z, hd[k].w, s1, m1);
             q4k_scale_min_reg(2 * j + 1, hd[k].y, hd[k].z, hd[k].w, s2, m2);
             float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
-            int k0 = (u >> 3) * 256 + 64 * j + 16 * hh;
-            const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+            int k0 = (b0 + k) * 256 + 64 * j + 4 * p;
+            uint32_t v = q[k];
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const float* xt = x + (size_t)t * ldx + k0;
-                float slo = 0.f, sxlo = 0.f, shi = 0.f, sxhi = 0.f;
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    uint32_t v = qw[i];
-                    float4 a = ldx4(xt + 4 * i), b = ldx4(xt + 32 + 4 * i);
-                    slo += u2f(v & 15) * a.x + u2f((v >> 8) & 15) * a.y + u2f((v >> 16) & 15) * a.z + u2f((v >> 24) & 15) * a.w;
-                    shi += u2f((v >> 4) & 15) * b.x + u2f((v >> 12) & 15) * b.y + u2f((v >> 20) & 15) * b.z + u2f(v >> 28) * b.w;
-                    sxlo += (a.x + a.y) + (a.z + a.w);
-                    sxhi += (b.x + b.y) + (b.z + b.w);
-                }
-                acc[t] += d1 * slo - mm1 * sxlo + d2 * shi - mm2 * sxhi;
+                float4 a = ldx4(xt), b = ldx4(xt + 32);
+                float slo = u2f(v & 15) * a.x + u2f((v >> 8) & 15) * a.y + u2f((v >> 16) & 15) * a.z + u2f((v >> 24) & 15) * a.w;
+                float shi = u2f((v >> 4) & 15) * b.x + u2f((v >> 12) & 15) * b.y + u2f((v >> 20) & 15) * b.z + u2f(v >> 28) * b.w;
+                acc[t] += d1 * slo - mm1 * ((a.x + a.y) + (a.z + a.w)) + d2 * shi - mm2 * ((b.x + b.y) + (b.z + b.w));
             }
         }
     }
 }
 
+// q6_k (repacked: 208-byte body + fp16 d in the tail): two blocks per warp step; lane =
+// (block half of the warp, n = 128-weight half, p) reads 4 bytes of ql, of ql+32 and of qh:
+// weights 128n+4p..+3 plus 0, 32, 64, 96.
 template <int NT>
 __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
-    const int units = m.cols >> 6;   // 64 weights per unit (4 per block): 16 ql + 16 ql + 16 qh bytes
-    constexpr int U = 2;
-    for (int u0 = 0; u0 < units; u0 += 32 * U) {
-        uint4 qa[U], qb[U], qh[U], sc[U];
-        uint32_t dbits[U];
+    const int nb = m.cols >> 8, bl = lane >> 4, n = (lane >> 3) & 1, p = lane & 7, is = p >> 2;
+    constexpr int U = 4;
+    for (int b0 = 0; b0 < nb; b0 += 2 * U) {
+        uint32_t qa[U], qb[U], qh[U], dbits[U];
+        uint2 sc[U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u < units) {
-                int b = u >> 2, n = (u >> 1) & 1, l0 = (u & 1) * 16;
+            int b = b0 + 2 * k + bl;
+            if (b < nb) {
                 const uint8_t* blk = base + (size_t)b * 208;
-                qa[k] = ldw(blk + 64 * n + l0);
-                qb[k] = ldw(blk + 64 * n + 32 + l0);
-                qh[k] = ldw(blk + 128 + 32 * n + l0);
-                sc[k] = __ldg(reinterpret_cast<const uint4*>(blk + 192));
+                qa[k] = __ldcs(reinterpret_cast<const unsigned int*>(blk + 64 * n + 4 * p));
+                qb[k] = __ldcs(reinterpret_cast<const unsigned int*>(blk + 64 * n + 32 + 4 * p));
+                qh[k] = __ldcs(reinterpret_cast<const unsigned int*>(blk + 128 + 32 * n + 4 * p));
+                sc[k] = __ldg(reinterpret_cast<const uint2*>(blk + 192 + 8 * n));
                 dbits[k] = __ldg(dt + b);
             }
         }
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u >= units) continue;
-            int b = u >> 2, n = (u >> 1) & 1, is = u & 1;
-            // int8 scales 8n+is+{0,2,4,6}: bytes is, is+2 of word 2n and of word 2n+1
-            uint32_t w0 = n ? sc[k].z : sc[k].x, w1 = n ? sc[k].w : sc[k].y;
+            int b = b0 + 2 * k + bl;
+            if (b >= nb) continue;
+            // int8 scales 8n+is+{0,2,4,6}: bytes is and is+2 of the two words
             float d = h2f(dbits[k]);
-            float c0 = d * (float)(int8_t)(w0 >> (8 * is)), c1 = d * (float)(int8_t)(w0 >> (8 * is + 16));
-            float c2 = d * (float)(int8_t)(w1 >> (8 * is)), c3 = d * (float)(int8_t)(w1 >> (8 * is + 16));
-            int k0 = b * 256 + 128 * n + 16 * is;
-            const uint32_t A[4] = {qa[k].x, qa[k].y, qa[k].z, qa[k].w};
-            const uint32_t B[4] = {qb[k].x, qb[k].y, qb[k].z, qb[k].w};
-            const uint32_t H[4] = {qh[k].x, qh[k].y, qh[k].z, qh[k].w};
+            float c0 = d * (float)(int8_t)(sc[k].x >> (8 * is)), c1 = d * (float)(int8_t)(sc[k].x >> (8 * is + 16));
+            float c2 = d * (float)(int8_t)(sc[k].y >> (8 * is)), c3 = d * (float)(int8_t)(sc[k].y >> (8 * is + 16));
+            int k0 = b * 256 + 128 * n + 4 * p;
+            uint32_t A = qa[k], B = qb[k], H = qh[k];
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const float* xt = x + (size_t)t * ldx + k0;
+                float4 x1 = ldx4(xt), x2 = ldx4(xt + 32), x3 = ldx4(xt + 64), x4 = ldx4(xt + 96);
+                const float f1[4] = {x1.x, x1.y, x1.z, x1.w}, f2[4] = {x2.x, x2.y, x2.z, x2.w};
+                const float f3[4] = {x3.x, x3.y, x3.z, x3.w}, f4[4] = {x4.x, x4.y, x4.z, x4.w};
                 float s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float4 x1 = ldx4(xt + 4 * i), x2 = ldx4(xt + 32 + 4 * i), x3 = ldx4(xt + 64 + 4 * i), x4 = ldx4(xt + 96 + 4 * i);
-                    const float f1[4] = {x1.x, x1.y, x1.z, x1.w}, f2[4] = {x2.x, x2.y, x2.z, x2.w};
-                    const float f3[4] = {x3.x, x3.y, x3.z, x3.w}, f4[4] = {x4.x, x4.y, x4.z, x4.w};
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        uint32_t a = (A[i] >> (8 * c)) & 0xFF, bb = (B[i] >> (8 * c)) & 0xFF, h = (H[i] >> (8 * c)) & 0xFF;
-                        s1 += (u2f((a & 0xF) | ((h & 3) << 4)) - 32.f) * f1[c];
-                        s2 += (u2f((bb & 0xF) | (((h >> 2) & 3) << 4)) - 32.f) * f2[c];
-                        s3 += (u2f((a >> 4) | (((h >> 4) & 3) << 4)) - 32.f) * f3[c];
-                        s4 += (u2f((bb >> 4) | (((h >> 6) & 3) << 4)) - 32.f) * f4[c];
-                    }
+                for (int c = 0; c < 4; c++) {
+                    uint32_t a = (A >> (8 * c)) & 0xFF, bb = (B >> (8 * c)) & 0xFF, h = (H >> (8 * c)) & 0xFF;
+                    s1 += (u2f((a & 0xF) | ((h & 3) << 4)) - 32.f) * f1[c];
+                    s2 += (u2f((bb & 0xF) | (((h >> 2) & 3) << 4)) - 32.f) * f2[c];
+                    s3 += (u2f((a >> 4) | (((h >> 4) & 3) << 4)) - 32.f) * f3[c];
+                    s4 += (u2f((bb >> 4) | (((h >> 6) & 3) << 4)) - 32.f) * f4[c];
                 }
                 acc[t] += c0 * s1 + c1 * s2 + c2 * s3 + c3 * s4;
             }
@@ -192,36 +184,30 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
     }
 }
 
+// q8_0 (repacked: int8 body + fp16 scales in the tail): lane reads 4 quants, the warp 128
 template <int NT>
 __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
-    const int units = m.cols >> 4;   // 16 int8 weights per unit, 2 units per block
-    constexpr int U = 4;
-    for (int u0 = 0; u0 < units; u0 += 32 * U) {
-        uint4 q[U];
-        uint32_t db[U];
+    const int cols = m.cols;
+    constexpr int U = 8;
+    for (int c0 = 4 * lane; c0 < cols; c0 += 128 * U) {
+        uint32_t q[U], db[U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u < units) { q[k] = ldw(base + 16 * (size_t)u); db[k] = __ldg(dt + (u >> 1)); }
+            int c = c0 + 128 * k;
+            if (c < cols) { q[k] = __ldcs(reinterpret_cast<const unsigned int*>(base + c)); db[k] = __ldg(dt + (c >> 5)); }
         }
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int u = u0 + 32 * k + lane;
-            if (u >= units) continue;
+            int c = c0 + 128 * k;
+            if (c >= cols) continue;
             float d = h2f(db[k]);
-            const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+            float w0 = sext8(q[k], 0), w1 = sext8(q[k], 1), w2 = sext8(q[k], 2), w3 = sext8(q[k], 3);
 #pragma unroll
             for (int t = 0; t < NT; t++) {
-                const float* xt = x + (size_t)t * ldx + 16 * u;
-                float s = 0.f;
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float4 a = ldx4(xt + 4 * i);
-                    s += sext8(qw[i], 0) * a.x + sext8(qw[i], 1) * a.y + sext8(qw[i], 2) * a.z + sext8(qw[i], 3) * a.w;
-                }
-                acc[t] += d * s;
+                float4 a = ldx4(x + (size_t)t * ldx + c);
+                acc[t] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
             }
         }
     }
@@ -307,8 +293,10 @@ __device__ float dequant_one(const lb_mat& m, int row, int c) {
 
 template <int NT>
 __device__ __forceinline__ void row_dot_scalar(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
+    const uint8_t* r = (const uint8_t*)m.body + (size_t)row * m.body_row;
     for (int c = lane; c < m.cols; c += 32) {
-        float w = dequant_one(m, row, c);
+        float w = m.type == T_F32S ? reinterpret_cast<const float*>(r)[c]
+                : m.type == T_F16S ? h2f(reinterpret_cast<const uint16_t*>(r)[c]) : bf2f(reinterpret_cast<const uint16_t*>(r)[c]);
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[t] += w * x[(size_t)t * ldx + c];
     }
