@@ -10,10 +10,17 @@ from .sampling import Sampler, SamplingParams
 class Model:
     """A lowbit model, memory-mapped: nothing of the weights is copied at load."""
 
-    def __init__(self, path, n_ctx: int = None):
+    def __init__(self, path, n_ctx: int = None, device: str = "cpu"):
+        from .cuda.ggml_layouts import ensure_registered
+        ensure_registered()   # q4_k/q6_k readable until the k-quant types are in the registry
         self.file = LowbitFile(path)
         self.path = self.file.path
-        self.transformer = Transformer(self.file, n_ctx=n_ctx)
+        self.device = _select_device(device)
+        if self.device == "cuda":
+            from .cuda.model import CudaTransformer
+            self.transformer = CudaTransformer(self.file, n_ctx=n_ctx)
+        else:
+            self.transformer = Transformer(self.file, n_ctx=n_ctx)
         self.config = self.transformer.config
         self.tokenizer = self.transformer.tokenizer
         self.metadata = self.file.metadata
@@ -64,5 +71,21 @@ class Model:
         yield from stream_text(self.tokenizer, stream, context_ids=ids, stop=stop)
 
 
-def load(path, n_ctx: int = None) -> Model:
-    return Model(path, n_ctx=n_ctx)
+def _select_device(device: str) -> str:
+    """'cpu', 'cuda' or 'auto'. Without a usable GPU or nvcc, 'cuda' says why and runs on the CPU."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"unknown device {device!r} (choose cpu, cuda or auto)")
+    if device == "cpu":
+        return "cpu"
+    from .cuda import available
+    ok, why = available()
+    if ok:
+        return "cuda"
+    if device == "cuda":
+        import sys
+        print(f"lowbit: CUDA is not usable ({why}); running on the CPU", file=sys.stderr)
+    return "cpu"
+
+
+def load(path, n_ctx: int = None, device: str = "cpu") -> Model:
+    return Model(path, n_ctx=n_ctx, device=device)

@@ -12,6 +12,8 @@ def register(sub):
     p.add_argument("-n", "--max-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
     p.add_argument("--ctx", type=int, help="context length (default: the model's)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where to run: cpu (default), cuda (NVIDIA GPU; falls back to the CPU with a message) or auto")
     p.add_argument("--verbose", "-v", action="store_true", help="print timings to stderr")
     add_sampling_args(p)
     p.set_defaults(func=run)
@@ -22,7 +24,7 @@ def run(args):
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if args.max_tokens < 0:
         raise ValueError("--max-tokens must be >= 0")
-    model = lowbit.load(args.model, n_ctx=args.ctx)
+    model = lowbit.load(args.model, n_ctx=args.ctx, device=args.device)
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for piece in model.generate(prompt, max_tokens=args.max_tokens, stop=args.stop, **sampling_overrides(args)):

@@ -1,0 +1,93 @@
+"""Build lowbit_cuda.cu into a shared library with nvcc, for the GPU present (sm_XY machine code
+plus PTX so newer GPUs can JIT it), cached under ~/.cache/lowbit/cuda (or $LOWBIT_CACHE) per CUDA
+version, architecture and source hash. `python -m lowbit.cuda.build` prebuilds it."""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import LowbitError
+
+SOURCE = Path(__file__).with_name("lowbit_cuda.cu")
+LIB_NAME = "liblowbit_cuda.so"
+
+
+class CudaUnavailable(LowbitError):
+    """No usable GPU, driver or nvcc: the CPU runtime is used instead."""
+
+
+def find_nvcc():
+    for cand in (os.environ.get("LOWBIT_NVCC"), shutil.which("nvcc"),
+                 os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def gpu_arch():
+    """Compute capability of GPU 0 as an integer (90 for Hopper), read with nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise CudaUnavailable("no NVIDIA driver found (nvidia-smi is not on PATH)")
+    try:
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CudaUnavailable(f"nvidia-smi failed: {e}") from None
+    caps = re.findall(r"(\d+)\.(\d+)", out.stdout)
+    if out.returncode != 0 or not caps:
+        raise CudaUnavailable(f"no CUDA GPU found (nvidia-smi: {(out.stderr or out.stdout).strip()[:200]})")
+    major, minor = caps[0]
+    return int(major) * 10 + int(minor)
+
+
+def cuda_version(nvcc):
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def cache_dir():
+    return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit") / "cuda"
+
+
+def library(verbose=False) -> Path:
+    """Path of the built library, building it first when the cache has none."""
+    arch = gpu_arch()
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise CudaUnavailable("nvcc (the CUDA compiler) was not found: install the CUDA toolkit or set LOWBIT_NVCC")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src).hexdigest()[:16]
+    out = cache_dir() / f"cuda{cuda_version(nvcc)}-sm{arch}-{key}" / LIB_NAME
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-gencode=arch=compute_{arch},code=compute_{arch}",
+           "-o", tmp, str(SOURCE)]
+    if verbose:
+        print("lowbit: building the CUDA kernels:", " ".join(cmd), file=sys.stderr)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise CudaUnavailable(f"nvcc failed to build {SOURCE.name}:\n{r.stderr[-4000:]}")
+        os.replace(tmp, out)   # atomic: a concurrent or interrupted build never leaves half a library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        print(library(verbose=True))
+    except CudaUnavailable as e:
+        print(f"lowbit: {e}", file=sys.stderr)
+        sys.exit(1)

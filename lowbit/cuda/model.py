@@ -1,0 +1,255 @@
+"""The transformer on the GPU: the same forward pass as lowbit.model.Transformer, with weights
+uploaded once in their quantized layout and the decode step replayed as one CUDA graph."""
+import numpy as np
+
+from .. import ops
+from ..config import ModelConfig
+from ..errors import FormatError, LowbitError
+from ..format import LowbitFile
+from .layouts import LAYOUTS, SCALAR
+from .runtime import get_runtime
+
+CHUNK = 256   # prompt tokens per batched pass (activation buffers are sized for this)
+
+
+class GpuMatrix:
+    """One weight matrix on the GPU, described by an lb_mat for the kernels."""
+
+    def __init__(self, model, f: LowbitFile, name: str, shape, bias: str = None):
+        rt = model.rt
+        info = f.info(name)
+        if tuple(info.shape) != tuple(shape):
+            raise FormatError(f.path, f"tensor {name!r} has shape {list(info.shape)}, the architecture needs {list(shape)}")
+        layout = LAYOUTS.get(info.type)
+        if layout is None:
+            raise LowbitError(f"{f.path}: tensor {name!r} has type {info.type!r}, which has no CUDA kernel yet "
+                              f"(CUDA types: {', '.join(LAYOUTS)}); use --device cpu")
+        rows, cols = shape
+        raw = f.raw(name)
+        row_bytes = raw.shape[1]
+        m = self.mat = rt.ffi.new("lb_mat*")
+        m.rows, m.cols, m.type = rows, cols, layout.code
+        if layout.repack is None:
+            body = model.alloc(info.nbytes)
+            rt.htod(body, raw)
+            m.body, m.body_row, m.tail, m.tail_row = body, row_bytes, 0, 0
+            if row_bytes % 16 and layout.code in SCALAR:
+                m.type = SCALAR[layout.code]
+        else:
+            p = layout.repack
+            nblocks = rows * (cols // layout.block_size)
+            scratch = model.scratch(info.nbytes)
+            rt.htod(scratch, raw)
+            body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * p.tail_len)
+            rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len, p.tail_off, p.tail_len)
+            rt.call("lb_sync")
+            m.body, m.body_row = body, nblocks // rows * p.body_len
+            m.tail, m.tail_row = tail, nblocks // rows * p.tail_len
+        self.nbytes = info.nbytes
+        m.bias = 0
+        if bias is not None and bias in f.tensors:
+            if f.info(bias).shape != (rows,):
+                raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{rows}]")
+            m.bias = model.upload(f.dequantize(bias).astype(np.float32))
+
+
+class CudaKVCache:
+    """fp16 keys and values of every layer: [layer][position][kv head][head_dim] on the GPU."""
+
+    def __init__(self, model, n_ctx):
+        c = model.config
+        self.rt, self.n_ctx, self.pos = model.rt, n_ctx, 0
+        self.layer_bytes = n_ctx * c.num_kv_heads * c.head_dim * 2
+        self.k = self.rt.malloc(self.layer_bytes * c.num_layers)
+        self.v = self.rt.malloc(self.layer_bytes * c.num_layers)
+        self.graph = None   # the decode step captured for this cache's buffers
+        self.num_layers = c.num_layers
+
+    @property
+    def nbytes(self):
+        return 2 * self.layer_bytes * self.num_layers
+
+    def __del__(self):
+        try:
+            if self.graph:
+                self.rt.lib.lb_graph_free(self.graph)
+            self.rt.lib.lb_free(self.k)
+            self.rt.lib.lb_free(self.v)
+        except Exception:
+            pass
+
+
+class CudaTransformer:
+    def __init__(self, f: LowbitFile, n_ctx: int = None, with_tokenizer: bool = True):
+        self.rt = rt = get_runtime()
+        self.file = f
+        self._allocs, self._scratch = [], (0, 0)
+        self.config = c = ModelConfig.from_json(f.path, f.metadata.get("architecture"))
+        self.n_ctx = int(n_ctx or c.context_length)
+        if not 1 <= self.n_ctx <= 1 << 20:
+            raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        if c.head_dim > 256:
+            raise LowbitError(f"{f.path}: head_dim {c.head_dim} > 256 is not supported on CUDA; use --device cpu")
+        H, KVH, D, dim, ffn = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
+        self.qdim, self.kvdim = H * D, KVH * D
+        self.embed = GpuMatrix(self, f, "token_embd.weight", (c.vocab_size, dim))
+        self.layers = []
+        self.weight_bytes = self.embed.nbytes if c.tie_word_embeddings else 0   # bytes read per token
+        for i in range(c.num_layers):
+            p = f"blk.{i}."
+            L = {"attn_norm": self._vector(f, p + "attn_norm.weight", dim),
+                 "ffn_norm": self._vector(f, p + "ffn_norm.weight", dim)}
+            for key, name, shape in (("wq", "attn_q", (self.qdim, dim)), ("wk", "attn_k", (self.kvdim, dim)),
+                                     ("wv", "attn_v", (self.kvdim, dim)), ("wo", "attn_output", (dim, self.qdim)),
+                                     ("gate", "ffn_gate", (ffn, dim)), ("up", "ffn_up", (ffn, dim)),
+                                     ("down", "ffn_down", (dim, ffn))):
+                L[key] = GpuMatrix(self, f, p + name + ".weight", shape, p + name + ".bias")
+                self.weight_bytes += L[key].nbytes
+            self.layers.append(L)
+        self.output_norm = self._vector(f, "output_norm.weight", dim)
+        self.output = self.embed if c.tie_word_embeddings else GpuMatrix(self, f, "output.weight", (c.vocab_size, dim))
+        if not c.tie_word_embeddings:
+            self.weight_bytes += self.output.nbytes
+        self._free_scratch()
+        cos, sin = ops.rope_tables(D, c.rope_theta, c.rope_scaling, self.n_ctx)
+        self.cos, self.sin = self.upload(cos), self.upload(sin)
+        # activations for CHUNK tokens
+        P = CHUNK
+        self.x, self.h = self.alloc(P * dim * 4), self.alloc(P * dim * 4)
+        self.q, self.k, self.v = self.alloc(P * self.qdim * 4), self.alloc(P * self.kvdim * 4), self.alloc(P * self.kvdim * 4)
+        self.att, self.g = self.alloc(P * self.qdim * 4), self.alloc(P * ffn * 4)
+        self.logits = self.alloc(P * c.vocab_size * 4)
+        self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels
+        self.staging_ptr = self._host_alloc((P + 1) * 4)
+        self.staging = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.staging_ptr), (P + 1) * 4), np.int32)
+        self._jobs()
+        self.tokenizer = None
+        if with_tokenizer:
+            from ..tokenizer import Tokenizer
+            self.tokenizer = Tokenizer(f)
+
+    # ---------------------------------------------------------------- memory
+    def alloc(self, nbytes):
+        p = self.rt.malloc(max(int(nbytes), 16))
+        self._allocs.append(p)
+        return p
+
+    def upload(self, a):
+        a = np.ascontiguousarray(a)
+        p = self.alloc(a.nbytes)
+        self.rt.htod(p, a)
+        return p
+
+    def scratch(self, nbytes):
+        if self._scratch[1] < nbytes:
+            self._free_scratch()
+            self._scratch = (self.rt.malloc(nbytes), nbytes)
+        return self._scratch[0]
+
+    def _free_scratch(self):
+        if self._scratch[0]:
+            self.rt.lib.lb_free(self._scratch[0])
+        self._scratch = (0, 0)
+
+    def _host_alloc(self, n):
+        p = self.rt.ffi.new("uint64_t*")
+        self.rt.call("lb_host_alloc", p, n)
+        return p[0]
+
+    def _vector(self, f, name, n):
+        if f.info(name).shape != (n,):
+            raise FormatError(f.path, f"tensor {name!r} has shape {list(f.info(name).shape)}, expected [{n}]")
+        return self.upload(f.dequantize(name).astype(np.float32))
+
+    def close(self):
+        for p in self._allocs:
+            self.rt.lib.lb_free(p)
+        self._allocs = []
+        if self.staging_ptr:
+            self.rt.lib.lb_host_free(self.staging_ptr)
+            self.staging_ptr = 0
+
+    # ---------------------------------------------------------------- jobs
+    def _job(self, mats, ys, ldys, mode):
+        j = self.rt.ffi.new("lb_job*")
+        for i, (m, y, ld) in enumerate(zip(mats, ys, ldys)):
+            j.m[i] = m.mat[0]
+            j.y[i], j.ldy[i] = y, ld
+        j.nmat, j.mode = len(mats), mode
+        return j
+
+    def _jobs(self):
+        c = self.config
+        for L in self.layers:
+            L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0)
+            L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1)
+            L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2)
+            L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1)
+        self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0)
+
+    # ---------------------------------------------------------------- forward
+    def new_cache(self) -> CudaKVCache:
+        return CudaKVCache(self, self.n_ctx)
+
+    def _enqueue(self, n, cache, n_logits):
+        """Queue one pass over n tokens (ids and pos0 already in self.io) on the stream."""
+        c, lib = self.config, self.rt.lib
+        H, KVH, D, dim = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
+        chk = self.rt.check
+        ids, pos = self.io + 4, self.io
+        chk(lib.lb_embed(self.embed.mat, ids, n, self.x), "embed")
+        for li, L in enumerate(self.layers):
+            kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
+            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
+            chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
+            chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
+            chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
+            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")
+            chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")
+        if n_logits == 0:
+            return
+        first = n - n_logits
+        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, c.rms_norm_eps), "rmsnorm")
+        chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+
+    def forward(self, tokens, cache: CudaKVCache, all_logits: bool = False) -> np.ndarray:
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = tokens.shape[0]
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        if cache.pos + n > cache.n_ctx:
+            raise ValueError(f"context is full: {cache.pos} + {n} tokens exceed the context length {cache.n_ctx}")
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
+        outs = []
+        for s in range(0, n, CHUNK):
+            part = tokens[s:s + CHUNK]
+            m = len(part)
+            last_chunk = s + CHUNK >= n
+            n_logits = m if all_logits else (1 if last_chunk else 0)
+            self.staging[0] = cache.pos
+            self.staging[1:m + 1] = part
+            self.rt.call("lb_htod_async", self.io, self.rt.ffi.cast("void*", self.staging_ptr), (m + 1) * 4)
+            if m == 1 and n_logits == 1:
+                if cache.graph is None:   # capture the decode step once per cache
+                    self.rt.call("lb_capture_begin")
+                    try:
+                        self._enqueue(1, cache, 1)
+                    finally:
+                        g = self.rt.ffi.new("uint64_t*")
+                        self.rt.call("lb_capture_end", g)
+                    cache.graph = g[0]
+                self.rt.call("lb_graph_launch", cache.graph)
+            else:
+                self._enqueue(m, cache, n_logits)
+            if n_logits:
+                out = np.empty((n_logits, c.vocab_size), np.float32)
+                self.rt.dtoh(out, self.logits)   # the one logits copy (it also waits for the pass)
+                outs.append(out)
+            else:
+                self.rt.call("lb_sync")
+            cache.pos += m
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]

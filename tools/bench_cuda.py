@@ -1,0 +1,103 @@
+"""Measure the CUDA runtime: prompt and generation tokens/s, and the bandwidth achieved in
+generation (weight bytes + KV bytes read per token / time per token) against the card's own
+device-to-device copy bandwidth, measured in the same run with cudaMemcpy.
+
+    python tools/bench_cuda.py MODEL.lowbit [MODEL2.lowbit ...] [--prompt 128] [--gen 128] [--ctx 1024]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lowbit.cuda.ggml_layouts import ensure_registered  # noqa: E402
+from lowbit.cuda.model import CudaTransformer  # noqa: E402
+from lowbit.cuda.runtime import get_runtime  # noqa: E402
+from lowbit.format import LowbitFile  # noqa: E402
+
+ensure_registered()
+
+
+def d2d_bandwidth(rt, nbytes=1 << 30, iters=50):
+    """Bytes read + bytes written per second by a large cudaMemcpy D2D (the usual convention)."""
+    ms = rt.ffi.new("float*")
+    rt.call("lb_bench_d2d", nbytes, iters, ms)
+    return 2 * nbytes / (ms[0] * 1e-3)
+
+
+def kind(f):
+    types = {}
+    for t in f.tensors.values():
+        if len(t.shape) == 2:
+            types[t.type] = types.get(t.type, 0) + t.nbytes
+    total = sum(types.values())
+    return "+".join(f"{k}" for k, v in sorted(types.items(), key=lambda kv: -kv[1]) if v > 0.02 * total)
+
+
+def bench(path, n_prompt, n_gen, n_ctx, reps):
+    f = LowbitFile(path)
+    t0 = time.perf_counter()
+    m = CudaTransformer(f, n_ctx=n_ctx, with_tokenizer=False)
+    load_s = time.perf_counter() - t0
+    c = m.config
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, c.vocab_size, n_prompt)
+    res = []
+    for rep in range(reps + 1):   # the first round warms up (graph capture, caches)
+        cache = m.new_cache()
+        t0 = time.perf_counter()
+        logits = m.forward(prompt, cache)
+        t_prompt = time.perf_counter() - t0
+        tok = int(logits[-1].argmax())
+        times = []
+        for _ in range(n_gen):
+            t0 = time.perf_counter()
+            logits = m.forward([tok], cache)
+            times.append(time.perf_counter() - t0)
+            tok = int(logits[-1].argmax())
+        if rep:
+            res.append((t_prompt, statistics.median(times), sum(times)))
+        del cache
+    t_prompt = min(r[0] for r in res)
+    t_tok = min(r[1] for r in res)
+    total = min(r[2] for r in res)
+    # KV bytes read per generated token, averaged over the generated positions
+    kv_per_pos = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
+    kv_bytes = kv_per_pos * (n_prompt + n_gen / 2)
+    m.close()
+    return dict(file=os.path.basename(path), kind=kind(f), weights=m.weight_bytes, kv=kv_bytes, load_s=load_s,
+                prompt_tps=n_prompt / t_prompt, gen_tps=n_gen / total, t_tok=t_tok)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=2)
+    a = ap.parse_args()
+    rt = get_runtime()
+    bw = d2d_bandwidth(rt)
+    print(f"device: {rt.describe()}")
+    print(f"cudaMemcpy D2D (1 GiB, read+write counted): {bw / 1e9:.0f} GB/s")
+    rows = []
+    for p in a.models:
+        r = bench(p, a.prompt, a.gen, a.ctx, a.reps)
+        rows.append(r)
+        print(f"  {r['file']}: loaded in {r['load_s']:.1f} s", flush=True)
+    print()
+    print(f"| model | types | weight GB | prompt tok/s ({a.prompt}) | gen tok/s ({a.gen}) | ms/token (median) "
+          f"| GB/s (weights+KV) | % of D2D |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        gbs = (r["weights"] + r["kv"]) / r["t_tok"]
+        print(f"| {r['file']} | {r['kind']} | {r['weights'] / 1e9:.3f} | {r['prompt_tps']:.0f} | {r['gen_tps']:.1f} "
+              f"| {r['t_tok'] * 1e3:.3f} | {gbs / 1e9:.0f} | {100 * gbs / bw:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Time each kernel of one decode step in isolation (device events, 200 launches each) to see
+where a token's time goes: GB/s per weight-matrix launch and microseconds per other kernel.
+
+    python tools/profile_cuda.py MODEL.lowbit [--pos 200]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lowbit.cuda.ggml_layouts import ensure_registered  # noqa: E402
+from lowbit.cuda.model import CudaTransformer  # noqa: E402
+from lowbit.format import LowbitFile  # noqa: E402
+
+ensure_registered()
+
+
+def timed(rt, fn, reps=200):
+    e0, e1, ms = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*"), rt.ffi.new("float*")
+    rt.call("lb_event_new", e0); rt.call("lb_event_new", e1)
+    for _ in range(5):
+        fn()
+    rt.call("lb_event_record", e0[0])
+    for _ in range(reps):
+        fn()
+    rt.call("lb_event_record", e1[0])
+    rt.call("lb_event_ms", e0[0], e1[0], ms)
+    rt.call("lb_event_free", e0[0]); rt.call("lb_event_free", e1[0])
+    return ms[0] / reps * 1e3   # microseconds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--pos", type=int, default=200)
+    a = ap.parse_args()
+    m = CudaTransformer(LowbitFile(a.model), n_ctx=max(1024, a.pos + 2), with_tokenizer=False)
+    rt, lib, c = m.rt, m.rt.lib, m.config
+    cache = m.new_cache()
+    m.staging[0] = a.pos
+    m.staging[1] = 1
+    rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
+    L = m.layers[0]
+    H, KVH, D, dim = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
+    rows = []
+
+    def gemv(name, job, x, ldx, nbytes):
+        us = timed(rt, lambda: rt.check(lib.lb_gemv(job, x, ldx, 1), name))
+        rows.append((name, us, nbytes / us / 1e3))
+
+    gemv("qkv", L["qkv"], m.h, dim, L["wq"].nbytes + L["wk"].nbytes + L["wv"].nbytes)
+    gemv("wo (+residual)", L["o"], m.att, m.qdim, L["wo"].nbytes)
+    gemv("gate/up+swiglu", L["gu"], m.h, dim, L["gate"].nbytes + L["up"].nbytes)
+    gemv("down (+residual)", L["dn"], m.g, c.intermediate_size, L["down"].nbytes)
+    gemv("output", m.out_job, m.h, dim, m.output.nbytes)
+    for name, fn in (("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps)),
+                     ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
+                     (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D))):
+        rows.append((name, timed(rt, lambda: rt.check(fn(), name)), None))
+    # the whole captured decode step, replayed
+    m.forward([1], cache)
+    step = timed(rt, lambda: rt.call("lb_graph_launch", cache.graph), reps=50)
+    print(f"| kernel (layer 0) | us | GB/s |\n|---|---|---|")
+    for name, us, gbs in rows:
+        print(f"| {name} | {us:.1f} | {'' if gbs is None else f'{gbs:.0f}'} |")
+    print(f"| whole decode step (graph replay) | {step:.1f} | {m.weight_bytes / step / 1e3:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
