@@ -11,8 +11,6 @@ class Model:
     """A lowbit model, memory-mapped: nothing of the weights is copied at load."""
 
     def __init__(self, path, n_ctx: int = None, device: str = "cpu"):
-        from .cuda.ggml_layouts import ensure_registered
-        ensure_registered()   # q4_k/q6_k readable until the k-quant types are in the registry
         self.file = LowbitFile(path)
         self.path = self.file.path
         self.device = _select_device(device)

@@ -25,6 +25,10 @@ class GpuMatrix:
             raise LowbitError(f"{f.path}: tensor {name!r} has type {info.type!r}, which has no CUDA kernel yet "
                               f"(CUDA types: {', '.join(LAYOUTS)}); use --device cpu")
         rows, cols = shape
+        qt = f.qtype(name)
+        if qt.block_size > 1 and cols % qt.block_size:
+            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) ends each row in a tail block, "
+                              f"which has no CUDA kernel yet; use --device cpu")
         raw = f.raw(name)
         row_bytes = raw.shape[1]
         m = self.mat = rt.ffi.new("lb_mat*")
