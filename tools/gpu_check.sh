@@ -6,6 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 mkdir -p /tmp/models && cp models/*.lowbit /tmp/models/ 2>/dev/null; for g in models/*.gz; do [ -e "$g" ] && gunzip -c $g > /tmp/models/$(basename $g .gz).lowbit; done; ls -la /tmp/models
 nvidia-smi --query-gpu=name,compute_cap,clocks.sm,clocks.mem --format=csv
 ( time python3 -m lowbit.cuda.build ) 2>&1 | tail -4 | tee $OUT/build.log
+mkdir -p ../shared/models   # tests/conftest.py wants the shared world's folder; the GPU tests read /tmp/models
 MODE=${1:-all}
 if [ "$MODE" != bench ]; then
   LOWBIT_TEST_MODELS=/tmp/models timeout 300 python3 -m pytest tests/test_cuda.py -q -s -p no:cacheprovider 2>&1 | tee $OUT/test.log | grep -E "rel err|agrees|passed|failed|Error|error|assert|Mismatch|^FAILED" | head -80

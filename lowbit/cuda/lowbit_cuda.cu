@@ -143,7 +143,7 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
     const int nb = m.cols >> 8, bl = lane >> 4, n = (lane >> 3) & 1, p = lane & 7, is = p >> 2;
-    constexpr int U = 4;
+    constexpr int U = NT == 1 ? 8 : 4;
     for (int b0 = 0; b0 < nb; b0 += 2 * U) {
         uint32_t qa[U], qb[U], qh[U], dbits[U];
         uint2 sc[U];
@@ -202,7 +202,7 @@ __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const flo
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
     const int cols = m.cols, nch = cols >> 9;
-    constexpr int U = 2;
+    constexpr int U = NT == 1 ? 8 : 2;   // one token: a 4096-wide row in one round of loads
     for (int ch0 = 0; ch0 < nch; ch0 += U) {
         uint4 q[U];
         uint32_t db[U][4];
@@ -250,51 +250,68 @@ __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const flo
 // picked by byte permutes. Weights: q -> f = 0.5 + q/256 by placing the nibble in the mantissa
 // (one PRMT), so sum(w x) = 256 A sum(f x) - (128 A + B) sum(x) per sub-block (A = d sc, B = dmin m).
 __device__ __forceinline__ float magic_q(uint32_t w, int k) { return __uint_as_float(__byte_perm(w, 0x3F000000u, 0x7054 | (k << 8))); }
-__device__ __forceinline__ float dot_q4k_g8(const lb_mat& m, int row, const float* __restrict__ x, int lane) {
-    const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
-    const int nb = m.cols >> 8, s = lane & 7, c = s >> 1, h = s & 1;
+// M matrices with the same columns (gate and up) in one pass; loads of the next U blocks are
+// issued before the current ones are used (software pipelined: a warp has few blocks per row).
+template <int M>
+__device__ __forceinline__ void dot_q4k_g8(const uint8_t* base0, const uint8_t* base1, int nb, const float* __restrict__ x, int lane, float* acc) {
+    const int s = lane & 7, c = s >> 1, h = s & 1;
     const bool low = c < 2;
     const int jb = (2 * c) & 3;
     const uint32_t sel0 = 0x7540 | jb, sel1 = 0x7540 | (jb + 1);   // byte jb (jb+1) -> 2^23 + value
-    float acc = 0.f;
-    constexpr int U = 4;
+    constexpr int U = M == 1 ? 4 : 2;
+    uint4 hd[M][U], q[M][U], hn[M][U], qn[M][U];
+#define Q4K_LOAD(HD, Q, B0)                                                                    \
+    _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                         \
+        _Pragma("unroll") for (int k = 0; k < U; k++) {                                        \
+            if ((B0) + k < nb) {                                                               \
+                const uint8_t* blk = (mm ? base1 : base0) + (size_t)((B0) + k) * 144;          \
+                HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(blk));                        \
+                Q[mm][k] = ldw(blk + 16 + 32 * c + 16 * h);                                    \
+            }                                                                                  \
+        }                                                                                      \
+    }
+    Q4K_LOAD(hd, q, 0)
     for (int b0 = 0; b0 < nb; b0 += U) {
-        uint4 hd[U], q[U];
-#pragma unroll
-        for (int k = 0; k < U; k++) {
-            if (b0 + k < nb) {
-                const uint8_t* blk = base + (size_t)(b0 + k) * 144;
-                hd[k] = __ldg(reinterpret_cast<const uint4*>(blk));
-                q[k] = ldw(blk + 16 + 32 * c + 16 * h);
-            }
-        }
+        if (b0 + U < nb) { Q4K_LOAD(hn, qn, b0 + U) }
 #pragma unroll
         for (int k = 0; k < U; k++) {
             if (b0 + k >= nb) continue;
-            const uint32_t y = hd[k].y, z = hd[k].z, w = hd[k].w;
-            uint32_t SC = low ? (y & 0x3F3F3F3Fu) : ((w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u));
-            uint32_t MN = low ? (z & 0x3F3F3F3Fu) : (((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u));
-            float d = h2f(hd[k].x), dmin = h2f(hd[k].x >> 16);
-            float A0 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel0)) - 8388608.f);
-            float A1 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel1)) - 8388608.f);
-            float B0 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel0)) - 8388608.f);
-            float B1 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel1)) - 8388608.f);
             const float* xl = x + (b0 + k) * 256 + 64 * c + 16 * h;
-            const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
-            float F0 = 0.f, F1 = 0.f, X0 = 0.f, X1 = 0.f;
+            float4 xa[4], xb[4];
+            float X0 = 0.f, X1 = 0.f;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                float4 a = ldx4(xl + 4 * i), b = ldx4(xl + 32 + 4 * i);
-                uint32_t lo = qw[i] & 0x0F0F0F0Fu, hi = (qw[i] >> 4) & 0x0F0F0F0Fu;
-                F0 += magic_q(lo, 0) * a.x + magic_q(lo, 1) * a.y + magic_q(lo, 2) * a.z + magic_q(lo, 3) * a.w;
-                F1 += magic_q(hi, 0) * b.x + magic_q(hi, 1) * b.y + magic_q(hi, 2) * b.z + magic_q(hi, 3) * b.w;
-                X0 += (a.x + a.y) + (a.z + a.w);
-                X1 += (b.x + b.y) + (b.z + b.w);
+                xa[i] = ldx4(xl + 4 * i); xb[i] = ldx4(xl + 32 + 4 * i);
+                X0 += (xa[i].x + xa[i].y) + (xa[i].z + xa[i].w);
+                X1 += (xb[i].x + xb[i].y) + (xb[i].z + xb[i].w);
             }
-            acc += 256.f * (A0 * F0 + A1 * F1) - (128.f * A0 + B0) * X0 - (128.f * A1 + B1) * X1;
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) {
+                const uint32_t y = hd[mm][k].y, z = hd[mm][k].z, w = hd[mm][k].w;
+                uint32_t SC = low ? (y & 0x3F3F3F3Fu) : ((w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u));
+                uint32_t MN = low ? (z & 0x3F3F3F3Fu) : (((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u));
+                float d = h2f(hd[mm][k].x), dmin = h2f(hd[mm][k].x >> 16);
+                float A0 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel0)) - 8388608.f);
+                float A1 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel1)) - 8388608.f);
+                float B0 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel0)) - 8388608.f);
+                float B1 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel1)) - 8388608.f);
+                const uint32_t qw[4] = {q[mm][k].x, q[mm][k].y, q[mm][k].z, q[mm][k].w};
+                float F0 = 0.f, F1 = 0.f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint32_t lo = qw[i] & 0x0F0F0F0Fu, hi = (qw[i] >> 4) & 0x0F0F0F0Fu;
+                    F0 += magic_q(lo, 0) * xa[i].x + magic_q(lo, 1) * xa[i].y + magic_q(lo, 2) * xa[i].z + magic_q(lo, 3) * xa[i].w;
+                    F1 += magic_q(hi, 0) * xb[i].x + magic_q(hi, 1) * xb[i].y + magic_q(hi, 2) * xb[i].z + magic_q(hi, 3) * xb[i].w;
+                }
+                acc[mm] += 256.f * (A0 * F0 + A1 * F1) - (128.f * A0 + B0) * X0 - (128.f * A1 + B1) * X1;
+            }
         }
+#pragma unroll
+        for (int mm = 0; mm < M; mm++)
+#pragma unroll
+            for (int k = 0; k < U; k++) { hd[mm][k] = hn[mm][k]; q[mm][k] = qn[mm][k]; }
     }
-    return acc;
+#undef Q4K_LOAD
 }
 
 // q2_k, q3_k, q5_k (and a general path for any NT): lane takes weights 8*lane..8*lane+7 of each
@@ -566,12 +583,13 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
         const int row = 4 * warp + (lane >> 3);
         const bool valid = row < m.rows;
         const int rr = valid ? row : m.rows - 1;
-        float a = dot_q4k_g8(m, rr, x, lane), b = 0.f;
+        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row;
+        float ab[2] = {0.f, 0.f};
+        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row, m.cols >> 8, x, lane, ab);
+        else dot_q4k_g8<1>(b0, b0, m.cols >> 8, x, lane, ab);
+        float a = ab[0], b = ab[1];
         if (m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
-        if (job.mode == 2) {
-            b = dot_q4k_g8(job.m[1], rr, x, lane);
-            if (job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
-        }
+        if (job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
 #pragma unroll
         for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
         if ((lane & 7) == 0 && valid) gemv_store(job, mi, row, 0, a, b);
@@ -600,22 +618,35 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
     for (int c = threadIdx.x; c < m.cols; c += blockDim.x) out[(size_t)row * m.cols + c] = dequant_one(m, row, c);
 }
 
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
+// one row per block of 1024 threads: the row is read once into registers (dim <= 16384), one
+// block reduction, then written (a decode step's norm is latency-bound: one pass, wide block)
+constexpr int NORM_THREADS = 1024, NORM_PER = 16;
+__global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
     __shared__ float part[32];
     const float* xr = x + (size_t)blockIdx.x * dim;
+    float v[NORM_PER];
     float s = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        int i = threadIdx.x + k * NORM_THREADS;
+        v[k] = i < dim ? xr[i] : 0.f;
+        s += v[k] * v[k];
+    }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
-        float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) part[0] = rsqrtf(v / dim + eps);
+        float t = part[threadIdx.x];
+        t = warp_sum(t);
+        if (threadIdx.x == 0) part[0] = rsqrtf(t / dim + eps);
     }
     __syncthreads();
     float inv = part[0];
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)blockIdx.x * dim + i] = xr[i] * inv * w[i];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        int i = threadIdx.x + k * NORM_THREADS;
+        if (i < dim) out[(size_t)blockIdx.x * dim + i] = v[k] * inv * w[i];
+    }
 }
 
 // RoPE (Hugging Face rotate-half: i pairs with i + D/2) on q in place and on k, then k and v
@@ -646,12 +677,12 @@ __global__ void rope_store_kernel(float* __restrict__ q, int ldq, const float* _
         vc[(size_t)pos * KVH * D + e] = __float2half(v[(size_t)t * ldkv + e]);
 }
 
-// causal grouped-query attention, one block (8 warps) per (head, token); online softmax per
+// causal grouped-query attention, one block (16 warps) per (head, token); online softmax per
 // warp over a strided subset of positions, merged at the end. D <= 256.
 // kf != 0 (one decode token): RoPE is fused in: the block rotates its q head and the new k
 // itself (kf, vf: this token's k and v, float), uses them for the newest position and the first
 // head of each kv group stores them in the cache (other blocks only read older positions).
-constexpr int ATT_WARPS = 8;
+constexpr int ATT_WARPS = 16;
 __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                    float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                    const float* __restrict__ kf, const float* __restrict__ vf,
@@ -880,7 +911,8 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
 }
 
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps) {
-    rmsnorm_kernel<<<n, 256, 0, g_stream>>>((const float*)x, (const float*)w, (float*)out, dim, eps);
+    if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
+    rmsnorm_kernel<<<n, NORM_THREADS, 0, g_stream>>>((const float*)x, (const float*)w, (float*)out, dim, eps);
     CKL("rmsnorm_kernel");
     return 0;
 }

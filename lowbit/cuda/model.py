@@ -103,6 +103,8 @@ class CudaTransformer:
         self.n_ctx = int(n_ctx or c.context_length)
         if not 1 <= self.n_ctx <= 1 << 20:
             raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        if c.hidden_size > 16384:
+            raise LowbitError(f"{f.path}: hidden size {c.hidden_size} > 16384 is not supported on CUDA; use --device cpu")
         if c.head_dim > 256:
             raise LowbitError(f"{f.path}: head_dim {c.head_dim} > 256 is not supported on CUDA; use --device cpu")
         H, KVH, D, dim, ffn = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
