@@ -38,8 +38,10 @@ def tensor_type(mix, name, layer, n_layers):
     return "q4_k"
 
 
-def random_tensor(qtype, rows, cols, rng):
-    if qtype in ("q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"):
+def random_tensor(qtype, rows, cols, rng, from_floats=False):
+    """Random bytes with valid scales (fast, for the 7B stand-ins), or, with from_floats, N(0, 0.05)
+    weights run through the registry's quantizer (well-conditioned activations, for the tests)."""
+    if qtype in ("q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k") and not from_floats:
         return random_blocks(qtype, rows, cols, rng)
     w = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05)
     from lowbit import quants
@@ -47,7 +49,7 @@ def random_tensor(qtype, rows, cols, rng):
 
 
 def make(path, mix="q4_k_m", dim=4096, layers=32, heads=32, kv_heads=None, ffn=11008, vocab=32000,
-         seed=0, ctx=4096, bias=False, tied=False):
+         seed=0, ctx=4096, bias=False, tied=False, from_floats=False):
     rng = np.random.default_rng(seed)
     kv_heads = kv_heads or heads
     hd = dim // heads
@@ -58,7 +60,7 @@ def make(path, mix="q4_k_m", dim=4096, layers=32, heads=32, kv_heads=None, ffn=1
 
     def mat(name, rows, cols, layer=0):
         t = tensor_type(mix, name, layer, layers)
-        specs.append(TensorSpec(name, t, (rows, cols), lambda: random_tensor(t, rows, cols, rng)))
+        specs.append(TensorSpec(name, t, (rows, cols), lambda: random_tensor(t, rows, cols, rng, from_floats)))
 
     def vec(name, n, scale=1.0, base=0.0):
         specs.append(TensorSpec(name, "f32", (n,), lambda: (base + scale * rng.standard_normal(n)).astype(np.float32)))
