@@ -13,12 +13,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.ggml_layouts import ensure_registered  # noqa: E402
 from lowbit.cuda.model import CudaTransformer  # noqa: E402
 from lowbit.cuda.runtime import get_runtime  # noqa: E402
 from lowbit.format import LowbitFile  # noqa: E402
 
-ensure_registered()
 
 
 def d2d_bandwidth(rt, nbytes=1 << 30, iters=50):

@@ -8,11 +8,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.ggml_layouts import ensure_registered  # noqa: E402
 from lowbit.cuda.model import CudaTransformer  # noqa: E402
 from lowbit.format import LowbitFile  # noqa: E402
 
-ensure_registered()
 
 
 def timed(rt, fn, reps=200):
@@ -55,7 +53,9 @@ def main():
     gemv("output", m.out_job, m.h, dim, m.output.nbytes)
     for name, fn in (("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps)),
                      ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
-                     (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D))):
+                     (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D)),
+                     (f"rope+store+attention (decode, fused) @pos {a.pos}",
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D))):
         rows.append((name, timed(rt, lambda: rt.check(fn(), name)), None))
     # the whole captured decode step, replayed
     m.forward([1], cache)

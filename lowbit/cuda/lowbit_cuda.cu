@@ -1,13 +1,17 @@
 // lowbit's CUDA runtime: fused dequantize-GEMV for every tensor type, RMSNorm, RoPE, attention
 // over an fp16 KV cache, SwiGLU, and a small C API (loaded from Python with cffi, ABI mode).
 //
-// Weights stay in their quantized layout on the GPU. Two types are repacked at load so that
-// every weight load is a 16-byte aligned vector load (same bytes, split in two arrays):
-//   q8_0: body = the 32 int8 quants of each block, row after row; tail = the fp16 scales.
+// Weights stay in their quantized bytes on the GPU (same byte count as the file); some types are
+// rearranged at load so that weight loads are wide, aligned and x loads coalesced:
+//   q8_0: body = the int8 quants, each full 512-weight chunk of a row permuted so that lane l's
+//         16 bytes hold weights 128i+4l..+3 (i = 0..3); tail = the fp16 scales.
 //   q6_k: body = the first 208 bytes of each block (ql, qh, scales); tail = the fp16 d.
-// q4_k blocks (144 bytes) are 16-byte multiples already and stay as in the file.
-// Adding a type (q2_k, q3_k, q5_k): a row_dot_<type> function, a case in row_dot() and
-// dequant_one(), and its entry in lowbit/cuda/layouts.py.
+//   q2_k: body = the 64 bytes of qs; tail = 16 scale bytes, d, dmin.
+//   q3_k: body = hmask and qs (96 bytes); tail = 12 scale bytes, d.
+//   q4_k (144 bytes) and q5_k (176 bytes) blocks are 16-byte multiples and stay as in the file.
+// A k-quant row whose length is not a multiple of 256 ends in a tail block (format_spec/types/
+// kquants.md): tail blocks live in their own array (lb_mat.xtra, one per row, as in the file).
+// Adding a type: its functions here (row dot, dequant_one), its entry in lowbit/cuda/layouts.py.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -17,13 +21,13 @@
 
 #define LB_API extern "C" __attribute__((visibility("default")))
 
-enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q6_K = 5,
+enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q6_K = 5, T_Q2_K = 6, T_Q3_K = 7, T_Q5_K = 8,
        T_F32S = 16, T_F16S = 17, T_BF16S = 18 };   // *S: rows not a multiple of 16 bytes (scalar loads)
 
 typedef struct {
-    uint64_t body, tail, bias;     // device pointers (tail, bias may be 0)
+    uint64_t body, tail, bias, xtra;   // device pointers (tail, bias, xtra may be 0)
     int32_t type, rows, cols, pad;
-    uint64_t body_row, tail_row;   // bytes per row in body / tail
+    uint64_t body_row, tail_row, xtra_row;   // bytes per row in body / tail / xtra (tail blocks)
 } lb_mat;
 
 typedef struct {
@@ -32,6 +36,8 @@ typedef struct {
     int32_t ldy[3];
     int32_t nmat;
     int32_t mode;                  // 0 store (+bias), 1 accumulate y += W x, 2 y0 = silu(W0 x) * (W1 x)
+    int32_t rpw[3];                // rows per warp of each matrix (set by lb_gemv)
+    int32_t wcnt[3];               // warps of each matrix (set by lb_gemv)
     int32_t pad;
 } lb_job;
 
@@ -137,7 +143,7 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
     const int nb = m.cols >> 8, bl = lane >> 4, n = (lane >> 3) & 1, p = lane & 7, is = p >> 2;
-    constexpr int U = 4;
+    constexpr int U = NT == 1 ? 8 : 4;
     for (int b0 = 0; b0 < nb; b0 += 2 * U) {
         uint32_t qa[U], qb[U], qh[U], dbits[U];
         uint2 sc[U];
@@ -184,32 +190,225 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
     }
 }
 
-// q8_0 (repacked: int8 body + fp16 scales in the tail): lane reads 4 quants, the warp 128
+// q8_0 (repacked: permuted int8 body + fp16 scales in the tail). Full 512-weight chunks: lane
+// loads 16 bytes = weights 128i+4l..+3 (i = 0..3), so each x float4 load is coalesced across the
+// warp; the rest of the row (cols % 512, a multiple of 32) is in natural order, 4 bytes a lane.
+__device__ __forceinline__ int q8_pos(int c, int cols) {   // body byte of weight c in its row
+    if (c >= (cols & ~511)) return c;
+    return (c & ~511) + 16 * ((c & 127) >> 2) + 4 * ((c & 511) >> 7) + (c & 3);
+}
 template <int NT>
 __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
-    const int cols = m.cols;
-    constexpr int U = 8;
-    for (int c0 = 4 * lane; c0 < cols; c0 += 128 * U) {
-        uint32_t q[U], db[U];
+    const int cols = m.cols, nch = cols >> 9;
+    constexpr int U = NT == 1 ? 8 : 2;   // one token: a 4096-wide row in one round of loads
+    for (int ch0 = 0; ch0 < nch; ch0 += U) {
+        uint4 q[U];
+        uint32_t db[U][4];
 #pragma unroll
         for (int k = 0; k < U; k++) {
-            int c = c0 + 128 * k;
-            if (c < cols) { q[k] = __ldcs(reinterpret_cast<const unsigned int*>(base + c)); db[k] = __ldg(dt + (c >> 5)); }
-        }
+            if (ch0 + k < nch) {
+                q[k] = ldw(base + (size_t)(ch0 + k) * 512 + 16 * lane);
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            int c = c0 + 128 * k;
-            if (c >= cols) continue;
-            float d = h2f(db[k]);
-            float w0 = sext8(q[k], 0), w1 = sext8(q[k], 1), w2 = sext8(q[k], 2), w3 = sext8(q[k], 3);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float4 a = ldx4(x + (size_t)t * ldx + c);
-                acc[t] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
+                for (int i = 0; i < 4; i++) db[k][i] = __ldg(dt + (ch0 + k) * 16 + 4 * i + (lane >> 3));
             }
         }
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            if (ch0 + k >= nch) continue;
+            const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int c = (ch0 + k) * 512 + 128 * i + 4 * lane;
+                float d = h2f(db[k][i]);
+                float w0 = sext8(qw[i], 0), w1 = sext8(qw[i], 1), w2 = sext8(qw[i], 2), w3 = sext8(qw[i], 3);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    float4 a = ldx4(x + (size_t)t * ldx + c);
+                    acc[t] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
+                }
+            }
+        }
+    }
+    for (int c = nch * 512 + 4 * lane; c < cols; c += 128) {
+        uint32_t q = __ldcs(reinterpret_cast<const unsigned int*>(base + c));
+        float d = h2f(__ldg(dt + (c >> 5)));
+        float w0 = sext8(q, 0), w1 = sext8(q, 1), w2 = sext8(q, 2), w3 = sext8(q, 3);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float4 a = ldx4(x + (size_t)t * ldx + c);
+            acc[t] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
+        }
+    }
+}
+
+// q4_k decode (one token), four rows per warp: 8-lane group g takes row row0+g, lane s = (c, h)
+// of the group reads 16 bytes qs[32c+16h..] of each block = 16 weights of sub-block 2c (low
+// nibbles) and 16 of sub-block 2c+1 (high nibbles). All groups read the same x (one L1 access).
+// Scales: the 16 six-bit values are unpacked four at a time with word operations, the lane's two
+// picked by byte permutes. Weights: q -> f = 0.5 + q/256 by placing the nibble in the mantissa
+// (one PRMT), so sum(w x) = 256 A sum(f x) - (128 A + B) sum(x) per sub-block (A = d sc, B = dmin m).
+__device__ __forceinline__ float magic_q(uint32_t w, int k) { return __uint_as_float(__byte_perm(w, 0x3F000000u, 0x7054 | (k << 8))); }
+// M matrices with the same columns (gate and up) in one pass; loads of the next U blocks are
+// issued before the current ones are used (software pipelined: a warp has few blocks per row).
+template <int M>
+__device__ __forceinline__ void dot_q4k_g8(const uint8_t* base0, const uint8_t* base1, int nb, const float* __restrict__ x, int lane, float* acc) {
+    const int s = lane & 7, c = s >> 1, h = s & 1;
+    const bool low = c < 2;
+    const int jb = (2 * c) & 3;
+    const uint32_t sel0 = 0x7540 | jb, sel1 = 0x7540 | (jb + 1);   // byte jb (jb+1) -> 2^23 + value
+    constexpr int U = M == 1 ? 4 : 2;
+    uint4 hd[M][U], q[M][U], hn[M][U], qn[M][U];
+#define Q4K_LOAD(HD, Q, B0)                                                                    \
+    _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                         \
+        _Pragma("unroll") for (int k = 0; k < U; k++) {                                        \
+            if ((B0) + k < nb) {                                                               \
+                const uint8_t* blk = (mm ? base1 : base0) + (size_t)((B0) + k) * 144;          \
+                HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(blk));                        \
+                Q[mm][k] = ldw(blk + 16 + 32 * c + 16 * h);                                    \
+            }                                                                                  \
+        }                                                                                      \
+    }
+    Q4K_LOAD(hd, q, 0)
+    for (int b0 = 0; b0 < nb; b0 += U) {
+        if (b0 + U < nb) { Q4K_LOAD(hn, qn, b0 + U) }
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            if (b0 + k >= nb) continue;
+            const float* xl = x + (b0 + k) * 256 + 64 * c + 16 * h;
+            float4 xa[4], xb[4];
+            float X0 = 0.f, X1 = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                xa[i] = ldx4(xl + 4 * i); xb[i] = ldx4(xl + 32 + 4 * i);
+                X0 += (xa[i].x + xa[i].y) + (xa[i].z + xa[i].w);
+                X1 += (xb[i].x + xb[i].y) + (xb[i].z + xb[i].w);
+            }
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) {
+                const uint32_t y = hd[mm][k].y, z = hd[mm][k].z, w = hd[mm][k].w;
+                uint32_t SC = low ? (y & 0x3F3F3F3Fu) : ((w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u));
+                uint32_t MN = low ? (z & 0x3F3F3F3Fu) : (((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u));
+                float d = h2f(hd[mm][k].x), dmin = h2f(hd[mm][k].x >> 16);
+                float A0 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel0)) - 8388608.f);
+                float A1 = d * (__uint_as_float(__byte_perm(SC, 0x4B000000u, sel1)) - 8388608.f);
+                float B0 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel0)) - 8388608.f);
+                float B1 = dmin * (__uint_as_float(__byte_perm(MN, 0x4B000000u, sel1)) - 8388608.f);
+                const uint32_t qw[4] = {q[mm][k].x, q[mm][k].y, q[mm][k].z, q[mm][k].w};
+                float F0 = 0.f, F1 = 0.f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint32_t lo = qw[i] & 0x0F0F0F0Fu, hi = (qw[i] >> 4) & 0x0F0F0F0Fu;
+                    F0 += magic_q(lo, 0) * xa[i].x + magic_q(lo, 1) * xa[i].y + magic_q(lo, 2) * xa[i].z + magic_q(lo, 3) * xa[i].w;
+                    F1 += magic_q(hi, 0) * xb[i].x + magic_q(hi, 1) * xb[i].y + magic_q(hi, 2) * xb[i].z + magic_q(hi, 3) * xb[i].w;
+                }
+                acc[mm] += 256.f * (A0 * F0 + A1 * F1) - (128.f * A0 + B0) * X0 - (128.f * A1 + B1) * X1;
+            }
+        }
+#pragma unroll
+        for (int mm = 0; mm < M; mm++)
+#pragma unroll
+            for (int k = 0; k < U; k++) { hd[mm][k] = hn[mm][k]; q[mm][k] = qn[mm][k]; }
+    }
+#undef Q4K_LOAD
+}
+
+// q2_k, q3_k, q5_k (and a general path for any NT): lane takes weights 8*lane..8*lane+7 of each
+// block (one sub-block, one scale), so the warp's x loads are contiguous.
+template <int TY, int NT>
+__device__ __forceinline__ void row_dot_k8(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
+    constexpr int BODY = TY == T_Q2_K ? 64 : TY == T_Q3_K ? 96 : 176;
+    constexpr int TAIL = TY == T_Q2_K ? 20 : TY == T_Q3_K ? 14 : 0;
+    const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
+    const uint8_t* meta = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
+    const int nb = m.cols >> 8;
+    const int l8 = 8 * (lane & 3);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t* blk = base + (size_t)b * BODY;
+        float A, B = 0.f;   // w = A * q - B for the lane's 8 weights
+        uint32_t qlo, qhi;  // the 8 quants, one per byte (0..31)
+        if (TY == T_Q2_K) {
+            const uint8_t* mt = meta + (size_t)b * TAIL;
+            uint2 v = __ldcs(reinterpret_cast<const uint2*>(blk + 32 * (lane >> 4) + l8));
+            int sh = 2 * ((lane >> 2) & 3);
+            qlo = (v.x >> sh) & 0x03030303u; qhi = (v.y >> sh) & 0x03030303u;
+            uint32_t sc = mt[lane >> 1];
+            float d = h2f(mt[16] | (mt[17] << 8)), dmin = h2f(mt[18] | (mt[19] << 8));
+            A = d * (float)(sc & 15); B = dmin * (float)(sc >> 4);
+        } else if (TY == T_Q3_K) {
+            const uint8_t* mt = meta + (size_t)b * TAIL;
+            uint2 v = __ldcs(reinterpret_cast<const uint2*>(blk + 32 + 32 * (lane >> 4) + l8));
+            uint2 hm = __ldcs(reinterpret_cast<const uint2*>(blk + l8));
+            int sh = 2 * ((lane >> 2) & 3), hb = lane >> 2;
+            // q + 4 = low | (high << 2) in 0..7, the -4 goes into B
+            qlo = ((v.x >> sh) & 0x03030303u) | (((hm.x >> hb) & 0x01010101u) << 2);
+            qhi = ((v.y >> sh) & 0x03030303u) | (((hm.y >> hb) & 0x01010101u) << 2);
+            int j = lane >> 1;
+            int lo = j < 8 ? (mt[j] & 15) : (mt[j - 8] >> 4);
+            int hi = (mt[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+            float d = h2f(mt[12] | (mt[13] << 8));
+            A = d * (float)((lo | (hi << 4)) - 32); B = 4.f * A;
+        } else {   // q5_k, in place: d, dmin, 12 scale bytes, qh[32], qs[128]
+            int cc = lane >> 3, t = (lane >> 2) & 1, j = lane >> 2;
+            uint2 v = __ldcs(reinterpret_cast<const uint2*>(blk + 48 + 32 * cc + l8));
+            uint2 hq = __ldcs(reinterpret_cast<const uint2*>(blk + 16 + l8));
+            qlo = ((v.x >> (4 * t)) & 0x0F0F0F0Fu) | (((hq.x >> j) & 0x01010101u) << 4);
+            qhi = ((v.y >> (4 * t)) & 0x0F0F0F0Fu) | (((hq.y >> j) & 0x01010101u) << 4);
+            int sc, mn;
+            q4k_scale_min(j, blk + 4, sc, mn);
+            float d = h2f(blk[0] | (blk[1] << 8)), dmin = h2f(blk[2] | (blk[3] << 8));
+            A = d * (float)sc; B = dmin * (float)mn;
+        }
+        const int k0 = b * 256 + 8 * lane;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float* xt = x + (size_t)t * ldx + k0;
+            float4 a = ldx4(xt), bb = ldx4(xt + 4);
+            float s = u2f(qlo & 0xFF) * a.x + u2f((qlo >> 8) & 0xFF) * a.y + u2f((qlo >> 16) & 0xFF) * a.z + u2f(qlo >> 24) * a.w
+                    + u2f(qhi & 0xFF) * bb.x + u2f((qhi >> 8) & 0xFF) * bb.y + u2f((qhi >> 16) & 0xFF) * bb.z + u2f(qhi >> 24) * bb.w;
+            float sx = ((a.x + a.y) + (a.z + a.w)) + ((bb.x + bb.y) + (bb.z + bb.w));
+            acc[t] += A * s - B * sx;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- tail blocks
+// The last r = cols % 256 weights of a k-quant row: fp16 d, [fp16 dmin], scale bytes, [min
+// bytes], then LSB-first bit-packed quants (format_spec/types/kquants.md, "Tail block").
+__device__ __forceinline__ int tail_bits(const uint8_t* p, int i, int bits) {
+    int pos = i * bits, b = pos >> 3, sh = pos & 7;
+    int v = p[b] >> sh;
+    if (sh + bits > 8) v |= p[b + 1] << (8 - sh);
+    return v & ((1 << bits) - 1);
+}
+// exact dequantization (no fused multiply-add, products in the spec's order)
+__device__ float tail_weight(int type, const uint8_t* tb, int r, int i) {
+    const bool k32 = type == T_Q4_K || type == T_Q5_K;
+    const int S = k32 ? 32 : 16;
+    const int bits = type == T_Q2_K ? 2 : type == T_Q3_K ? 3 : type == T_Q4_K ? 4 : type == T_Q5_K ? 5 : 6;
+    const int nsub = (r + S - 1) / S, j = i / S;
+    float d = h2f(tb[0] | (tb[1] << 8));
+    const bool affine = type == T_Q2_K || k32;
+    float dmin = affine ? h2f(tb[2] | (tb[3] << 8)) : 0.f;
+    const uint8_t* sc = tb + (affine ? 4 : 2);
+    const uint8_t* qp = sc + (k32 ? 2 * nsub : nsub);
+    int q = tail_bits(qp, i, bits);
+    switch (type) {
+    case T_Q2_K: { int s = sc[j]; return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)(s & 15)), (float)q), __fmul_rn(dmin, (float)(s >> 4))); }
+    case T_Q3_K: return __fmul_rn(__fmul_rn(d, (float)(sc[j] - 32)), (float)(q - 4));
+    case T_Q6_K: return __fmul_rn(__fmul_rn(d, (float)(int8_t)sc[j]), (float)(q - 32));
+    default: return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)sc[j]), (float)q), __fmul_rn(dmin, (float)sc[nsub + j]));
+    }
+}
+template <int NT>
+__device__ __forceinline__ void row_dot_tail(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, int step, float* acc) {
+    const int r = m.cols & 255, c0 = m.cols - r;
+    const uint8_t* tb = (const uint8_t*)m.xtra + (size_t)row * m.xtra_row;
+    for (int i = lane; i < r; i += step) {
+        float w = tail_weight(m.type, tb, r, i);
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[t] += w * x[(size_t)t * ldx + c0 + i];
     }
 }
 
@@ -251,30 +450,60 @@ __device__ __forceinline__ void row_dot_float(const lb_mat& m, int row, const fl
     }
 }
 
-// one weight, any type (embedding rows, tests, and the scalar float path)
+// one weight, any type (embedding rows, tests, and the scalar float path); exact: the spec's
+// products in its order, no fused multiply-add (__fmul_rn/__fsub_rn are never contracted)
+__device__ __forceinline__ float affine_w(float d, int sc, int q, float dmin, int mn) {
+    return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)sc), (float)q), __fmul_rn(dmin, (float)mn));
+}
 __device__ float dequant_one(const lb_mat& m, int row, int c) {
     const uint8_t* r = (const uint8_t*)m.body + (size_t)row * m.body_row;
+    const uint8_t* mt = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
+    if (m.type >= T_Q4_K && m.type <= T_Q5_K && c >= (m.cols & ~255))
+        return tail_weight(m.type, (const uint8_t*)m.xtra + (size_t)row * m.xtra_row, m.cols & 255, c & 255);
+    const int i = c & 255, b = c >> 8;
     switch (m.type) {
     case T_F32: case T_F32S: return reinterpret_cast<const float*>(r)[c];
     case T_F16: case T_F16S: return h2f(reinterpret_cast<const uint16_t*>(r)[c]);
     case T_BF16: case T_BF16S: return bf2f(reinterpret_cast<const uint16_t*>(r)[c]);
     case T_Q8_0: {
-        const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
-        return h2f(dt[c >> 5]) * (float)(int8_t)r[c];
+        const uint16_t* dt = (const uint16_t*)mt;
+        return __fmul_rn(h2f(dt[c >> 5]), (float)(int8_t)r[q8_pos(c, m.cols)]);
     }
     case T_Q4_K: {
-        const uint8_t* blk = r + (size_t)(c >> 8) * 144;
-        int i = c & 255, j = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
+        const uint8_t* blk = r + (size_t)b * 144;
+        int j = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
         q4k_scale_min(2 * j + hi, blk + 4, sc, mn);
         uint8_t q = blk[16 + 32 * j + l];
-        int v = hi ? (q >> 4) : (q & 15);
-        uint32_t dd = blk[0] | (blk[1] << 8), dm = blk[2] | (blk[3] << 8);
-        return h2f(dd) * sc * v - h2f(dm) * mn;
+        return affine_w(h2f(blk[0] | (blk[1] << 8)), sc, hi ? (q >> 4) : (q & 15), h2f(blk[2] | (blk[3] << 8)), mn);
+    }
+    case T_Q5_K: {
+        const uint8_t* blk = r + (size_t)b * 176;
+        int j = i >> 5, cc = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
+        q4k_scale_min(j, blk + 4, sc, mn);
+        int q = ((blk[48 + 32 * cc + l] >> (4 * hi)) & 15) | (((blk[16 + l] >> j) & 1) << 4);
+        return affine_w(h2f(blk[0] | (blk[1] << 8)), sc, q, h2f(blk[2] | (blk[3] << 8)), mn);
+    }
+    case T_Q2_K: {
+        const uint8_t* blk = r + (size_t)b * 64;
+        const uint8_t* t = mt + (size_t)b * 20;
+        int h = i >> 7, j = (i >> 5) & 3, l = i & 31, s = t[i >> 4];
+        int q = (blk[32 * h + l] >> (2 * j)) & 3;
+        return affine_w(h2f(t[16] | (t[17] << 8)), s & 15, q, h2f(t[18] | (t[19] << 8)), s >> 4);
+    }
+    case T_Q3_K: {
+        const uint8_t* blk = r + (size_t)b * 96;
+        const uint8_t* t = mt + (size_t)b * 14;
+        int h = i >> 7, j = (i >> 5) & 3, l = i & 31, js = i >> 4;
+        int low = (blk[32 + 32 * h + l] >> (2 * j)) & 3, high = (blk[l] >> (i >> 5)) & 1;
+        int lo = js < 8 ? (t[js] & 15) : (t[js - 8] >> 4);
+        int hs = (t[8 + (js & 3)] >> (2 * (js >> 2))) & 3;
+        float d = h2f(t[12] | (t[13] << 8));
+        return __fmul_rn(__fmul_rn(d, (float)((lo | (hs << 4)) - 32)), (float)(low - (high ? 0 : 4)));
     }
     case T_Q6_K: {
-        const uint16_t* dt = (const uint16_t*)((const uint8_t*)m.tail + (size_t)row * m.tail_row);
-        const uint8_t* blk = r + (size_t)(c >> 8) * 208;
-        int i = c & 255, n = i >> 7, quarter = (i >> 5) & 3, l = i & 31;
+        const uint16_t* dt = (const uint16_t*)mt;
+        const uint8_t* blk = r + (size_t)b * 208;
+        int n = i >> 7, quarter = (i >> 5) & 3, l = i & 31;
         const uint8_t* ql = blk + 64 * n;
         uint8_t h = blk[128 + 32 * n + l];
         int q;
@@ -285,7 +514,7 @@ __device__ float dequant_one(const lb_mat& m, int row, int c) {
         default: q = (ql[l + 32] >> 4) | (((h >> 6) & 3) << 4); break;
         }
         int8_t s = (int8_t)blk[192 + 8 * n + (l >> 4) + 2 * quarter];
-        return h2f(dt[c >> 8]) * s * (q - 32);
+        return __fmul_rn(__fmul_rn(h2f(dt[b]), (float)s), (float)(q - 32));
     }
     }
     return __int_as_float(0x7fc00000);
@@ -307,55 +536,75 @@ __device__ __forceinline__ void row_dot(const lb_mat& m, int row, const float* _
     switch (m.type) {
     case T_Q4_K: row_dot_q4k<NT>(m, row, x, ldx, lane, acc); break;
     case T_Q6_K: row_dot_q6k<NT>(m, row, x, ldx, lane, acc); break;
+    case T_Q2_K: row_dot_k8<T_Q2_K, NT>(m, row, x, ldx, lane, acc); break;
+    case T_Q3_K: row_dot_k8<T_Q3_K, NT>(m, row, x, ldx, lane, acc); break;
+    case T_Q5_K: row_dot_k8<T_Q5_K, NT>(m, row, x, ldx, lane, acc); break;
     case T_Q8_0: row_dot_q8_0<NT>(m, row, x, ldx, lane, acc); break;
     case T_F32: row_dot_float<NT, T_F32>(m, row, x, ldx, lane, acc); break;
     case T_F16: row_dot_float<NT, T_F16>(m, row, x, ldx, lane, acc); break;
     case T_BF16: row_dot_float<NT, T_BF16>(m, row, x, ldx, lane, acc); break;
     default: row_dot_scalar<NT>(m, row, x, ldx, lane, acc); break;
     }
+    if (m.xtra) row_dot_tail<NT>(m, row, x, ldx, lane, 32, acc);
 }
 
 // ------------------------------------------------------------------------------------- kernels
 
 constexpr int GEMV_WARPS = 4;
 
-// one warp per output row; the rows of up to 3 matrices (q, k, v) are laid end to end
-template <int NT>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 5 : 1) gemv_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
-    int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int mi = 0, row = warp;
-    if (job.mode != 2)
-        while (mi < job.nmat - 1 && row >= job.m[mi].rows) { row -= job.m[mi].rows; mi++; }
-    const lb_mat m = mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2];   // no dynamic param indexing
-    if (row >= m.rows) return;
-    float a[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) a[t] = 0.f;
-    row_dot<NT>(m, row, x, ldx, lane, a);
+__device__ __forceinline__ void gemv_store(const lb_job& job, int mi, int row, int t, float a, float b) {
     if (job.mode == 2) {
-        float b[NT];
-#pragma unroll
-        for (int t = 0; t < NT; t++) b[t] = 0.f;
-        row_dot<NT>(job.m[1], row, x, ldx, lane, b);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float g = warp_sum(a[t]), u = warp_sum(b[t]);
-            if (job.m[0].bias) g += ((const float*)job.m[0].bias)[row];
-            if (job.m[1].bias) u += ((const float*)job.m[1].bias)[row];
-            if (lane == 0) ((float*)job.y[0])[(size_t)t * job.ldy[0] + row] = g / (1.f + __expf(-g)) * u;
-        }
+        if (job.m[0].bias) a += ((const float*)job.m[0].bias)[row];
+        if (job.m[1].bias) b += ((const float*)job.m[1].bias)[row];
+        ((float*)job.y[0])[(size_t)t * job.ldy[0] + row] = a / (1.f + __expf(-a)) * b;
         return;
     }
+    const lb_mat& m = mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2];
     float* y = (float*)(mi == 0 ? job.y[0] : mi == 1 ? job.y[1] : job.y[2]);
     int ldy = mi == 0 ? job.ldy[0] : mi == 1 ? job.ldy[1] : job.ldy[2];
+    if (m.bias) a += ((const float*)m.bias)[row];
+    size_t o = (size_t)t * ldy + row;
+    if (job.mode == 1) y[o] += a; else y[o] = a;
+}
+
+// warps are laid end to end over the rows of up to 3 matrices (q, k, v): job.wcnt[i] warps of
+// job.rpw[i] rows each. One row per warp, except q4_k in decode (four rows, dot_q4k_g8).
+template <int NT>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
+    int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int mi = 0;
+    if (job.mode != 2)
+        while (mi < job.nmat - 1 && warp >= job.wcnt[mi]) { warp -= job.wcnt[mi]; mi++; }
+    const int wcnt = mi == 0 ? job.wcnt[0] : mi == 1 ? job.wcnt[1] : job.wcnt[2];
+    if (warp >= wcnt) return;
+    const lb_mat m = mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2];   // no dynamic param indexing
+    const int R = mi == 0 ? job.rpw[0] : mi == 1 ? job.rpw[1] : job.rpw[2];
+    if (NT == 1 && R == 4) {
+        const int row = 4 * warp + (lane >> 3);
+        const bool valid = row < m.rows;
+        const int rr = valid ? row : m.rows - 1;
+        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row;
+        float ab[2] = {0.f, 0.f};
+        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row, m.cols >> 8, x, lane, ab);
+        else dot_q4k_g8<1>(b0, b0, m.cols >> 8, x, lane, ab);
+        float a = ab[0], b = ab[1];
+        if (m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
+        if (job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
+        if ((lane & 7) == 0 && valid) gemv_store(job, mi, row, 0, a, b);
+        return;
+    }
+    const int row = warp;
+    float a[NT], b[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) a[t] = b[t] = 0.f;
+    row_dot<NT>(m, row, x, ldx, lane, a);
+    if (job.mode == 2) row_dot<NT>(job.m[1], row, x, ldx, lane, b);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float v = warp_sum(a[t]);
-        if (lane == 0) {
-            if (m.bias) v += ((const float*)m.bias)[row];
-            size_t o = (size_t)t * ldy + row;
-            if (job.mode == 1) y[o] += v; else y[o] = v;
-        }
+        float va = warp_sum(a[t]), vb = job.mode == 2 ? warp_sum(b[t]) : 0.f;
+        if (lane == 0) gemv_store(job, mi, row, t, va, vb);
     }
 }
 
@@ -369,22 +618,35 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
     for (int c = threadIdx.x; c < m.cols; c += blockDim.x) out[(size_t)row * m.cols + c] = dequant_one(m, row, c);
 }
 
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
+// one row per block of 1024 threads: the row is read once into registers (dim <= 16384), one
+// block reduction, then written (a decode step's norm is latency-bound: one pass, wide block)
+constexpr int NORM_THREADS = 1024, NORM_PER = 16;
+__global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
     __shared__ float part[32];
     const float* xr = x + (size_t)blockIdx.x * dim;
+    float v[NORM_PER];
     float s = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        int i = threadIdx.x + k * NORM_THREADS;
+        v[k] = i < dim ? xr[i] : 0.f;
+        s += v[k] * v[k];
+    }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
-        float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) part[0] = rsqrtf(v / dim + eps);
+        float t = part[threadIdx.x];
+        t = warp_sum(t);
+        if (threadIdx.x == 0) part[0] = rsqrtf(t / dim + eps);
     }
     __syncthreads();
     float inv = part[0];
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)blockIdx.x * dim + i] = xr[i] * inv * w[i];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        int i = threadIdx.x + k * NORM_THREADS;
+        if (i < dim) out[(size_t)blockIdx.x * dim + i] = v[k] * inv * w[i];
+    }
 }
 
 // RoPE (Hugging Face rotate-half: i pairs with i + D/2) on q in place and on k, then k and v
@@ -415,50 +677,88 @@ __global__ void rope_store_kernel(float* __restrict__ q, int ldq, const float* _
         vc[(size_t)pos * KVH * D + e] = __float2half(v[(size_t)t * ldkv + e]);
 }
 
-// causal grouped-query attention, one block (4 warps) per (head, token); online softmax per
+// causal grouped-query attention, one block (16 warps) per (head, token); online softmax per
 // warp over a strided subset of positions, merged at the end. D <= 256.
-constexpr int ATT_WARPS = 8;
-__global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* __restrict__ q, const __half* __restrict__ kc, const __half* __restrict__ vc,
-                                                                   float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D) {
+// kf != 0 (one decode token): RoPE is fused in: the block rotates its q head and the new k
+// itself (kf, vf: this token's k and v, float), uses them for the newest position and the first
+// head of each kv group stores them in the cache (other blocks only read older positions).
+constexpr int ATT_WARPS = 16;
+__global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                                   float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                                   const float* __restrict__ kf, const float* __restrict__ vf,
+                                                                   const float* __restrict__ cosT, const float* __restrict__ sinT) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][256];
     int h = blockIdx.x, t = blockIdx.y, kvh = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int len = *pos0p + t + 1;
     float scale = rsqrtf((float)D);
     float qv[8], acc[8];
+    __half kcur[8], vcur[8];
+    const float* qrow = q + ((size_t)t * H + h) * D;
+    if (kf) {
+        const int half_d = D / 2;
+        const float* cs = cosT + (size_t)(len - 1) * half_d;
+        const float* sn = sinT + (size_t)(len - 1) * half_d;
 #pragma unroll
-    for (int e = 0; e < 8; e++) {
-        int i = lane + 32 * e;
-        qv[e] = i < D ? q[((size_t)t * H + h) * D + i] * scale : 0.f;
-        acc[e] = 0.f;
+        for (int e = 0; e < 8; e++) {
+            int i = lane + 32 * e;
+            qv[e] = 0.f;
+            kcur[e] = vcur[e] = __float2half(0.f);
+            if (i < D) {
+                bool first = i < half_d;
+                int ii = first ? i : i - half_d, pi = first ? i + half_d : i - half_d;
+                float c = cs[ii], sg = first ? -sn[ii] : sn[ii];
+                qv[e] = (qrow[i] * c + qrow[pi] * sg) * scale;
+                kcur[e] = __float2half(kf[kvh * D + i] * c + kf[kvh * D + pi] * sg);
+                vcur[e] = __float2half(vf[kvh * D + i]);
+            }
+        }
+        if (warp == 0 && h % (H / KVH) == 0) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                int i = lane + 32 * e;
+                if (i < D) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kcur[e]; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vcur[e]; }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            int i = lane + 32 * e;
+            qv[e] = i < D ? qrow[i] * scale : 0.f;
+            kcur[e] = vcur[e] = __float2half(0.f);
+        }
     }
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[e] = 0.f;
     float mx = -INFINITY, l = 0.f;
     __half kn[8], vn[8];   // the next position's k and v, loaded one step ahead
+#define ATT_LOAD(J)                                                                                         \
+    if (kf && (J) == len - 1) {                                                                             \
+        _Pragma("unroll") for (int e = 0; e < 8; e++) { kn[e] = kcur[e]; vn[e] = vcur[e]; }                 \
+    } else {                                                                                                \
+        _Pragma("unroll") for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) {                 \
+            kn[e] = kc[((size_t)(J) * KVH + kvh) * D + i]; vn[e] = vc[((size_t)(J) * KVH + kvh) * D + i]; } } \
+    }
 #pragma unroll
     for (int e = 0; e < 8; e++) { kn[e] = vn[e] = __float2half(0.f); }
-    if (warp < len) {
-#pragma unroll
-        for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) { kn[e] = kc[((size_t)warp * KVH + kvh) * D + i]; vn[e] = vc[((size_t)warp * KVH + kvh) * D + i]; } }
-    }
+    if (warp < len) { ATT_LOAD(warp) }
     for (int j = warp; j < len; j += ATT_WARPS) {
-        float kf[8], vf[8];
+        float kf_[8], vf_[8];
 #pragma unroll
-        for (int e = 0; e < 8; e++) { kf[e] = __half2float(kn[e]); vf[e] = __half2float(vn[e]); }
+        for (int e = 0; e < 8; e++) { kf_[e] = __half2float(kn[e]); vf_[e] = __half2float(vn[e]); }
         int jn = j + ATT_WARPS;
-        if (jn < len) {
-#pragma unroll
-            for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) { kn[e] = kc[((size_t)jn * KVH + kvh) * D + i]; vn[e] = vc[((size_t)jn * KVH + kvh) * D + i]; } }
-        }
+        if (jn < len) { ATT_LOAD(jn) }
         float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; e++) s += qv[e] * kf[e];
+        for (int e = 0; e < 8; e++) s += qv[e] * kf_[e];
         s = warp_sum(s);
         float mn = fmaxf(mx, s), corr = __expf(mx - mn), p = __expf(s - mn);
         l = l * corr + p;
 #pragma unroll
-        for (int e = 0; e < 8; e++) acc[e] = acc[e] * corr + p * vf[e];
+        for (int e = 0; e < 8; e++) acc[e] = acc[e] * corr + p * vf_[e];
         mx = mn;
     }
+#undef ATT_LOAD
     if (lane == 0) { sm_m[warp] = mx; sm_l[warp] = l; }
 #pragma unroll
     for (int e = 0; e < 8; e++) { int i = lane + 32 * e; if (i < D) sm_acc[warp][i] = acc[e]; }
@@ -474,13 +774,28 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* 
     }
 }
 
-// split each block into a 16-byte aligned body and a tail (q8_0, q6_k repacking at load)
+// split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
+// bytes, in order): q6_k, q2_k, q3_k repacking at load
 __global__ void repack_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint8_t* __restrict__ tail, size_t nblocks,
-                              int block_bytes, int body_off, int body_len, int tail_off, int tail_len) {
+                              int block_bytes, int body_off, int body_len) {
+    const int tail_len = block_bytes - body_len;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < nblocks; b += (size_t)gridDim.x * blockDim.x) {
         const uint8_t* s = src + b * block_bytes;
         for (int i = 0; i < body_len; i++) body[b * body_len + i] = s[body_off + i];
-        for (int i = 0; i < tail_len; i++) tail[b * tail_len + i] = s[tail_off + i];
+        for (int i = 0; i < body_off; i++) tail[b * tail_len + i] = s[i];
+        for (int i = body_off + body_len; i < block_bytes; i++) tail[b * tail_len + i - body_len] = s[i];
+    }
+}
+
+// q8_0: scales to the tail, quants to the body with each full 512-weight chunk permuted (q8_pos)
+__global__ void repack_q8_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint16_t* __restrict__ tail, int rows, int cols) {
+    const size_t words = (size_t)rows * (cols / 4);
+    for (size_t wi = blockIdx.x * (size_t)blockDim.x + threadIdx.x; wi < words; wi += (size_t)gridDim.x * blockDim.x) {
+        int row = (int)(wi / (cols / 4)), c = (int)(wi % (cols / 4)) * 4;
+        const uint8_t* blk = src + ((size_t)row * (cols / 32) + c / 32) * 34;
+        uint8_t* o = body + (size_t)row * cols + q8_pos(c, cols);
+        for (int k = 0; k < 4; k++) o[k] = blk[2 + (c & 31) + k];
+        if ((c & 31) == 0) tail[(size_t)row * (cols / 32) + c / 32] = blk[0] | (blk[1] << 8);
     }
 }
 
@@ -530,9 +845,15 @@ LB_API int lb_host_alloc(uint64_t* ptr, size_t n) { void* p; CK(cudaMallocHost(&
 LB_API int lb_host_free(uint64_t ptr) { CK(cudaFreeHost((void*)ptr)); return 0; }
 LB_API int lb_sync(void) { CK(cudaStreamSynchronize(g_stream)); return 0; }
 
-LB_API int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len, int tail_off, int tail_len) {
-    repack_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint8_t*)tail, nblocks, block_bytes, body_off, body_len, tail_off, tail_len);
+LB_API int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len) {
+    repack_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint8_t*)tail, nblocks, block_bytes, body_off, body_len);
     CKL("repack_kernel");
+    return 0;
+}
+LB_API int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols) {
+    if (cols % 32) { snprintf(g_err, sizeof g_err, "q8_0 rows of %d weights are not whole blocks", cols); return -1; }
+    repack_q8_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint16_t*)tail, rows, cols);
+    CKL("repack_q8_kernel");
     return 0;
 }
 
@@ -542,15 +863,27 @@ static void launch_gemv(const lb_job& job, const float* x, int ldx, int warps) {
     gemv_kernel<NT><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(job, x, ldx);
 }
 
+static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 4 : 1; }
+
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     lb_job job = *job_in;
-    int warps = 0;
-    if (job.mode == 2) warps = job.m[0].rows;
-    else for (int i = 0; i < job.nmat; i++) warps += job.m[i].rows;
     for (int t0 = 0; t0 < ntok;) {
         int nt = ntok - t0 >= 8 ? 8 : ntok - t0 >= 4 ? 4 : ntok - t0 >= 2 ? 2 : 1;
         lb_job j = job;
+        int warps = 0;
+        for (int i = 0; i < 3; i++) { j.rpw[i] = 1; j.wcnt[i] = 0; }
+        if (j.mode == 2) {
+            int r = j.m[0].type == j.m[1].type ? rows_per_warp(j.m[0].type, nt) : 1;
+            j.rpw[0] = j.rpw[1] = r;
+            warps = j.wcnt[0] = (j.m[0].rows + r - 1) / r;
+        } else {
+            for (int i = 0; i < j.nmat; i++) {
+                j.rpw[i] = rows_per_warp(j.m[i].type, nt);
+                j.wcnt[i] = (j.m[i].rows + j.rpw[i] - 1) / j.rpw[i];
+                warps += j.wcnt[i];
+            }
+        }
         for (int i = 0; i < 3; i++) if (j.y[i]) j.y[i] += (uint64_t)t0 * j.ldy[i] * sizeof(float);
         const float* xp = (const float*)x + (size_t)t0 * ldx;
         switch (nt) {
@@ -578,7 +911,8 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
 }
 
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps) {
-    rmsnorm_kernel<<<n, 256, 0, g_stream>>>((const float*)x, (const float*)w, (float*)out, dim, eps);
+    if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
+    rmsnorm_kernel<<<n, NORM_THREADS, 0, g_stream>>>((const float*)x, (const float*)w, (float*)out, dim, eps);
     CKL("rmsnorm_kernel");
     return 0;
 }
@@ -593,9 +927,20 @@ LB_API int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, 
 
 LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D) {
     if (D > 256) { snprintf(g_err, sizeof g_err, "head_dim %d > 256 is not supported by the CUDA attention kernel", D); return -1; }
-    attention_kernel<<<dim3(H, n), 32 * ATT_WARPS, 0, g_stream>>>((const float*)q, (const __half*)kc, (const __half*)vc, (float*)out,
-                                                                  (const int32_t*)pos0, H, KVH, D);
+    attention_kernel<<<dim3(H, n), 32 * ATT_WARPS, 0, g_stream>>>((const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                                                                  (const int32_t*)pos0, H, KVH, D, nullptr, nullptr, nullptr, nullptr);
     CKL("attention_kernel");
+    return 0;
+}
+
+// one decode token: RoPE on q and k, the k/v cache store and attention in one launch
+LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
+                             uint64_t out, uint64_t pos0, int H, int KVH, int D) {
+    if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
+    attention_kernel<<<dim3(H, 1), 32 * ATT_WARPS, 0, g_stream>>>((const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                                                                  (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v,
+                                                                  (const float*)cosT, (const float*)sinT);
+    CKL("attention_kernel (fused rope)");
     return 0;
 }
 

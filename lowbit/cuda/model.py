@@ -6,7 +6,7 @@ from .. import ops
 from ..config import ModelConfig
 from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
-from .layouts import LAYOUTS, SCALAR
+from .layouts import KQUANTS, LAYOUTS, SCALAR, T_Q8_0
 from .runtime import get_runtime
 
 CHUNK = 256   # prompt tokens per batched pass (activation buffers are sized for this)
@@ -26,29 +26,40 @@ class GpuMatrix:
                               f"(CUDA types: {', '.join(LAYOUTS)}); use --device cpu")
         rows, cols = shape
         qt = f.qtype(name)
-        if qt.block_size > 1 and cols % qt.block_size:
-            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) ends each row in a tail block, "
-                              f"which has no CUDA kernel yet; use --device cpu")
         raw = f.raw(name)
-        row_bytes = raw.shape[1]
+        nfull = cols // layout.block_size            # whole blocks per row
+        rem = cols - nfull * layout.block_size
+        if rem and layout.code not in KQUANTS:
+            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) does not fill whole blocks")
         m = self.mat = rt.ffi.new("lb_mat*")
         m.rows, m.cols, m.type = rows, cols, layout.code
+        m.xtra, m.xtra_row = 0, 0
+        if rem:   # k-quant rows ending in a tail block: tail blocks go to their own array
+            fb = nfull * qt.block_bytes
+            m.xtra, m.xtra_row = model.upload(np.ascontiguousarray(raw[:, fb:])), raw.shape[1] - fb
+            raw = np.ascontiguousarray(raw[:, :fb])
+        row_bytes = raw.shape[1]
         if layout.repack is None:
-            body = model.alloc(info.nbytes)
-            rt.htod(body, raw)
+            body = model.alloc(raw.nbytes)
+            if raw.nbytes:
+                rt.htod(body, raw)
             m.body, m.body_row, m.tail, m.tail_row = body, row_bytes, 0, 0
             if row_bytes % 16 and layout.code in SCALAR:
                 m.type = SCALAR[layout.code]
         else:
             p = layout.repack
-            nblocks = rows * (cols // layout.block_size)
-            scratch = model.scratch(info.nbytes)
-            rt.htod(scratch, raw)
+            nblocks = rows * nfull
             body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * p.tail_len)
-            rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len, p.tail_off, p.tail_len)
-            rt.call("lb_sync")
-            m.body, m.body_row = body, nblocks // rows * p.body_len
-            m.tail, m.tail_row = tail, nblocks // rows * p.tail_len
+            if nblocks:
+                scratch = model.scratch(raw.nbytes)
+                rt.htod(scratch, raw)
+                if layout.code == T_Q8_0:
+                    rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
+                else:
+                    rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
+                rt.call("lb_sync")
+            m.body, m.body_row = body, nfull * p.body_len
+            m.tail, m.tail_row = tail, nfull * p.tail_len
         self.nbytes = info.nbytes
         m.bias = 0
         if bias is not None and bias in f.tensors:
@@ -92,6 +103,8 @@ class CudaTransformer:
         self.n_ctx = int(n_ctx or c.context_length)
         if not 1 <= self.n_ctx <= 1 << 20:
             raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        if c.hidden_size > 16384:
+            raise LowbitError(f"{f.path}: hidden size {c.hidden_size} > 16384 is not supported on CUDA; use --device cpu")
         if c.head_dim > 256:
             raise LowbitError(f"{f.path}: head_dim {c.head_dim} > 256 is not supported on CUDA; use --device cpu")
         H, KVH, D, dim, ffn = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
@@ -206,8 +219,11 @@ class CudaTransformer:
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
             chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
-            chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
-            chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
+            if n == 1:   # decode: RoPE, cache store and attention in one launch
+                chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D), "attention")
+            else:
+                chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
+                chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
             chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
             chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
             chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")

@@ -8,9 +8,9 @@ from ..errors import LowbitError
 
 CDEF = """
 typedef struct {
-    uint64_t body, tail, bias;
+    uint64_t body, tail, bias, xtra;
     int32_t type, rows, cols, pad;
-    uint64_t body_row, tail_row;
+    uint64_t body_row, tail_row, xtra_row;
 } lb_mat;
 typedef struct {
     lb_mat m[3];
@@ -18,6 +18,8 @@ typedef struct {
     int32_t ldy[3];
     int32_t nmat;
     int32_t mode;
+    int32_t rpw[3];
+    int32_t wcnt[3];
     int32_t pad;
 } lb_job;
 const char* lb_last_error(void);
@@ -32,7 +34,8 @@ int lb_dtoh(void* dst, uint64_t src, size_t n);
 int lb_host_alloc(uint64_t* ptr, size_t n);
 int lb_host_free(uint64_t ptr);
 int lb_sync(void);
-int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len, int tail_off, int tail_len);
+int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len);
+int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols);
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
@@ -40,6 +43,8 @@ int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps);
 int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
+int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
+                      uint64_t out, uint64_t pos0, int H, int KVH, int D);
 int lb_capture_begin(void);
 int lb_capture_end(uint64_t* exec);
 int lb_graph_launch(uint64_t exec);
