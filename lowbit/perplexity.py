@@ -9,10 +9,11 @@ numbers are comparable with its tables:
 - only the second half is scored: the logits at positions n_ctx/2 .. n_ctx-2 predict the
   tokens at n_ctx/2+1 .. n_ctx-1 (n_ctx - 1 - n_ctx/2 tokens per chunk).
 
-KL divergence: a base run saves, for every scored token, the base model's top-k log-probs
-(format_spec/kld_base.md); a later run of another file over the same tokens reports
-KL(base || this) per token (the base's top-k plus one bucket for the rest of the vocabulary),
-its mean and 99th percentile, and how often both pick the same most likely token.
+KL divergence: a base run saves the tokens and, for every scored token, the base model's final
+normalized hidden state (format_spec/kld_base.md); a later run of another file over the same
+tokens recomputes the base's logits exactly from those states and the base file's output
+matrix, and reports KL(base || this) over the full vocabulary per token, its mean and 99th
+percentile, and how often both pick the same most likely token.
 """
 import hashlib
 import json
@@ -26,10 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FormatError, LowbitError
+from .format import LowbitFile
+from .model import Linear
 
 KLD_BASE_FORMAT = "lowbit-kld-base"
 KLD_BASE_VERSION = 1
-DEFAULT_TOP_K = 64
 
 
 # ----------------------------------------------------------------------------- chunks
@@ -70,16 +72,37 @@ def make_chunks(model, ids, n_ctx: int, n_chunks: int = None, source: str = "tex
     return chunks
 
 
-def scored_logits(model, chunk: np.ndarray) -> np.ndarray:
+class _CaptureInput:
+    """Stands in for the output projection and keeps its input: the final normalized hidden
+    state of every position (what a base run saves)."""
+
+    def __init__(self, linear):
+        self.linear, self.x = linear, None
+
+    def __call__(self, x):
+        self.x = x.copy()
+        return self.linear(x)
+
+
+def scored_logits(model, chunk: np.ndarray, hidden: bool = False):
     """float32 logits (n_ctx - 1 - n_ctx/2, vocab) at positions n_ctx/2 .. n_ctx-2 of a chunk
-    evaluated in a fresh context. The first half goes through without an output projection
-    (only its keys and values matter), which saves most of the vocabulary matmul."""
+    evaluated in a fresh context (and, with `hidden`, the output projection's inputs there).
+    The first half goes through without an output projection (only its keys and values
+    matter), which saves most of the vocabulary matmul."""
     n_ctx = len(chunk)
     first = n_ctx // 2
+    n = n_ctx - 1 - first
     t = model.transformer
     cache = t.new_cache()
     t.forward(chunk[:first], cache, all_logits=False)
-    return t.forward(chunk[first:], cache, all_logits=True)[:n_ctx - 1 - first]
+    if not hidden:
+        return t.forward(chunk[first:], cache, all_logits=True)[:n]
+    out, t.output = t.output, _CaptureInput(t.output)
+    try:
+        logits = t.forward(chunk[first:], cache, all_logits=True)[:n]
+        return logits, t.output.x[:n]
+    finally:
+        t.output = out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -147,14 +170,14 @@ def _meta_array(meta: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def save_base(path, meta: dict, tokens, top_ids, top_logp, nll):
-    """The base run's logits as a .npz (no pickle): see format_spec/kld_base.md."""
+def save_base(path, meta: dict, tokens, hidden, nll):
+    """The base run as a .npz (no pickle): see format_spec/kld_base.md."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(prefix=".kld-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=_meta_array(meta), tokens=tokens, top_ids=top_ids, top_logp=top_logp, nll=nll)
+            np.savez(f, meta=_meta_array(meta), tokens=tokens, hidden=hidden, nll=nll)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -167,13 +190,22 @@ def save_base(path, meta: dict, tokens, top_ids, top_logp, nll):
         raise
 
 
+def output_linear(f: LowbitFile, c):
+    name = "token_embd.weight" if c.tie_word_embeddings else "output.weight"
+    return name, Linear(f, name, (c.vocab_size, c.hidden_size))
+
+
 @dataclass
 class Base:
     meta: dict
     tokens: np.ndarray      # [n_chunk, n_ctx] int32, BOS already in place
-    top_ids: np.ndarray     # [n_chunk, n_scored, k] uint16/int32
-    top_logp: np.ndarray    # [n_chunk, n_scored, k] float32, sorted descending
-    nll: np.ndarray         # [n_chunk, n_scored] float64 base NLL of the actual next token
+    hidden: np.ndarray      # [n_chunk, n_scored, dim] float32 inputs of the base's output projection
+    nll: np.ndarray         # [n_chunk, n_scored] base NLL of the actual next token
+    output: object          # the base file's output projection (a Linear over its map)
+
+    def log_probs(self, i: int) -> np.ndarray:
+        """The base model's log-probs at chunk i's scored positions, recomputed exactly."""
+        return log_softmax(self.output(np.ascontiguousarray(self.hidden[i])))
 
 
 def load_base(path) -> Base:
@@ -184,60 +216,58 @@ def load_base(path) -> Base:
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
-            need = {"meta", "tokens", "top_ids", "top_logp", "nll"}
+            need = {"meta", "tokens", "hidden", "nll"}
             if not need <= names:
                 raise FormatError(path, f"not a lowbit KLD base file (missing {sorted(need - names)})")
             meta_raw = z["meta"]
             if meta_raw.dtype != np.uint8 or meta_raw.ndim != 1:
                 raise FormatError(path, "meta is not a UTF-8 byte array")
             meta = json.loads(meta_raw.tobytes().decode("utf-8"))
-            arrays = {k: z[k] for k in ("tokens", "top_ids", "top_logp", "nll")}
+            if not isinstance(meta, dict) or meta.get("format") != KLD_BASE_FORMAT:
+                raise FormatError(path, "not a lowbit KLD base file (meta.format is not "
+                                        f"{KLD_BASE_FORMAT!r})")
+            arrays = {k: z[k] for k in ("tokens", "hidden", "nll")}
     except LowbitError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
         raise FormatError(path, f"not a readable KLD base file (.npz): {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != KLD_BASE_FORMAT:
-        raise FormatError(path, f"not a lowbit KLD base file (format is {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != KLD_BASE_VERSION:
         raise FormatError(path, f"KLD base version {meta.get('version')!r} is not supported (expected {KLD_BASE_VERSION})")
     try:
-        n_ctx, n_chunk, n_vocab, k = (int(meta[x]) for x in ("n_ctx", "n_chunks", "n_vocab", "top_k"))
+        n_ctx, n_chunk, n_vocab, dim = (int(meta[x]) for x in ("n_ctx", "n_chunks", "n_vocab", "hidden_size"))
+        model_path, out_meta = str(meta["base_model"]), dict(meta["output_tensor"])
     except (KeyError, TypeError, ValueError):
-        raise FormatError(path, "meta lacks n_ctx / n_chunks / n_vocab / top_k") from None
+        raise FormatError(path, "meta lacks n_ctx / n_chunks / n_vocab / hidden_size / base_model / output_tensor") from None
+    if n_chunk < 1 or n_ctx < 4:
+        raise FormatError(path, f"bad sizes: {n_chunk} chunks of {n_ctx}")
     n_scored = n_ctx - 1 - n_ctx // 2
-    tok, ids, lp, nll = arrays["tokens"], arrays["top_ids"], arrays["top_logp"], arrays["nll"]
-    checks = [(tok, (n_chunk, n_ctx), "iu"), (ids, (n_chunk, n_scored, k), "iu"),
-              (lp, (n_chunk, n_scored, k), "f"), (nll, (n_chunk, n_scored), "f")]
-    for a, shape, kinds in checks:
+    tok, hid, nll = arrays["tokens"], arrays["hidden"], arrays["nll"]
+    for a, shape, kinds in [(tok, (n_chunk, n_ctx), "iu"), (hid, (n_chunk, n_scored, dim), "f"),
+                            (nll, (n_chunk, n_scored), "f")]:
         if a.shape != shape or a.dtype.kind not in kinds:
             raise FormatError(path, f"array of shape {list(a.shape)} {a.dtype} where {list(shape)} was expected")
-    if n_chunk < 1 or not 1 <= k <= n_vocab:
-        raise FormatError(path, f"bad sizes: {n_chunk} chunks, top-k {k}, vocab {n_vocab}")
-    if tok.min() < 0 or tok.max() >= n_vocab or ids.min() < 0 or ids.max() >= n_vocab:
+    if tok.min() < 0 or tok.max() >= n_vocab:
         raise FormatError(path, f"token ids outside the vocabulary 0..{n_vocab - 1}")
-    if not (np.isfinite(lp).all() and np.isfinite(nll).all()) or lp.max() > 1e-3:
-        raise FormatError(path, "log-probabilities are not finite or above 0")
-    return Base(meta, tok.astype(np.int32), ids.astype(np.int64), lp.astype(np.float64), nll.astype(np.float64))
-
-
-def kl_from_top(logp_q: np.ndarray, top_ids: np.ndarray, top_logp: np.ndarray) -> np.ndarray:
-    """KL(P || Q) per row from P's top-k log-probs and Q's full log-probs: the top-k terms plus
-    one term for the rest of the vocabulary taken as a single outcome (a lower bound of the
-    full sum that misses only the divergence inside the tail, negligible once k covers
-    nearly all of P's mass)."""
-    p = np.exp(top_logp)
-    lq = np.take_along_axis(logp_q, top_ids, axis=1)
-    kl = (p * (top_logp - lq)).sum(axis=1)
-    p_rest = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
-    q_rest = np.clip(1.0 - np.exp(lq).sum(axis=1), 1e-300, 1.0)
-    tail = np.where(p_rest > 1e-12, p_rest * (np.log(np.maximum(p_rest, 1e-300)) - np.log(q_rest)), 0.0)
-    return np.maximum(kl + tail, 0.0)
+    if not (np.isfinite(hid).all() and np.isfinite(nll).all()):
+        raise FormatError(path, "hidden states or NLLs are not finite")
+    # the base logits are recomputed from the base file's own output matrix: it must be unchanged
+    if not os.path.exists(model_path):
+        raise FormatError(path, f"its base model {model_path} is missing (it is needed to recompute the base logits)")
+    f = LowbitFile(model_path)
+    from .config import ModelConfig
+    c = ModelConfig.from_json(f.path, f.metadata.get("architecture"))
+    name, lin = output_linear(f, c)
+    info = f.info(name).to_json()
+    if (c.vocab_size, c.hidden_size) != (n_vocab, dim) or {k: info[k] for k in out_meta} != out_meta:
+        raise FormatError(path, f"its base model {model_path} has changed since the base run "
+                                f"(output matrix {info['name']} differs)")
+    return Base(meta, tok.astype(np.int32), hid.astype(np.float32), nll.astype(np.float64), lin)
 
 
 # ----------------------------------------------------------------------------- the run
 
 def run(model, text_path=None, n_ctx: int = 512, n_chunks: int = None, save_base_path=None,
-        kld_base_path=None, top_k: int = DEFAULT_TOP_K, log=print, progress=None) -> Result:
+        kld_base_path=None, log=print, progress=None) -> Result:
     """Perplexity of `model` over `text_path` (or over the tokens of a KLD base file).
     `log(str, end=...)` receives llama.cpp-style progress lines."""
     t0 = time.perf_counter()
@@ -260,10 +290,7 @@ def run(model, text_path=None, n_ctx: int = 512, n_chunks: int = None, save_base
     n_scored = n_ctx - 1 - first
     vocab = model.config.vocab_size
     if save_base_path is not None:
-        if not 1 <= top_k <= vocab:
-            raise ValueError(f"--kl-top-k must be in 1..{vocab}")
-        top_ids = np.zeros((n_chunk, n_scored, top_k), np.uint16 if vocab <= 65536 else np.int32)
-        top_logp = np.zeros((n_chunk, n_scored, top_k), np.float32)
+        hidden = np.zeros((n_chunk, n_scored, model.config.hidden_size), np.float32)
         base_nll = np.zeros((n_chunk, n_scored), np.float64)
     log(f"perplexity: {total} tokens, {n_chunk} chunks of {n_ctx}, scoring {n_scored} tokens per chunk"
         f" (BOS first: {'yes' if model.tokenizer.add_bos else 'no'})")
@@ -275,27 +302,25 @@ def run(model, text_path=None, n_ctx: int = 512, n_chunks: int = None, save_base
         log("chunk        PPL              ln(PPL(Q)/PPL(base))    KL divergence           same top")
     for i in range(n_chunk):
         tc = time.perf_counter()
-        logits = scored_logits(model, chunks[i])
+        if save_base_path is not None:
+            logits, hidden[i] = scored_logits(model, chunks[i], hidden=True)
+        else:
+            logits = scored_logits(model, chunks[i])
         lp = log_softmax(logits)
         targets = chunks[i, first + 1:].astype(np.int64)
         nll = -lp[np.arange(n_scored), targets]
         scored.add(nll)
         running.append(scored.ppl)
         if save_base_path is not None:
-            part = np.argpartition(-lp, top_k - 1, axis=1)[:, :top_k] if top_k < vocab else \
-                np.tile(np.arange(vocab), (n_scored, 1))
-            vals = np.take_along_axis(lp, part, axis=1)
-            order = np.argsort(-vals, axis=1, kind="stable")
-            top_ids[i] = np.take_along_axis(part, order, axis=1)
-            top_logp[i] = np.take_along_axis(vals, order, axis=1)
             base_nll[i] = nll
         if i == 0:
             dt = time.perf_counter() - tc
             log(f"perplexity: {dt:.2f} seconds per pass - ETA {dt * n_chunk / 60:.2f} minutes")
         if base is not None:
-            kl = kl_from_top(lp, base.top_ids[i], base.top_logp[i])
-            kld_vals.append(kl)
-            same_top += int((lp.argmax(axis=1) == base.top_ids[i][:, 0]).sum())
+            lp_base = base.log_probs(i)
+            kl = (np.exp(lp_base) * (lp_base - lp)).sum(axis=1)
+            kld_vals.append(np.maximum(kl, 0.0))
+            same_top += int((lp.argmax(axis=1) == lp_base.argmax(axis=1)).sum())
             nll_base_sum.add(base.nll[i])
             allk = np.concatenate(kld_vals)
             log(f"{i + 1:4d}    {scored.ppl:9.4f} ± {scored.ppl_uncertainty:8.4f}    "
@@ -309,20 +334,23 @@ def run(model, text_path=None, n_ctx: int = 512, n_chunks: int = None, save_base
         log("")
     result = Result(n_ctx, n_chunk, total, scored, time.perf_counter() - t0, running)
     if save_base_path is not None:
+        c = model.config
+        name, _ = output_linear(model.file, c)
         meta = {"format": KLD_BASE_FORMAT, "version": KLD_BASE_VERSION, "n_ctx": n_ctx, "n_chunks": n_chunk,
-                "n_vocab": vocab, "top_k": top_k, "text_tokens": total,
+                "n_vocab": vocab, "hidden_size": c.hidden_size, "text_tokens": total,
                 "text": os.path.abspath(text_path) if text_path else None,
-                "model": model.path, "model_bytes": model.file.size,
+                "base_model": os.path.abspath(model.path), "base_model_bytes": model.file.size,
+                "output_tensor": model.file.info(name).to_json(),
                 "tokenizer_sha256": tokenizer_fingerprint(model), "bos_first": bool(model.tokenizer.add_bos),
                 "ppl": scored.ppl}
-        save_base(save_base_path, meta, chunks.astype(np.int32), top_ids, top_logp, base_nll)
+        save_base(save_base_path, meta, chunks.astype(np.int32), hidden, base_nll)
     if base is not None:
         allk = np.concatenate(kld_vals)
         result.kld = {"mean": float(allk.mean()), "mean_uncertainty": _sem(allk),
                       "p99": float(np.percentile(allk, 99.0)), "p99_9": float(np.percentile(allk, 99.9)),
                       "median": float(np.median(allk)), "max": float(allk.max()),
                       "same_top": same_top / allk.size, "ppl_base": nll_base_sum.ppl,
-                      "base_file": os.fspath(kld_base_path), "top_k": int(base.meta["top_k"])}
+                      "base_file": os.fspath(kld_base_path), "base_model": base.meta["base_model"]}
     return result
 
 
@@ -361,5 +389,5 @@ def format_summary(r: Result) -> str:
                   f"99.0%   KLD: {k['p99']:10.6f}",
                   f"Median  KLD: {k['median']:10.6f}",
                   "",
-                  f"Same top p: {100 * k['same_top']:6.3f} %   (base top-{k['top_k']} log-probs from {k['base_file']})"]
+                  f"Same top p: {100 * k['same_top']:6.3f} %   (base: {k['base_model']} via {k['base_file']})"]
     return "\n".join(lines)
