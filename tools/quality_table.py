@@ -150,7 +150,13 @@ def main(argv=None):
     ap.add_argument("--workdir", default=None, help="cache folder (default /tmp/lowbit-quality/MODEL)")
     ap.add_argument("--plot", help="PNG of mean KLD against bits/weight (default WORKDIR/kld.png)")
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--from-json", metavar="JSON", help="only print the table and draw the plot of a saved --json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        d = json.load(open(args.from_json))
+        report(d["model"], d["text"], d["rows"], d["chunks"], d["ctx"], d["n_weights"])
+        plot(d["model"], d["rows"], args.plot or os.path.splitext(args.from_json)[0] + ".png")
+        return
 
     model_dir = os.path.join(SHARED, "models", args.model)
     text_name, default_chunks = EVAL_TEXT[args.model]
@@ -190,9 +196,15 @@ def main(argv=None):
             print(f"imatrix: {info['chunks']} chunks, {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     rows = []
+    done_path = os.path.join(work, "rows.json")   # finished rows: an interrupted run resumes
+    done = json.load(open(done_path)) if os.path.exists(done_path) else {}
     for name in names:
         for with_imatrix in ([False, True] if want_imatrix and uses_imatrix(name) else [False]):
             out = os.path.join(work, f"{args.model}-{name}{'-imatrix' if with_imatrix else ''}.lowbit")
+            key = f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}"
+            if key in done:
+                rows.append(done[key])
+                continue
             convert_cached(model_dir, out, name, imatrix_path if with_imatrix else None)
             t = time.perf_counter()
             if name == "f16":   # the reference itself: its figures are in the base file
@@ -206,10 +218,20 @@ def main(argv=None):
                    "kld_p99": r.kld["p99"], "top1": r.kld["same_top"], "chunks": r.n_chunks,
                    "seconds": time.perf_counter() - t}
             rows.append(row)
+            done[key] = row
+            json.dump(done, open(done_path, "w"), indent=1)
             print(f"{name}{' +imatrix' if with_imatrix else ''}: PPL {row['ppl']:.4f}, KLD {row['kld_mean']:.6f}, "
                   f"{row['seconds']:.0f} s", file=sys.stderr)
 
-    print(f"\n{args.model}: {text_name}, {rows[0]['chunks'] if rows else chunks} chunks of {args.ctx}; "
+    report(args.model, text_name, rows, chunks, args.ctx, n_weights)
+    if args.json:
+        json.dump({"model": args.model, "text": text_name, "n_weights": n_weights, "ctx": args.ctx,
+                   "chunks": chunks, "rows": rows}, open(args.json, "w"), indent=2)
+    plot(args.model, rows, args.plot or os.path.join(work, "kld.png"))
+
+
+def report(model, text_name, rows, chunks, ctx, n_weights):
+    print(f"\n{model}: {text_name}, {rows[0]['chunks'] if rows else chunks} chunks of {ctx}; "
           f"bits/weight over {n_weights:,} checkpoint weights; KLD vs lowbit F16\n")
     print("| type | imatrix | bytes | bits/weight | PPL | mean KLD | 99% KLD | top-1 % |")
     print("|---|---|---|---|---|---|---|---|")
@@ -217,10 +239,6 @@ def main(argv=None):
         print(f"| {r['type']} | {'yes' if r['imatrix'] else 'no'} | {r['bytes']} | {r['bits_per_weight']:.3f} | "
               f"{r['ppl']:.4f} ± {r['ppl_uncertainty']:.4f} | {r['kld_mean']:.6f} | {r['kld_p99']:.5f} | "
               f"{100 * r['top1']:.2f} |")
-    if args.json:
-        json.dump({"model": args.model, "text": text_name, "n_weights": n_weights, "rows": rows},
-                  open(args.json, "w"), indent=2)
-    plot(args.model, rows, args.plot or os.path.join(work, "kld.png"))
 
 
 def plot(model, rows, path):
