@@ -128,11 +128,12 @@ def convert_cached(model_dir, out, qtype, imatrix_path=None):
     json.dump(key, open(stamp, "w"))
 
 
-def base_result(path) -> perplexity.Result:
+def base_result(path, n_chunks=None) -> perplexity.Result:
     b = perplexity.load_base(path)
     s = perplexity.Running()
-    s.add(b.nll.reshape(-1))
-    r = perplexity.Result(b.meta["n_ctx"], len(b.tokens), b.meta.get("text_tokens", 0), s, 0.0)
+    nll = b.nll[:n_chunks] if n_chunks else b.nll
+    s.add(nll.reshape(-1))
+    r = perplexity.Result(b.meta["n_ctx"], len(nll), b.meta.get("text_tokens", 0), s, 0.0)
     r.kld = {"mean": 0.0, "p99": 0.0, "same_top": 1.0}
     return r
 
@@ -142,6 +143,8 @@ def main(argv=None):
     ap.add_argument("model", choices=sorted(EVAL_TEXT), help="a model folder of ../shared/models")
     ap.add_argument("--chunks", type=int, help="eval chunks of 512 tokens (default: llama.cpp's: 60 for "
                                                "pycode-30m, all for pychat-30m)")
+    ap.add_argument("--row-chunks", type=int, help="evaluate the quantized rows on only the first N of the "
+                                                   "base's chunks (the F16 base still covers --chunks)")
     ap.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512)")
     ap.add_argument("--types", help="comma-separated types/mixes (default: every type and mix found)")
     ap.add_argument("--no-imatrix", action="store_true", help="skip the imatrix rows")
@@ -183,7 +186,8 @@ def main(argv=None):
         t = time.perf_counter()
         r = perplexity.run(lowbit.load(f16), text, n_ctx=args.ctx, n_chunks=chunks, save_base_path=base,
                            log=log_quiet)
-        print(f"base: F16 PPL {r.scored.ppl:.4f} over {r.n_chunks} chunks, {time.perf_counter() - t:.0f} s",
+        print(f"base: F16 PPL {r.scored.ppl:.4f} +/- {r.scored.ppl_uncertainty:.5f} over {r.n_chunks} chunks, "
+              f"{time.perf_counter() - t:.0f} s",
               file=sys.stderr)
     imatrix_path = None
     if want_imatrix:
@@ -201,16 +205,18 @@ def main(argv=None):
     for name in names:
         for with_imatrix in ([False, True] if want_imatrix and uses_imatrix(name) else [False]):
             out = os.path.join(work, f"{args.model}-{name}{'-imatrix' if with_imatrix else ''}.lowbit")
-            key = f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}"
+            key = (f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}|"
+                   f"{args.row_chunks}")
             if key in done:
                 rows.append(done[key])
                 continue
             convert_cached(model_dir, out, name, imatrix_path if with_imatrix else None)
             t = time.perf_counter()
             if name == "f16":   # the reference itself: its figures are in the base file
-                r = base_result(base)
+                r = base_result(base, args.row_chunks)
             else:
-                r = perplexity.run(lowbit.load(out), None, n_ctx=None, n_chunks=chunks, kld_base_path=base,
+                r = perplexity.run(lowbit.load(out), None, n_ctx=None, n_chunks=args.row_chunks or chunks,
+                                   kld_base_path=base,
                                    log=log_quiet)
             size = os.path.getsize(out)
             row = {"type": name, "imatrix": with_imatrix, "bytes": size, "bits_per_weight": size * 8 / n_weights,
