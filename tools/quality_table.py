@@ -117,6 +117,10 @@ def log_quiet(*a, **k):
     pass
 
 
+def log_stderr(msg, end="\n"):
+    print(msg, end=end, file=sys.stderr, flush=True)
+
+
 def convert_cached(model_dir, out, qtype, imatrix_path=None):
     from converters import convert
     stamp = out + ".json"
@@ -185,7 +189,7 @@ def main(argv=None):
     if not os.path.exists(base):
         t = time.perf_counter()
         r = perplexity.run(lowbit.load(f16), text, n_ctx=args.ctx, n_chunks=chunks, save_base_path=base,
-                           log=log_quiet)
+                           log=log_stderr)
         print(f"base: F16 PPL {r.scored.ppl:.4f} +/- {r.scored.ppl_uncertainty:.5f} over {r.n_chunks} chunks, "
               f"{time.perf_counter() - t:.0f} s",
               file=sys.stderr)
