@@ -247,8 +247,13 @@ def report(model, text_name, rows, chunks, ctx, n_weights):
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: -r["bits_per_weight"]):
         print(f"| {r['type']} | {'yes' if r['imatrix'] else 'no'} | {r['bytes']} | {r['bits_per_weight']:.3f} | "
-              f"{r['ppl']:.4f} ± {r['ppl_uncertainty']:.4f} | {r['kld_mean']:.6f} | {r['kld_p99']:.5f} | "
+              f"{r['ppl']:.4f} ± {r['ppl_uncertainty']:.4f} | {_small(r['kld_mean'], 6)} | {_small(r['kld_p99'], 5)} | "
               f"{100 * r['top1']:.2f} |")
+
+
+def _small(x, digits):
+    """Fixed point like llama.cpp's tables, scientific below what that shows."""
+    return f"{x:.{digits}f}" if x == 0 or x >= 10 ** -digits else f"{x:.1e}"
 
 
 def plot(model, rows, path):
