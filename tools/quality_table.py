@@ -265,7 +265,7 @@ def plot(model, rows, path):
         print("matplotlib is not installed (pip install '.[tools]'): no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ours = [r for r in rows if r["kld_mean"] > 0]
+    ours = [r for r in rows if r["kld_mean"] > 1e-8]   # lossless rows (F16, BF16 of a BF16 checkpoint) off the log axis
     for imat, marker in ((False, "o"), (True, "s")):
         pts = [r for r in ours if r["imatrix"] == imat]
         if pts:
