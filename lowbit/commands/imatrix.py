@@ -1,0 +1,35 @@
+"""lowbit imatrix: mean squared input activations per linear layer over calibration text."""
+import os
+import sys
+
+
+def register(sub):
+    p = sub.add_parser("imatrix", help="compute an importance matrix over calibration text",
+                       description="Run the model over calibration text (chunks of -c tokens, BOS first when the "
+                                   "model uses one) and record, for every linear layer, the mean squared input "
+                                   "activation of each input channel. The output is a lowbit container of f32 "
+                                   "vectors named like the weights they apply to (format_spec/imatrix.md), read "
+                                   "by 'lowbit convert --imatrix'.")
+    p.add_argument("model", help="a .lowbit file (F16 or BF16 recommended)")
+    p.add_argument("--text", "-f", required=True, help="calibration text, e.g. ../shared/data/pycode-calib.txt")
+    p.add_argument("-o", "--output", required=True, help="output imatrix file")
+    p.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    p.add_argument("--chunks", type=int, help="use at most this many chunks (default all)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-chunk progress")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import lowbit
+    from .. import imatrix
+    model = lowbit.load(args.model)
+
+    def log(msg, end="\n"):
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    stats, info = imatrix.compute(model, args.text, args.n_ctx, args.chunks, log=log)
+    imatrix.save(args.output, stats, os.path.basename(model.path), os.path.basename(args.text), info)
+    print(f"wrote {args.output}: {len(stats)} tensors from {info['tokens']} tokens ({info['chunks']} chunks "
+          f"of {info['n_ctx']}), {info['seconds']:.1f} s", file=sys.stderr)
+    return 0
