@@ -39,20 +39,8 @@ CALIB_TEXT = "pycode-calib.txt"
 # ----------------------------------------------------------------------------- what to measure
 
 def mixes() -> list:
-    """Mix names from converters.recipes, whatever the module calls its table."""
-    try:
-        recipes = importlib.import_module("converters.recipes")
-    except ImportError:
-        return []
-    for attr in ("MIXES", "RECIPES", "mixes", "recipes"):
-        obj = getattr(recipes, attr, None)
-        if callable(obj):
-            obj = obj()
-        if isinstance(obj, dict):
-            return list(obj)
-        if isinstance(obj, (list, tuple)):
-            return [getattr(m, "name", m) for m in obj]
-    return []
+    from converters.recipes import MIXES
+    return list(MIXES)
 
 
 def plain_types() -> list:
@@ -74,11 +62,6 @@ def uses_imatrix(qtype: str) -> bool:
         return not np.array_equal(qt.quantize(w, None), qt.quantize(w, imat))
     except Exception:
         return False
-
-
-def convert_supports_imatrix() -> bool:
-    from converters import convert
-    return "imatrix" in inspect.signature(convert).parameters
 
 
 def hf_weights(model_dir: str) -> int:
@@ -178,9 +161,6 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown types/mixes {unknown}; known: {plain_types() + mixes()}")
     want_imatrix = not args.no_imatrix and any(uses_imatrix(n) for n in names)
-    if want_imatrix and not convert_supports_imatrix():
-        print("note: converters.convert() takes no imatrix yet: imatrix rows skipped", file=sys.stderr)
-        want_imatrix = False
 
     # the reference: F16, its base log-probs over the eval chunks
     f16 = os.path.join(work, f"{args.model}-f16.lowbit")
