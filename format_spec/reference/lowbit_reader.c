@@ -393,8 +393,8 @@ static lb_status jnumber(jparser *p, jnode *nd) {
         nd->is_int = 0;
     }
     for (k = int_start; k < int_end; k++) {
-        if (mag < INT_CLAMP) mag = mag * 10 + (uint64_t)(s[k] - '0');
-        if (mag > INT_CLAMP) mag = INT_CLAMP;
+        if (mag >= INT_CLAMP / 10) mag = INT_CLAMP;   /* no wrap: clamp before multiplying */
+        else mag = mag * 10 + (uint64_t)(s[k] - '0');
     }
     nd->ival = mag;
     /* decimal exponent E of the leading significant digit: value in [10^(E-1), 10^E) */

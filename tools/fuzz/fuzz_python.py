@@ -1,0 +1,53 @@
+"""Atheris harness for the Python reader: any input must open cleanly or raise FormatError;
+opened files must list, dequantize every known tensor and verify CRCs without other errors.
+
+    pip install atheris
+    mkdir -p /tmp/fuzz-py && cp format_spec/vectors/*.lowbit /tmp/fuzz-py/
+    PYTHONPATH=$PWD timeout 700 python tools/fuzz/fuzz_python.py /tmp/fuzz-py \
+        -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-py-crash-
+"""
+import os
+import sys
+import tempfile
+
+import atheris
+
+with atheris.instrument_imports():
+    from lowbit import config, format
+    from lowbit.errors import FormatError
+
+PATH = os.path.join(tempfile.mkdtemp(prefix="lowbit-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None), "input.lowbit")
+
+
+def check(data: bytes):
+    with open(PATH, "wb") as fh:
+        fh.write(data)
+    try:
+        f = format.LowbitFile(PATH)
+    except FormatError:
+        return
+    with f:
+        for name, t in f.tensors.items():
+            if t.type in format.quants.TYPES:
+                out = f.dequantize(name)
+                assert out.size == t.rows * t.cols
+            else:
+                try:
+                    f.qtype(name)
+                    raise AssertionError("unknown type accepted")
+                except FormatError:
+                    pass
+        f.verify()
+        try:
+            config.ModelConfig.from_json(PATH, f.metadata.get("architecture"))
+        except FormatError:
+            pass
+
+
+def TestOneInput(data: bytes):
+    check(data)
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
