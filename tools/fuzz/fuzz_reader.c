@@ -4,7 +4,7 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  *       -I format_spec/reference tools/fuzz/fuzz_reader.c format_spec/reference/lowbit_reader.c -o /tmp/fuzz_reader
- *   mkdir -p /tmp/fuzz-c && cp format_spec/vectors/[a-z]*.lowbit /tmp/fuzz-c/
+ *   mkdir -p /tmp/fuzz-c && python tools/fuzz/seeds.py /tmp/fuzz-c
  *   timeout 700 /tmp/fuzz_reader /tmp/fuzz-c -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-c-crash-
  */
 #include <stdint.h>
@@ -26,6 +26,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t hl, off;
     uint8_t *fixed;
     uint32_t crc;
+    if (size > 0 && data[0] == '{') {   /* structure-aware mode: JSON header, NUL, data region */
+        const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
+        size_t h = nul ? (size_t)(nul - data) : size, region = nul ? size - h - 1 : 0, total;
+        off = (48 + h + 63) / 64 * 64;
+        total = off + region;
+        fixed = (uint8_t *)calloc(total, 1);
+        if (!fixed) return 0;
+        memcpy(fixed, "\x89LOWBIT\n", 8);
+        fixed[8] = 1;
+        put64(fixed + 16, h);
+        put64(fixed + 24, off);
+        put64(fixed + 32, region);
+        crc = lb_crc32(data, h);
+        fixed[40] = (uint8_t)crc; fixed[41] = (uint8_t)(crc >> 8); fixed[42] = (uint8_t)(crc >> 16); fixed[43] = (uint8_t)(crc >> 24);
+        memcpy(fixed + 48, data, h);
+        if (region) memcpy(fixed + off, nul + 1, region);
+        check(fixed, total);
+        free(fixed);
+        return 0;
+    }
     check(data, size);
     if (size < 48) return 0;
     hl = 0;
