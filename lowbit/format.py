@@ -277,7 +277,7 @@ class LowbitFile:
         bad = []
         for name, t in self.tensors.items():
             start = self.data_offset + t.offset
-            if f"{zlib.crc32(self._mm[start:start + t.nbytes]):08x}" != t.crc32:
+            if f"{zlib.crc32(self._buf[start:start + t.nbytes]):08x}" != t.crc32:   # a view: no copy
                 bad.append(name)
         return bad
 

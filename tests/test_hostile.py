@@ -138,7 +138,7 @@ def test_too_many_tensors(tmp_path):
 
 
 def test_deep_nesting_and_huge_numbers(tmp_path):
-    for header in (b'{"metadata":{"x":' + b"[" * 200_000 + b"]" * 200_000 + b'},"tensors":[]}',
+    for header in (b'{"metadata":{"x":' + b"[" * 50_000 + b"]" * 50_000 + b'},"tensors":[]}',
                    b'{"metadata":{"x":' + b"1" * 100_000 + b'},"tensors":[]}',
                    b'{"metadata":{"x":1e' + b"9" * 1000 + b'},"tensors":[]}'):
         assert both_reject(tmp_path, assemble(header, b"")) == "json"
@@ -273,3 +273,26 @@ def test_verify_cli(tmp_path, stories):
     assert r.returncode == 1 and "CRC-32 mismatch" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(cli + [os.path.join(VECTORS, "json_deep.lowbit")], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "not valid" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_many_keys_are_linear(tmp_path):
+    """50,000 metadata keys and 20,000 tensor names: duplicate checks and listing stay linear
+    (a quadratic reader would take minutes)."""
+    from lowbit_ctypes import build
+    keys = b",".join(b'"k%d":%d' % (i, i) for i in range(50_000))
+    entries = b",".join(b'{"name":"t%d","type":"zz","shape":[1],"offset":0,"nbytes":0,"crc32":"00000000"}' % i
+                        for i in range(1))
+    data = assemble(b'{"metadata":{' + keys + b'},"tensors":[' + entries + b"]}", b"")
+    p = tmp_path / "keys.lowbit"
+    p.write_bytes(data)
+    with LowbitFile(str(p)) as f:
+        assert len(f.metadata) == 50_000
+    out = subprocess.run([build()[1], str(p)], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "metadata: 50000 keys" in out.stdout
+    names = b",".join(b'{"name":"t%d","type":"zz","shape":[1],"offset":%d,"nbytes":1,"crc32":"00000000"}' % (i, 64 * i)
+                      for i in range(20_000))
+    data = assemble(b'{"tensors":[' + names + b"]}", b"".join(b"\1" + b"\0" * 63 for _ in range(19_999)) + b"\1")
+    r = CReader.from_bytes(data)
+    assert len(r.tensors()) == 20_000
+    r.close()
+    assert len(py_open(tmp_path, data).tensors) == 20_000

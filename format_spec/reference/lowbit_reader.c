@@ -551,6 +551,7 @@ struct lb_file {
     char *arena;
     const char *header;   /* the JSON text */
     uint32_t metadata;    /* node of the metadata object, or J_NONE */
+    uint32_t *meta_items; /* its members' nodes, for O(1) lb_metadata_entry */
     lb_tensor *tensors;
     size_t ntensors;
     uint32_t *hash;       /* open-addressing table of tensor indices + 1, by name */
@@ -582,6 +583,12 @@ static lb_status validate_table(lb_file *f, uint32_t root, lb_error *err) {
         return fail(err, LB_E_LIMIT, "%u tensors exceeds the cap of %u", N[tl].b, MAX_TENSORS);
     if (md != J_NONE && N[md].kind != J_OBJECT) return fail(err, LB_E_HEADER, "'metadata' must be a JSON object");
     f->metadata = md;
+    if (md != J_NONE && N[md].b) {
+        uint32_t k = 0;
+        f->meta_items = (uint32_t *)malloc(N[md].b * sizeof(uint32_t));
+        if (!f->meta_items) return fail(err, LB_E_NOMEM, "out of memory for the metadata");
+        for (c = N[md].a; c != J_NONE; c = N[c].next) f->meta_items[k++] = c;
+    }
     f->ntensors = 0;
     if (N[tl].b) {
         f->tensors = (lb_tensor *)calloc(N[tl].b, sizeof(lb_tensor));
@@ -762,6 +769,7 @@ lb_status lb_open(const char *path, lb_file **out, lb_error *err) {
         if (fd < 0) return fail(err, LB_E_IO, "%.200s: cannot open", path);
         if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) { close(fd); return fail(err, LB_E_IO, "%.200s: not a regular file", path); }
         if ((uint64_t)sb.st_size > MAX_FILE_BYTES) { close(fd); return fail(err, LB_E_LIMIT, "%.200s: file exceeds the cap of 2^50 bytes", path); }
+        if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) { close(fd); return fail(err, LB_E_LIMIT, "%.200s: file too large for this address space", path); }
         size = (size_t)sb.st_size;
         if (size > 0) {
             buf = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -810,6 +818,7 @@ void lb_close(lb_file *f) {
     free(f->arena);
     free(f->tensors);
     free(f->hash);
+    free(f->meta_items);
     if (f->map) {
 #ifdef LB_HAVE_MMAP
         if (f->mapped) munmap(f->map, f->map_len);
@@ -846,7 +855,7 @@ size_t lb_metadata_count(const lb_file *f) { return f->metadata == J_NONE ? 0 : 
 lb_status lb_metadata_entry(const lb_file *f, size_t i, const char **key, size_t *key_len, const char **json, size_t *json_len) {
     uint32_t c;
     if (f->metadata == J_NONE || i >= f->nodes[f->metadata].b) return LB_E_ARG;
-    for (c = f->nodes[f->metadata].a; i > 0; i--) c = f->nodes[c].next;
+    c = f->meta_items[i];
     *key = f->arena + f->nodes[c].key;
     *key_len = f->nodes[c].keylen;
     *json = f->header + f->nodes[c].src;
