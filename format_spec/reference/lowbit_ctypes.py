@@ -126,8 +126,10 @@ class CReader:
 
     def dequantize(self, name) -> np.ndarray:
         t = self._tensors[name]
-        out = np.empty(int(t.contents.elements), np.float32)
         err = _Error()
+        if not t.contents.known:   # let the reader refuse before allocating what the shape claims
+            self._check(library().lb_dequantize(self._h, t, None, 0, ctypes.byref(err)), err)
+        out = np.empty(int(t.contents.elements), np.float32)
         self._check(library().lb_dequantize(self._h, t, out.ctypes.data, out.size, ctypes.byref(err)), err)
         return out.reshape([int(t.contents.shape[i]) for i in range(t.contents.ndim)])
 
