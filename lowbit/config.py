@@ -61,5 +61,28 @@ class ModelConfig:
                 raise FormatError(path, f"metadata.architecture.{k} = {v!r} must be a positive number")
         if self.hidden_act != "silu":
             raise FormatError(path, f"activation {self.hidden_act!r} is not supported (only silu)")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
-            raise FormatError(path, "metadata.architecture.rope_scaling must be an object or null")
+        if self.rope_scaling is not None:
+            self._validate_rope_scaling(path, self.rope_scaling)
+
+    @staticmethod
+    def _validate_rope_scaling(path, rs):
+        """SPEC 3.2: null, linear {factor} or llama3 {factor, low/high_freq_factor, original_max_position_embeddings};
+        checked here so that a hostile value is a FormatError, not a division by zero at load."""
+        where = "metadata.architecture.rope_scaling"
+        if not isinstance(rs, dict):
+            raise FormatError(path, f"{where} must be an object or null")
+        rtype = rs.get("rope_type", rs.get("type", "default"))
+        if rtype not in ("default", "linear", "llama3"):
+            raise FormatError(path, f"{where}.rope_type {str(rtype)[:40]!r} is not supported (linear, llama3)")
+
+        def positive(key, default=None):
+            v = rs.get(key, default)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                raise FormatError(path, f"{where}.{key} = {str(v)[:40]} must be a positive number")
+            return v
+        if rtype in ("linear", "llama3"):
+            positive("factor")
+        if rtype == "llama3":
+            if not positive("low_freq_factor", 1.0) < positive("high_freq_factor", 4.0):
+                raise FormatError(path, f"{where}: low_freq_factor must be below high_freq_factor")
+            positive("original_max_position_embeddings", 8192)

@@ -12,6 +12,7 @@ Layout (format_spec/SPEC.md is normative):
     48  header_len bytes of UTF-8 JSON, zero bytes up to data_offset, then the data region.
 """
 import json
+import math
 import mmap
 import os
 import struct
@@ -85,17 +86,39 @@ def _no_duplicates(pairs):
     return d
 
 
-def _depth(obj, limit):
+def _finite_number(text):
+    """JSON numbers MUST be finite as binary64 (SPEC 3): "1e400" is as invalid as "Infinity"."""
+    if not math.isfinite(float(text)):
+        raise ValueError(f"number {text[:40]} overflows a binary64")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _check_tree(obj, limit):
+    """Nesting depth (the top object is level 1, every value inside a container one more) and
+    strings: a \\u escape of a lone surrogate decodes to a str that is not Unicode text."""
     stack = [(obj, 1)]
     while stack:
         o, d = stack.pop()
         if d > limit:
-            return False
+            return f"header is nested more than {limit} levels deep"
         if isinstance(o, dict):
+            for k in o:
+                if not _valid_text(k):
+                    return "header has a string with a lone surrogate escape"
             stack.extend((v, d + 1) for v in o.values())
         elif isinstance(o, list):
             stack.extend((v, d + 1) for v in o)
-    return True
+        elif isinstance(o, str) and not _valid_text(o):
+            return "header has a string with a lone surrogate escape"
+    return None
+
+
+def _valid_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _is_int(v) -> bool:
@@ -127,11 +150,15 @@ def parse_header_bytes(path, buf: bytes):
         raise FormatError(path, "padding between header and data is not zero")
     try:
         text = raw.decode("utf-8")
-        header = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        header = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
+                            parse_int=_finite_number, parse_float=_finite_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(path, f"header is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(header, dict) or not _depth(header, MAX_JSON_DEPTH):
-        raise FormatError(path, f"header must be a JSON object nested at most {MAX_JSON_DEPTH} deep")
+        raise FormatError(path, f"header is not valid UTF-8 JSON: {str(e)[:200]}") from None
+    problem = _check_tree(header, MAX_JSON_DEPTH)
+    if problem:
+        raise FormatError(path, f"header is not valid JSON: {problem}")
+    if not isinstance(header, dict):
+        raise FormatError(path, "header must be a JSON object")
     return header, data_offset, data_len
 
 
@@ -250,7 +277,7 @@ class LowbitFile:
         bad = []
         for name, t in self.tensors.items():
             start = self.data_offset + t.offset
-            if f"{zlib.crc32(self._mm[start:start + t.nbytes]):08x}" != t.crc32:
+            if f"{zlib.crc32(self._buf[start:start + t.nbytes]):08x}" != t.crc32:   # a view: no copy
                 bad.append(name)
         return bad
 
