@@ -6,6 +6,26 @@ from typing import Optional
 from .errors import FormatError
 
 ARCHITECTURES = ("llama", "qwen2")
+DEFAULT_CTX = 4096   # context used when none is asked for, if the model's is longer (as llama.cpp)
+MAX_KV_FRACTION = 0.5   # a KV cache may take at most this share of physical memory
+
+
+def context_size(path, c: "ModelConfig", n_ctx=None) -> int:
+    """The context to allocate: the one asked for, else the model's capped at DEFAULT_CTX. The file's
+    context_length is not backed by any tensor bytes, so it must not size allocations by itself."""
+    import os
+    n = int(n_ctx) if n_ctx else min(c.context_length, DEFAULT_CTX)
+    if not 1 <= n <= LIMITS["context_length"]:
+        raise ValueError(f"context length {n} is outside 1..{LIMITS['context_length']}")
+    kv_bytes = 2 * 4 * c.num_layers * n * c.num_kv_heads * c.head_dim
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        phys = 1 << 36
+    if kv_bytes > phys * MAX_KV_FRACTION:
+        raise ValueError(f"{path}: a KV cache for a context of {n} tokens needs {kv_bytes / 2**30:.1f} GiB, more "
+                         f"than half of this machine's memory; ask for a smaller context (--ctx)")
+    return n
 LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
           "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
           "context_length": 1 << 20}

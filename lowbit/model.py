@@ -3,7 +3,7 @@ pass reads top to bottom like llama2.c's."""
 import numpy as np
 
 from . import kernels, ops
-from .config import ModelConfig
+from .config import ModelConfig, context_size
 from .errors import FormatError
 from .format import LowbitFile
 from .tokenizer import Tokenizer
@@ -73,9 +73,7 @@ class Transformer:
         self.file = f
         meta = f.metadata
         self.config = c = ModelConfig.from_json(f.path, meta.get("architecture"))
-        self.n_ctx = int(n_ctx or c.context_length)
-        if not 1 <= self.n_ctx <= 1 << 20:
-            raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        self.n_ctx = context_size(f.path, c, n_ctx)
         emb = f.info("token_embd.weight")
         if emb.shape != (c.vocab_size, c.hidden_size):
             raise FormatError(f.path, f"token_embd.weight has shape {list(emb.shape)}, expected [{c.vocab_size}, {c.hidden_size}]")

@@ -3,7 +3,7 @@ uploaded once in their quantized layout and the decode step replayed as one CUDA
 import numpy as np
 
 from .. import ops
-from ..config import ModelConfig
+from ..config import ModelConfig, context_size
 from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
 from .layouts import KQUANTS, LAYOUTS, SCALAR, T_Q8_0
@@ -100,7 +100,7 @@ class CudaTransformer:
         self.file = f
         self._allocs, self._scratch = [], (0, 0)
         self.config = c = ModelConfig.from_json(f.path, f.metadata.get("architecture"))
-        self.n_ctx = int(n_ctx or c.context_length)
+        self.n_ctx = context_size(f.path, c, n_ctx)
         if not 1 <= self.n_ctx <= 1 << 20:
             raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
         if c.hidden_size > 16384:
