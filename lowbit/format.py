@@ -16,13 +16,13 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import quants
+from .atomic import atomic_output
 from .errors import FormatError
 
 MAGIC = b"\x89LOWBIT\n"
@@ -331,37 +331,24 @@ def write_lowbit(path, metadata: dict, specs: list, progress=None):
 
     hb = header_bytes(table)
     data_offset = align(PREFIX_SIZE + len(hb))
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".lowbit-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.seek(data_offset)
-            crcs = []
-            for spec, info in zip(specs, table):
-                raw = np.ascontiguousarray(spec.produce())
-                data = memoryview(raw).cast("B")
-                if data.nbytes != info.nbytes:
-                    raise ValueError(f"{spec.name}: produced {data.nbytes} bytes, expected {info.nbytes}")
-                f.seek(data_offset + info.offset)
-                f.write(data)
-                crcs.append(f"{zlib.crc32(data):08x}")
-                if progress is not None:
-                    progress(spec)
-            f.truncate(data_offset + data_len)
-            table = [TensorInfo(t.name, t.type, t.shape, t.offset, t.nbytes, c) for t, c in zip(table, crcs)]
-            hb2 = header_bytes(table)
-            assert len(hb2) == len(hb), "CRC strings are fixed width"
-            f.seek(0)
-            f.write(PREFIX.pack(MAGIC, VERSION, 0, len(hb2), data_offset, data_len, zlib.crc32(hb2), 0))
-            f.write(hb2)
-            f.write(b"\0" * (data_offset - PREFIX_SIZE - len(hb2)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as f:
+        f.seek(data_offset)
+        crcs = []
+        for spec, info in zip(specs, table):
+            raw = np.ascontiguousarray(spec.produce())
+            data = memoryview(raw).cast("B")
+            if data.nbytes != info.nbytes:
+                raise ValueError(f"{spec.name}: produced {data.nbytes} bytes, expected {info.nbytes}")
+            f.seek(data_offset + info.offset)
+            f.write(data)
+            crcs.append(f"{zlib.crc32(data):08x}")
+            if progress is not None:
+                progress(spec)
+        f.truncate(data_offset + data_len)
+        table = [TensorInfo(t.name, t.type, t.shape, t.offset, t.nbytes, c) for t, c in zip(table, crcs)]
+        hb2 = header_bytes(table)
+        assert len(hb2) == len(hb), "CRC strings are fixed width"
+        f.seek(0)
+        f.write(PREFIX.pack(MAGIC, VERSION, 0, len(hb2), data_offset, data_len, zlib.crc32(hb2), 0))
+        f.write(hb2)
+        f.write(b"\0" * (data_offset - PREFIX_SIZE - len(hb2)))

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FormatError, LowbitError
+from .atomic import atomic_output
 from .format import LowbitFile
 from .model import Linear
 
@@ -172,22 +172,8 @@ def _meta_array(meta: dict) -> np.ndarray:
 
 def save_base(path, meta: dict, tokens, hidden, nll):
     """The base run as a .npz (no pickle): see format_spec/kld_base.md."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".kld-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=_meta_array(meta), tokens=tokens, hidden=hidden, nll=nll)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path, prefix=".kld-") as f:
+        np.savez(f, meta=_meta_array(meta), tokens=tokens, hidden=hidden, nll=nll)
 
 
 def output_linear(f: LowbitFile, c):
