@@ -2,7 +2,7 @@
 pass reads top to bottom like llama2.c's."""
 import numpy as np
 
-from . import kernels, ops
+from . import kernels, native, ops
 from .config import ModelConfig
 from .errors import FormatError
 from .format import LowbitFile
@@ -26,6 +26,9 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
+        fused = self.qtype.kernels.get("c") if native.enabled() else None
+        if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
+            return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
         kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
         if self.bias is not None:
             y += self.bias
@@ -86,6 +89,11 @@ class Transformer:
         self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
+        self.native = None   # one C call per block when every weight type has a native kernel
+        if native.enabled():
+            from .native.runtime import NativeTransformer
+            if NativeTransformer.supports(self):
+                self.native = NativeTransformer(self)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
@@ -103,6 +111,8 @@ class Transformer:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
+        if self.native is not None:
+            return self.native.forward(tokens, cache, all_logits)
 
         x = np.empty((n, c.hidden_size), np.float32)
         kernels.gather_rows(self.embed_qtype.dequant_row, self.embed_raw, tokens, x)
