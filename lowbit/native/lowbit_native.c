@@ -347,16 +347,18 @@ static void barrier(int nth) {
         return;
     }
     for (int spins = 0; atomic_load_explicit(&g_bar_phase, memory_order_acquire) == phase; spins++) {
-        if (spins < 20000) cpu_relax();
+        if (spins < 4000) cpu_relax();
         else sched_yield();
     }
 }
 
 /* Workers spin for a short while after a job (the next layer's call comes within microseconds
    during decoding), then sleep on a futex so an idle model costs no CPU. */
+static int g_start_gen[MAX_THREADS];   /* the job generation when a worker was created */
+
 static void *worker_main(void *p) {
     int ith = (int)(intptr_t)p;
-    int seen = atomic_load(&g_gen);
+    int seen = g_start_gen[ith];   /* not a fresh read: a job posted before we run must not be missed */
     for (;;) {
         double t0 = 0;
         for (int spins = 0;; spins++) {
@@ -395,6 +397,7 @@ int lb_init(int nthreads) {
         pool_stop();
         g_nth = nthreads;
         for (int i = 1; i < nthreads; i++) {
+            g_start_gen[i] = atomic_load(&g_gen);
             if (pthread_create(&g_threads[i], NULL, worker_main, (void *)(intptr_t)i) != 0) { g_nth = i; break; }
         }
     }
@@ -415,7 +418,7 @@ static void pool_run(work_fn fn, void *arg) {
     if (atomic_load(&g_sleepers)) futex_wake_all(&g_gen);
     fn(arg, 0, nth);
     for (int spins = 0; atomic_load_explicit(&g_done, memory_order_acquire) != nth - 1; spins++) {
-        if (spins < 20000) cpu_relax();
+        if (spins < 4000) cpu_relax();
         else sched_yield();
     }
 }

@@ -1,6 +1,8 @@
 """The native forward pass: one C call per transformer block (norms, q/k/v, RoPE, KV cache,
 attention, output projection, SwiGLU FFN, all threaded inside C) plus the embedding lookup, the
 final norm and the output matmul: about 11 crossings from Python per forward call."""
+import time
+
 import numpy as np
 
 from . import C_TYPES, library
@@ -36,6 +38,7 @@ class NativeTransformer:
         self.output_norm = np.ascontiguousarray(t.output_norm, np.float32)
         self.cos, self.sin = np.ascontiguousarray(t.cos), np.ascontiguousarray(t.sin)
         self.p_cos, self.p_sin = _ptr(self.ffi, self.cos, "const float *"), _ptr(self.ffi, self.sin, "const float *")
+        self.c_seconds = None   # set to 0.0 to add up the time spent inside C (lowbit bench's overhead figure)
 
     @staticmethod
     def supports(t) -> bool:
@@ -64,11 +67,15 @@ class NativeTransformer:
         px = _ptr(ffi, x)
         if lib.lb_get_rows(self.embed, _ptr(ffi, ids, "const int64_t *"), n, px) != 0:
             raise ValueError("token id out of range")
+        timing = self.c_seconds is not None
+        t0 = time.perf_counter() if timing else 0.0
         for li, s in enumerate(self.layers):
             rc = lib.lb_layer_forward(s, px, n, pos0, _ptr(ffi, cache.k[li]), _ptr(ffi, cache.v[li]),
                                       cache.n_ctx, self.p_cos, self.p_sin)
             if rc != 0:
                 raise ValueError(f"native layer {li} rejected its arguments")
+        if timing:
+            self.c_seconds += time.perf_counter() - t0
         cache.pos = pos0 + n
         last = x if all_logits else x[-1:]
         h = np.empty_like(last)
