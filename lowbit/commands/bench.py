@@ -80,8 +80,19 @@ def measure(model, n_prompt, n_gen, reps):
 def run(args):
     if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1:
         raise ValueError("-p and -n must be >= 0 and -r >= 1")
+    old = os.environ.get("LOWBIT_BACKEND")
     if args.backend == "numba":
         os.environ["LOWBIT_BACKEND"] = "numba"
+    try:
+        return _run(args)
+    finally:
+        if old is None:
+            os.environ.pop("LOWBIT_BACKEND", None)
+        else:
+            os.environ["LOWBIT_BACKEND"] = old
+
+
+def _run(args):
     import lowbit
     from lowbit import native
     if args.backend != "numba" and native.enabled():

@@ -61,28 +61,41 @@ class NativeTransformer:
 
     def forward(self, tokens, cache, all_logits):
         ffi, lib, c = self.ffi, self.lib, self.c
+        timing = self.c_seconds is not None
+        clock = time.perf_counter if timing else _no_clock
         n, pos0 = tokens.shape[0], cache.pos
         ids = np.ascontiguousarray(tokens, np.int64)
         x = np.empty((n, c.hidden_size), np.float32)
         px = _ptr(ffi, x)
-        if lib.lb_get_rows(self.embed, _ptr(ffi, ids, "const int64_t *"), n, px) != 0:
+        inside = 0.0
+        t0 = clock()
+        rc = lib.lb_get_rows(self.embed, _ptr(ffi, ids, "const int64_t *"), n, px)
+        inside += clock() - t0
+        if rc != 0:
             raise ValueError("token id out of range")
-        timing = self.c_seconds is not None
-        t0 = time.perf_counter() if timing else 0.0
         for li, s in enumerate(self.layers):
-            rc = lib.lb_layer_forward(s, px, n, pos0, _ptr(ffi, cache.k[li]), _ptr(ffi, cache.v[li]),
-                                      cache.n_ctx, self.p_cos, self.p_sin)
+            pk, pv = _ptr(ffi, cache.k[li]), _ptr(ffi, cache.v[li])
+            t0 = clock()
+            rc = lib.lb_layer_forward(s, px, n, pos0, pk, pv, cache.n_ctx, self.p_cos, self.p_sin)
+            inside += clock() - t0
             if rc != 0:
                 raise ValueError(f"native layer {li} rejected its arguments")
-        if timing:
-            self.c_seconds += time.perf_counter() - t0
         cache.pos = pos0 + n
-        last = x if all_logits else x[-1:]
+        last = np.ascontiguousarray(x if all_logits else x[-1:])
         h = np.empty_like(last)
-        lib.lb_rmsnorm(_ptr(ffi, np.ascontiguousarray(last), "const float *"),
-                       _ptr(ffi, self.output_norm, "const float *"), c.rms_norm_eps, last.shape[0], c.hidden_size,
-                       _ptr(ffi, h))
         logits = np.empty((h.shape[0], c.vocab_size), np.float32)
-        if lib.lb_matmul(self.output, _ptr(ffi, h, "const float *"), _ptr(ffi, logits), h.shape[0], 0) != 0:
+        pl, ph, pn, plog = (_ptr(ffi, last, "const float *"), _ptr(ffi, h), _ptr(ffi, self.output_norm, "const float *"),
+                            _ptr(ffi, logits))
+        t0 = clock()
+        lib.lb_rmsnorm(pl, pn, c.rms_norm_eps, last.shape[0], c.hidden_size, ph)
+        rc = lib.lb_matmul(self.output, ph, plog, h.shape[0], 0)
+        inside += clock() - t0
+        if rc != 0:
             raise ValueError("native output matmul rejected its arguments")
+        if timing:
+            self.c_seconds += inside
         return logits
+
+
+def _no_clock():
+    return 0.0
