@@ -22,7 +22,7 @@ class Linear:
         if bias is not None and bias in f.tensors:
             if f.info(bias).shape != (self.out_features,):
                 raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{self.out_features}]")
-            self.bias = f.dequantize(bias).astype(np.float32)
+            self.bias = _dequantize(f, bias)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
@@ -53,6 +53,12 @@ class Layer:
 def _vector(f: LowbitFile, name, n):
     if f.info(name).shape != (n,):
         raise FormatError(f.path, f"tensor {name!r} has shape {list(f.info(name).shape)}, expected [{n}]")
+    return _dequantize(f, name)
+
+
+def _dequantize(f: LowbitFile, name):
+    if native.enabled() and f.qtype(name).name in native.C_TYPES:   # no Numba (LLVM) at load
+        return native.dequantize(f.qtype(name).name, f.raw(name), f.info(name).shape)
     return f.dequantize(name).astype(np.float32)
 
 

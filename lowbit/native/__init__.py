@@ -156,3 +156,20 @@ def register(types: dict):
     for name, qt in types.items():
         if name in C_TYPES:
             qt.kernels.setdefault("c", NativeMatmul(name))
+
+
+def dequantize(type_name: str, raw: np.ndarray, shape) -> np.ndarray:
+    """Whole small tensor (norm weights, biases) to float32 in C: keeps Numba (and LLVM, tens of
+    MiB of RSS and seconds of load) out of loading a model that runs natively."""
+    ffi, lib = library()
+    shape = tuple(int(s) for s in shape)
+    cols = shape[-1] if shape else 1
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    raw2 = np.ascontiguousarray(raw).reshape(rows, -1)
+    w = NativeMatmul(type_name).weight(raw2, cols)
+    out = np.empty((rows, cols), np.float32)
+    ids = np.arange(rows, dtype=np.int64)
+    if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), rows,
+                       ffi.cast("float *", ffi.from_buffer(out))) != 0:
+        raise ValueError(f"cannot dequantize a {type_name} tensor of shape {list(shape)}")
+    return out.reshape(shape)

@@ -73,8 +73,11 @@ class NativeTransformer:
         inside += clock() - t0
         if rc != 0:
             raise ValueError("token id out of range")
+        ptrs = getattr(cache, "_native_ptrs", None)
+        if ptrs is None:   # per-layer cache pointers, made once per cache (saves ~5 us per layer per token)
+            ptrs = cache._native_ptrs = [(_ptr(ffi, cache.k[i]), _ptr(ffi, cache.v[i])) for i in range(len(self.layers))]
         for li, s in enumerate(self.layers):
-            pk, pv = _ptr(ffi, cache.k[li]), _ptr(ffi, cache.v[li])
+            pk, pv = ptrs[li]
             t0 = clock()
             rc = lib.lb_layer_forward(s, px, n, pos0, pk, pv, cache.n_ctx, self.p_cos, self.p_sin)
             inside += clock() - t0
