@@ -45,8 +45,15 @@ def make_ffi(level: str, module_name: str = None) -> FFI:
 def build(level: str, outdir: str) -> str:
     """Compile one level into outdir; returns the path of the extension module."""
     ffi = make_ffi(level)
+    import shutil
     tmp = os.path.join(outdir, f"build-{level}")
-    return ffi.compile(tmpdir=tmp, verbose=False, target=os.path.join(outdir, f"_lowbit_{level}.*"))
+    try:
+        built = ffi.compile(tmpdir=tmp, verbose=False, target=f"_lowbit_{level}.*")
+        final = os.path.join(outdir, os.path.basename(built))
+        os.replace(built, final)          # atomic: a concurrent reader sees no half-written module
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # setup.py's cffi_modules entries: built into the package at install time
