@@ -2,7 +2,7 @@
 pass reads top to bottom like llama2.c's."""
 import numpy as np
 
-from . import kernels, ops
+from . import kernels, native, ops
 from .config import ModelConfig, context_size
 from .errors import FormatError
 from .format import LowbitFile
@@ -22,10 +22,13 @@ class Linear:
         if bias is not None and bias in f.tensors:
             if f.info(bias).shape != (self.out_features,):
                 raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{self.out_features}]")
-            self.bias = f.dequantize(bias).astype(np.float32)
+            self.bias = _dequantize(f, bias)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
+        fused = self.qtype.kernels.get("c") if native.enabled() else None
+        if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
+            return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
         kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
         if self.bias is not None:
             y += self.bias
@@ -50,7 +53,12 @@ class Layer:
 def _vector(f: LowbitFile, name, n):
     if f.info(name).shape != (n,):
         raise FormatError(f.path, f"tensor {name!r} has shape {list(f.info(name).shape)}, expected [{n}]")
-    return f.dequantize(name).astype(np.float32)
+    return _dequantize(f, name)
+
+
+def _dequantize(f: LowbitFile, name):
+    # norms and biases are f32: NumPy views, no JIT at load
+    return np.ascontiguousarray(f.dequantize(name), dtype=np.float32)
 
 
 class KVCache:
@@ -84,6 +92,11 @@ class Transformer:
         self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
+        self.native = None   # one C call per block when every weight type has a native kernel
+        if native.enabled():
+            from .native.runtime import NativeTransformer
+            if NativeTransformer.supports(self):
+                self.native = NativeTransformer(self)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows of `tokens`, dequantized (only those rows are read)."""
@@ -106,6 +119,8 @@ class Transformer:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
+        if self.native is not None:
+            return self.native.forward(tokens, cache, all_logits)
 
         x = self.embed(tokens)
         h = np.empty_like(x)

@@ -18,6 +18,11 @@ for _module in (floats, q8_0, kquants):
         register(_qt)
 
 
+# fused native kernels (built lazily on first use): QuantType.kernels["c"]
+from .. import native as _native  # noqa: E402
+_native.register(TYPES)
+
+
 def get(name: str) -> QuantType:
     try:
         return TYPES[name]

@@ -1,0 +1,189 @@
+"""lowbit vs llama.cpp on the same weights, side by side: for each repetition, lowbit then llama.cpp
+(alternating, so both see the same machine load), prompt processing of -p tokens in one batch and
+generation of -n tokens one at a time from an empty context (llama-bench's pp/tg), then a table of
+medians and ratios. llama.cpp runs through llama-cpp-python (benchmark only: pip install
+llama-cpp-python). The GGUF is written here from the Hugging Face checkpoint with the gguf
+package (F16 or Q8_0 tensors; Llama q/k rows permuted to llama.cpp's interleaved RoPE order).
+
+  python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q8_0 -p 128 -n 64 -t 2 -r 3
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _permute(w, n_head):
+    """HF rotate-half q/k rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf's permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tokenizer_kv(writer, folder, vocab_size):
+    import gguf
+    spm = os.path.join(folder, "tokenizer.model")
+    if os.path.exists(spm):
+        import sentencepiece
+        sp = sentencepiece.SentencePieceProcessor(model_file=spm)
+        tokens, scores, types = [], [], []
+        for i in range(sp.get_piece_size()):
+            tokens.append(sp.id_to_piece(i).encode())
+            scores.append(sp.get_score(i))
+            types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
+        writer.add_tokenizer_model("llama")
+        writer.add_bos_token_id(sp.bos_id())
+        writer.add_eos_token_id(sp.eos_id())
+    else:
+        tj = json.load(open(os.path.join(folder, "tokenizer.json")))
+        vocab = tj["model"]["vocab"]
+        inv = {v: k for k, v in vocab.items()}
+        for t in tj.get("added_tokens", []):
+            inv[t["id"]] = t["content"]
+        special = {t["id"] for t in tj.get("added_tokens", []) if t.get("special")}
+        tokens = [inv.get(i, f"[PAD{i}]").encode() for i in range(max(inv) + 1)]
+        scores = [0.0] * len(tokens)
+        types = [3 if i in special else 1 for i in range(len(tokens))]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("smollm")
+        writer.add_token_merges(merges)
+    while len(tokens) < vocab_size:        # random checkpoints: a real tokenizer, a larger vocabulary
+        tokens.append(f"<unused{len(tokens)}>".encode())
+        scores.append(-1e4)
+        types.append(5)
+    writer.add_token_list(tokens[:vocab_size])
+    writer.add_token_scores(scores[:vocab_size])
+    writer.add_token_types(types[:vocab_size])
+
+
+def write_gguf(folder, out, qtype):
+    """A GGUF of the checkpoint for llama.cpp (tools only: lowbit's own GGUF export lives elsewhere)."""
+    import gguf
+    from converters.hf import Checkpoint
+    ck = Checkpoint(folder)
+    c = ck.config
+    arch = {"llama": "llama", "qwen2": "qwen2"}[c.arch]
+    w = gguf.GGUFWriter(out + ".tmp", arch)
+    w.add_name(os.path.basename(os.path.normpath(folder)))
+    w.add_context_length(c.context_length)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_heads)
+    w.add_head_count_kv(c.num_kv_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_file_type({"f16": 1, "q8_0": 7}[qtype])
+    _tokenizer_kv(w, folder, c.vocab_size)
+    gq = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[qtype]
+    for name in ck.ordered_names():
+        t = ck.tensor(name).astype(np.float32)
+        if arch == "llama" and name.endswith("attn_q.weight"):
+            t = _permute(t, c.num_heads)
+        elif arch == "llama" and name.endswith("attn_k.weight"):
+            t = _permute(t, c.num_kv_heads)
+        if t.ndim == 2 and t.shape[1] % 32 == 0:
+            data = gguf.quants.quantize(t, gq) if gq != gguf.GGMLQuantizationType.F16 else t.astype(np.float16)
+            w.add_tensor(name, data, raw_dtype=gq)
+        else:
+            w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(out + ".tmp", out)
+
+
+def bench_lowbit(model, n_prompt, n_gen):
+    from lowbit.commands.bench import measure
+    r = measure(model, n_prompt, n_gen, 1)
+    return r["pp"][0], r["tg"][0]
+
+
+def bench_llama(llm, vocab, n_prompt, n_gen, rng):
+    ids = [int(i) for i in rng.integers(0, vocab, n_prompt)]
+    llm.reset()
+    llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    pp = n_prompt / (time.perf_counter() - t0)
+    llm.reset()
+    llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+    tok = int(rng.integers(0, vocab))
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        llm.eval([tok])
+    tg = n_gen / (time.perf_counter() - t0)
+    return pp, tg
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="Hugging Face checkpoint folder")
+    ap.add_argument("--type", default="q8_0", choices=["q8_0", "f16"])
+    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-n", type=int, default=64)
+    ap.add_argument("-t", type=int, default=2)
+    ap.add_argument("-r", type=int, default=3)
+    ap.add_argument("--workdir", default="/tmp/lowbit-sbs")
+    args = ap.parse_args(argv)
+
+    os.makedirs(args.workdir, exist_ok=True)
+    name = os.path.basename(os.path.normpath(args.checkpoint))
+    lb_path = os.path.join(args.workdir, f"{name}-{args.type}.lowbit")
+    gg_path = os.path.join(args.workdir, f"{name}-{args.type}.gguf")
+    if not os.path.exists(lb_path):
+        from converters import convert
+        convert(args.checkpoint, lb_path, args.type)
+    if not os.path.exists(gg_path):
+        write_gguf(args.checkpoint, gg_path, args.type)
+
+    import lowbit
+    from lowbit import native
+    from lowbit.commands.bench import peak_rss_bytes, rss_bytes
+    from llama_cpp import Llama
+    native.set_threads(args.t)
+    n_ctx = max(args.p, args.n) + 8
+    r0 = rss_bytes()
+    t0 = time.perf_counter()
+    model = lowbit.load(lb_path, n_ctx=n_ctx)
+    lb_load, lb_rss = time.perf_counter() - t0, rss_bytes() - r0
+    r0 = rss_bytes()
+    t0 = time.perf_counter()
+    llm = Llama(gg_path, n_ctx=n_ctx, n_batch=max(args.p, 32), n_threads=args.t, n_threads_batch=args.t,
+                verbose=False, logits_all=False)
+    ll_load, ll_rss = time.perf_counter() - t0, rss_bytes() - r0
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    bench_lowbit(model, args.p, args.n)          # warm-up both
+    bench_llama(llm, vocab, args.p, args.n, rng)
+    res = {"lowbit": {"pp": [], "tg": []}, "llama.cpp": {"pp": [], "tg": []}}
+    for _ in range(args.r):
+        for who in ("lowbit", "llama.cpp"):
+            pp, tg = bench_lowbit(model, args.p, args.n) if who == "lowbit" else bench_llama(llm, vocab, args.p, args.n, rng)
+            res[who]["pp"].append(pp)
+            res[who]["tg"].append(tg)
+    load = os.getloadavg()[0]
+    print(f"{name} {args.type}, {args.t} threads, median of {args.r} alternating runs (1-min load average {load:.1f})")
+    print("| runtime | file MiB | load s | RSS after load MiB | pp t/s | tg t/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for who, path, ld, rss in (("lowbit", lb_path, lb_load, lb_rss), ("llama.cpp", gg_path, ll_load, ll_rss)):
+        pp, tg = res[who]["pp"], res[who]["tg"]
+        print(f"| {who} | {os.path.getsize(path) / 2**20:.1f} | {ld:.2f} | {rss / 2**20:.1f} | "
+              f"{statistics.median(pp):.1f} ({min(pp):.0f}-{max(pp):.0f}) | {statistics.median(tg):.1f} ({min(tg):.0f}-{max(tg):.0f}) |")
+    pr = statistics.median(res["lowbit"]["pp"]) / statistics.median(res["llama.cpp"]["pp"])
+    tr = statistics.median(res["lowbit"]["tg"]) / statistics.median(res["llama.cpp"]["tg"])
+    print(f"| lowbit / llama.cpp | | | | {pr:.2f}x | {tr:.2f}x |")
+    print(f"peak RSS of this process (both runtimes): {peak_rss_bytes() / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
