@@ -31,12 +31,14 @@ def cdef_text() -> str:
         return "\n".join(line for line in f.read().splitlines() if not line.lstrip().startswith("#"))
 
 
-def make_ffi(level: str, module_name: str = None) -> FFI:
+def make_ffi(level: str, module_name: str = None, src_dir: str = HERE) -> FFI:
+    """src_dir: where the C sources are, as the build will see it (setuptools wants paths relative
+    to setup.py; a build on first use passes absolute ones)."""
     flags, _ = LEVELS[level]
     ffi = FFI()
     ffi.cdef(cdef_text())
     ffi.set_source(module_name or f"_lowbit_{level}", '#include "lowbit_native.h"',
-                   sources=[os.path.join(HERE, "lowbit_native.c")], include_dirs=[HERE],
+                   sources=[os.path.join(src_dir, "lowbit_native.c")], include_dirs=[src_dir],
                    extra_compile_args=COMMON + flags + [f'-DLB_SOURCE_HASH="{source_hash()}"'],
                    libraries=["m"], extra_link_args=["-pthread"])
     return ffi
@@ -56,10 +58,12 @@ def build(level: str, outdir: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# setup.py's cffi_modules entries: built into the package at install time
-ffi_avx512vnni = make_ffi("avx512vnni", "lowbit.native._lowbit_avx512vnni")
-ffi_avx2 = make_ffi("avx2", "lowbit.native._lowbit_avx2")
-ffi_scalar = make_ffi("scalar", "lowbit.native._lowbit_scalar")
+# setup.py's cffi_modules entries: built into the package at install time (run from the project
+# root, so the sources are named relative to it)
+_SETUP_DIR = os.path.join("lowbit", "native")
+ffi_avx512vnni = make_ffi("avx512vnni", "lowbit.native._lowbit_avx512vnni", _SETUP_DIR)
+ffi_avx2 = make_ffi("avx2", "lowbit.native._lowbit_avx2", _SETUP_DIR)
+ffi_scalar = make_ffi("scalar", "lowbit.native._lowbit_scalar", _SETUP_DIR)
 
 if __name__ == "__main__":
     import sys
