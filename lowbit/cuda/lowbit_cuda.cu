@@ -591,6 +591,44 @@ __device__ __forceinline__ void gemv_store(const lb_job& job, int mi, int row, i
     if (job.mode == 1) y[o] += a; else y[o] = a;
 }
 
+// q4_k decode, four rows per 8-lane group (see gemv_kernel); the matrix is re-read from the job
+// parameters after the dot product instead of being kept in registers across it
+__device__ __forceinline__ const lb_mat& job_mat(const lb_job& job, int mi) { return mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2]; }
+__device__ __forceinline__ void gemv_q4k_rows(const lb_job& job, int mi, int warp, int lane, const float* __restrict__ x) {
+    __shared__ float red[2][GEMV_WARPS][4];
+    const int S = job.ksplit, grp = warp / S, ks = warp - grp * S;   // S == GEMV_WARPS: the block's warps, in order
+    float ab[2] = {0.f, 0.f};
+    {
+        const lb_mat& m = job_mat(job, mi);
+        const int rr = min(4 * grp + (lane >> 3), m.rows - 1);
+        const int nb = m.cols >> 8, kb0 = nb * ks / S, kb1 = nb * (ks + 1) / S;
+        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 144;
+        const float* xs = x + (size_t)kb0 * 256;
+        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + (size_t)kb0 * 144, kb1 - kb0, xs, lane, ab);
+        else dot_q4k_g8<1>(b0, b0, kb1 - kb0, xs, lane, ab);
+    }
+    const lb_mat& m = job_mat(job, mi);
+    const int row = 4 * grp + (lane >> 3), rr = min(row, m.rows - 1);
+    float a = ab[0], b = ab[1];
+    if (ks == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
+    if (ks == 0 && job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
+    if (S == 1) {
+        if ((lane & 7) == 0 && row < m.rows) gemv_store(job, mi, row, 0, a, b);
+        return;
+    }
+    if ((lane & 7) == 0) { red[0][ks][lane >> 3] = a; red[1][ks][lane >> 3] = b; }
+    __syncthreads();
+    if (ks == 0 && lane < 4) {
+        float sa = 0.f, sb = 0.f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) { sa += red[0][w][lane]; sb += red[1][w][lane]; }
+        const int r = 4 * grp + lane;
+        if (r < m.rows) gemv_store(job, mi, r, 0, sa, sb);
+    }
+}
+
 // warps are laid end to end over the rows of up to 3 matrices (q, k, v): job.wcnt[i] warps of
 // job.rpw[i] rows each. One row per warp, except q4_k in decode (four rows, dot_q4k_g8), where
 // job.ksplit (1 or GEMV_WARPS) warps of a block share a row group, each taking a contiguous slice
@@ -607,38 +645,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
     if (warp >= wcnt) return;
     const lb_mat m = mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2];   // no dynamic param indexing
     const int R = mi == 0 ? job.rpw[0] : mi == 1 ? job.rpw[1] : job.rpw[2];
-    if (NT == 1 && R == 4) {
-        __shared__ float red[2][GEMV_WARPS][4];
-        const int S = job.ksplit, grp = warp / S, ks = warp - grp * S;   // S == GEMV_WARPS: the block's warps, in order
-        const int row = 4 * grp + (lane >> 3);
-        const bool valid = row < m.rows;
-        const int rr = valid ? row : m.rows - 1;
-        const int nb = m.cols >> 8, kb0 = nb * ks / S, kb1 = nb * (ks + 1) / S;
-        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 144;
-        const float* xs = x + (size_t)kb0 * 256;
-        float ab[2] = {0.f, 0.f};
-        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + (size_t)kb0 * 144, kb1 - kb0, xs, lane, ab);
-        else dot_q4k_g8<1>(b0, b0, kb1 - kb0, xs, lane, ab);
-        float a = ab[0], b = ab[1];
-        if (ks == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
-        if (ks == 0 && job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
-        if (S == 1) {
-            if ((lane & 7) == 0 && valid) gemv_store(job, mi, row, 0, a, b);
-            return;
-        }
-        if ((lane & 7) == 0) { red[0][ks][lane >> 3] = a; red[1][ks][lane >> 3] = b; }
-        __syncthreads();
-        if (ks == 0 && lane < 4) {
-            float sa = 0.f, sb = 0.f;
-#pragma unroll
-            for (int w = 0; w < GEMV_WARPS; w++) { sa += red[0][w][lane]; sb += red[1][w][lane]; }
-            const int r = 4 * grp + lane;
-            if (r < m.rows) gemv_store(job, mi, r, 0, sa, sb);
-        }
-        return;
-    }
+    if (NT == 1 && R == 4) { gemv_q4k_rows(job, mi, warp, lane, x); return; }
     // the q8_0 / q6_k decode paths wait for the previous kernel after their first weight loads
     if (!(NT == 1 && (m.type == T_Q8_0 || m.type == T_Q6_K))) pdl_wait();
     const int row = warp;
