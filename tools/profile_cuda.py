@@ -60,10 +60,20 @@ def main():
     # the whole captured decode step, replayed
     m.forward([1], cache)
     step = timed(rt, lambda: rt.call("lb_graph_launch", cache.graph), reps=50)
+    # the same step through forward() one token at a time (graph launch latency, logits copy, Python)
+    import time
+    ts = []
+    for _ in range(50):
+        cache.pos = a.pos
+        t0 = time.perf_counter()
+        m.forward([1], cache)
+        ts.append(time.perf_counter() - t0)
+    host = sorted(ts)[len(ts) // 2] * 1e6
     print(f"| kernel (layer 0) | us | GB/s |\n|---|---|---|")
     for name, us, gbs in rows:
         print(f"| {name} | {us:.1f} | {'' if gbs is None else f'{gbs:.0f}'} |")
     print(f"| whole decode step (graph replay) | {step:.1f} | {m.weight_bytes / step / 1e3:.0f} |")
+    print(f"| whole decode step via forward() (median, host loop) | {host:.1f} | {m.weight_bytes / host / 1e3:.0f} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 #define LB_API extern "C" __attribute__((visibility("default")))
 
@@ -38,11 +39,13 @@ typedef struct {
     int32_t mode;                  // 0 store (+bias), 1 accumulate y += W x, 2 y0 = silu(W0 x) * (W1 x)
     int32_t rpw[3];                // rows per warp of each matrix (set by lb_gemv)
     int32_t wcnt[3];               // warps of each matrix (set by lb_gemv)
-    int32_t pad;
+    int32_t ksplit;                // q4_k decode: warps sharing a row group, each a slice of K (set by lb_gemv)
 } lb_job;
 
 static char g_err[512];
 static cudaStream_t g_stream = 0;
+static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
+static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
     snprintf(g_err, sizeof g_err, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
@@ -52,6 +55,22 @@ static int fail(const char* what, cudaError_t e) {
 #define CKL(what) do { cudaError_t e_ = cudaGetLastError(); if (e_ != cudaSuccess) return fail(what, e_); } while (0)
 
 // ------------------------------------------------------------------------------------ helpers
+
+// Programmatic dependent launch (sm_90+): every kernel lets the next one start at once
+// (pdl_launch), and waits for the previous one (pdl_wait) before it reads activations or writes
+// anything; the GEMVs issue their first weight loads before waiting, so a kernel's launch and
+// first memory round trip overlap the previous kernel's tail. Without the launch attribute
+// (or before sm_90) both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ float h2f(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xFFFF))); }
 __device__ __forceinline__ float bf2f(uint32_t bits) { return __uint_as_float((bits & 0xFFFF) << 16); }
@@ -159,6 +178,7 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
                 dbits[k] = __ldg(dt + b);
             }
         }
+        if (b0 == 0) pdl_wait();
 #pragma unroll
         for (int k = 0; k < U; k++) {
             int b = b0 + 2 * k + bl;
@@ -188,6 +208,7 @@ __device__ __forceinline__ void row_dot_q6k(const lb_mat& m, int row, const floa
             }
         }
     }
+    pdl_wait();   // rows shorter than one block: nothing was loaded above
 }
 
 // q8_0 (repacked: permuted int8 body + fp16 scales in the tail). Full 512-weight chunks: lane
@@ -214,6 +235,7 @@ __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const flo
                 for (int i = 0; i < 4; i++) db[k][i] = __ldg(dt + (ch0 + k) * 16 + 4 * i + (lane >> 3));
             }
         }
+        if (ch0 == 0) pdl_wait();
 #pragma unroll
         for (int k = 0; k < U; k++) {
             if (ch0 + k >= nch) continue;
@@ -231,6 +253,7 @@ __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const flo
             }
         }
     }
+    pdl_wait();   // rows shorter than one chunk
     for (int c = nch * 512 + 4 * lane; c < cols; c += 128) {
         uint32_t q = __ldcs(reinterpret_cast<const unsigned int*>(base + c));
         float d = h2f(__ldg(dt + (c >> 5)));
@@ -271,6 +294,7 @@ __device__ __forceinline__ void dot_q4k_g8(const uint8_t* base0, const uint8_t* 
         }                                                                                      \
     }
     Q4K_LOAD(hd, q, 0)
+    pdl_wait();
     for (int b0 = 0; b0 < nb; b0 += U) {
         if (b0 + U < nb) { Q4K_LOAD(hn, qn, b0 + U) }
 #pragma unroll
@@ -567,10 +591,52 @@ __device__ __forceinline__ void gemv_store(const lb_job& job, int mi, int row, i
     if (job.mode == 1) y[o] += a; else y[o] = a;
 }
 
+// q4_k decode, four rows per 8-lane group (see gemv_kernel); the matrix is re-read from the job
+// parameters after the dot product instead of being kept in registers across it
+__device__ __forceinline__ const lb_mat& job_mat(const lb_job& job, int mi) { return mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2]; }
+__device__ __forceinline__ void gemv_q4k_rows(const lb_job& job, int mi, int warp, int lane, const float* __restrict__ x) {
+    __shared__ float red[2][GEMV_WARPS][4];
+    const int S = job.ksplit, grp = warp / S, ks = warp - grp * S;   // S == GEMV_WARPS: the block's warps, in order
+    float ab[2] = {0.f, 0.f};
+    {
+        const lb_mat& m = job_mat(job, mi);
+        const int rr = min(4 * grp + (lane >> 3), m.rows - 1);
+        const int nb = m.cols >> 8, kb0 = nb * ks / S, kb1 = nb * (ks + 1) / S;
+        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 144;
+        const float* xs = x + (size_t)kb0 * 256;
+        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + (size_t)kb0 * 144, kb1 - kb0, xs, lane, ab);
+        else dot_q4k_g8<1>(b0, b0, kb1 - kb0, xs, lane, ab);
+    }
+    const lb_mat& m = job_mat(job, mi);
+    const int row = 4 * grp + (lane >> 3), rr = min(row, m.rows - 1);
+    float a = ab[0], b = ab[1];
+    if (ks == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
+    if (ks == 0 && job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
+    if (S == 1) {
+        if ((lane & 7) == 0 && row < m.rows) gemv_store(job, mi, row, 0, a, b);
+        return;
+    }
+    if ((lane & 7) == 0) { red[0][ks][lane >> 3] = a; red[1][ks][lane >> 3] = b; }
+    __syncthreads();
+    if (ks == 0 && lane < 4) {
+        float sa = 0.f, sb = 0.f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) { sa += red[0][w][lane]; sb += red[1][w][lane]; }
+        const int r = 4 * grp + lane;
+        if (r < m.rows) gemv_store(job, mi, r, 0, sa, sb);
+    }
+}
+
 // warps are laid end to end over the rows of up to 3 matrices (q, k, v): job.wcnt[i] warps of
-// job.rpw[i] rows each. One row per warp, except q4_k in decode (four rows, dot_q4k_g8).
+// job.rpw[i] rows each. One row per warp, except q4_k in decode (four rows, dot_q4k_g8), where
+// job.ksplit (1 or GEMV_WARPS) warps of a block share a row group, each taking a contiguous slice
+// of its blocks, and add up in shared memory: a short row (4096 weights = 16 blocks) then needs
+// one round of loads per warp instead of four, and the grid is several waves instead of ~one.
 template <int NT>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
+    pdl_launch();
     int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     int mi = 0;
     if (job.mode != 2)
@@ -579,28 +645,16 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
     if (warp >= wcnt) return;
     const lb_mat m = mi == 0 ? job.m[0] : mi == 1 ? job.m[1] : job.m[2];   // no dynamic param indexing
     const int R = mi == 0 ? job.rpw[0] : mi == 1 ? job.rpw[1] : job.rpw[2];
-    if (NT == 1 && R == 4) {
-        const int row = 4 * warp + (lane >> 3);
-        const bool valid = row < m.rows;
-        const int rr = valid ? row : m.rows - 1;
-        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row;
-        float ab[2] = {0.f, 0.f};
-        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row, m.cols >> 8, x, lane, ab);
-        else dot_q4k_g8<1>(b0, b0, m.cols >> 8, x, lane, ab);
-        float a = ab[0], b = ab[1];
-        if (m.xtra) row_dot_tail<1>(m, rr, x, 0, lane & 7, 8, &a);
-        if (job.mode == 2 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, lane & 7, 8, &b);
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) { a += __shfl_xor_sync(0xffffffffu, a, o); b += __shfl_xor_sync(0xffffffffu, b, o); }
-        if ((lane & 7) == 0 && valid) gemv_store(job, mi, row, 0, a, b);
-        return;
-    }
+    if (NT == 1 && R == 4) { gemv_q4k_rows(job, mi, warp, lane, x); return; }
+    // the q8_0 / q6_k decode paths wait for the previous kernel after their first weight loads
+    if (!(NT == 1 && (m.type == T_Q8_0 || m.type == T_Q6_K))) pdl_wait();
     const int row = warp;
     float a[NT], b[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) a[t] = b[t] = 0.f;
     row_dot<NT>(m, row, x, ldx, lane, a);
     if (job.mode == 2) row_dot<NT>(job.m[1], row, x, ldx, lane, b);
+    pdl_wait();   // (a no-op when already waited)
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float va = warp_sum(a[t]), vb = job.mode == 2 ? warp_sum(b[t]) : 0.f;
@@ -609,6 +663,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
 }
 
 __global__ void embed_kernel(const lb_mat m, const int32_t* __restrict__ ids, float* __restrict__ out) {
+    pdl_launch();
+    pdl_wait();
     int t = blockIdx.x, row = ids[t];
     for (int c = threadIdx.x; c < m.cols; c += blockDim.x) out[(size_t)t * m.cols + c] = dequant_one(m, row, c);
 }
@@ -623,6 +679,8 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
 constexpr int NORM_THREADS = 1024, NORM_PER = 16;
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
     __shared__ float part[32];
+    pdl_launch();
+    pdl_wait();
     const float* xr = x + (size_t)blockIdx.x * dim;
     float v[NORM_PER];
     float s = 0.f;
@@ -688,6 +746,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* 
                                                                    const float* __restrict__ kf, const float* __restrict__ vf,
                                                                    const float* __restrict__ cosT, const float* __restrict__ sinT) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][256];
+    pdl_launch();
+    pdl_wait();
     int h = blockIdx.x, t = blockIdx.y, kvh = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int len = *pos0p + t + 1;
@@ -815,6 +875,10 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     *total_mem = (long long)p.totalGlobalMem;
     *sms = p.multiProcessorCount;
     if (!g_stream) CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    const char* e = getenv("LOWBIT_CUDA_PDL");
+    g_pdl = *cc >= 90 && !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_Q4K_SPLIT");
+    g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     return 0;
 }
 
@@ -857,10 +921,26 @@ LB_API int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, in
     return 0;
 }
 
+// a kernel launch on the runtime's stream, with programmatic dependent launch when enabled
+template <typename... P, typename... A>
+static cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = g_stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = g_pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
+}
+
 template <int NT>
-static void launch_gemv(const lb_job& job, const float* x, int ldx, int warps) {
+static cudaError_t launch_gemv(const lb_job& job, const float* x, int ldx, int warps) {
     int blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
-    gemv_kernel<NT><<<blocks, 32 * GEMV_WARPS, 0, g_stream>>>(job, x, ldx);
+    return launch(gemv_kernel<NT>, dim3(blocks), dim3(32 * GEMV_WARPS), job, x, ldx);
 }
 
 static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 4 : 1; }
@@ -872,26 +952,33 @@ LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
         int nt = ntok - t0 >= 8 ? 8 : ntok - t0 >= 4 ? 4 : ntok - t0 >= 2 ? 2 : 1;
         lb_job j = job;
         int warps = 0;
+        // split q4_k row groups over the warps of a block: each matrix's warps then start at a
+        // block boundary (counts rounded up to whole blocks; the extra warps return at once)
+        const int S = nt == 1 ? g_q4k_split : 1;
+        j.ksplit = S;
+        auto count = [&](int rows, int r) { int w = (rows + r - 1) / r; return S > 1 ? (r == 4 ? S * w : (w + S - 1) / S * S) : w; };
         for (int i = 0; i < 3; i++) { j.rpw[i] = 1; j.wcnt[i] = 0; }
         if (j.mode == 2) {
             int r = j.m[0].type == j.m[1].type ? rows_per_warp(j.m[0].type, nt) : 1;
             j.rpw[0] = j.rpw[1] = r;
-            warps = j.wcnt[0] = (j.m[0].rows + r - 1) / r;
+            warps = j.wcnt[0] = count(j.m[0].rows, r);
         } else {
             for (int i = 0; i < j.nmat; i++) {
                 j.rpw[i] = rows_per_warp(j.m[i].type, nt);
-                j.wcnt[i] = (j.m[i].rows + j.rpw[i] - 1) / j.rpw[i];
+                j.wcnt[i] = count(j.m[i].rows, j.rpw[i]);
                 warps += j.wcnt[i];
             }
         }
         for (int i = 0; i < 3; i++) if (j.y[i]) j.y[i] += (uint64_t)t0 * j.ldy[i] * sizeof(float);
         const float* xp = (const float*)x + (size_t)t0 * ldx;
+        cudaError_t r;
         switch (nt) {
-        case 8: launch_gemv<8>(j, xp, ldx, warps); break;
-        case 4: launch_gemv<4>(j, xp, ldx, warps); break;
-        case 2: launch_gemv<2>(j, xp, ldx, warps); break;
-        default: launch_gemv<1>(j, xp, ldx, warps); break;
+        case 8: r = launch_gemv<8>(j, xp, ldx, warps); break;
+        case 4: r = launch_gemv<4>(j, xp, ldx, warps); break;
+        case 2: r = launch_gemv<2>(j, xp, ldx, warps); break;
+        default: r = launch_gemv<1>(j, xp, ldx, warps); break;
         }
+        if (r != cudaSuccess) return fail("gemv_kernel launch", r);
         CKL("gemv_kernel");
         t0 += nt;
     }
@@ -899,7 +986,8 @@ LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
 }
 
 LB_API int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out) {
-    embed_kernel<<<n, 256, 0, g_stream>>>(*m, (const int32_t*)ids, (float*)out);
+    cudaError_t r = launch(embed_kernel, dim3(n), dim3(256), *m, (const int32_t*)ids, (float*)out);
+    if (r != cudaSuccess) return fail("embed_kernel launch", r);
     CKL("embed_kernel");
     return 0;
 }
@@ -912,7 +1000,8 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
 
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps) {
     if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
-    rmsnorm_kernel<<<n, NORM_THREADS, 0, g_stream>>>((const float*)x, (const float*)w, (float*)out, dim, eps);
+    cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps);
+    if (r != cudaSuccess) return fail("rmsnorm_kernel launch", r);
     CKL("rmsnorm_kernel");
     return 0;
 }
@@ -927,8 +1016,9 @@ LB_API int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, 
 
 LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D) {
     if (D > 256) { snprintf(g_err, sizeof g_err, "head_dim %d > 256 is not supported by the CUDA attention kernel", D); return -1; }
-    attention_kernel<<<dim3(H, n), 32 * ATT_WARPS, 0, g_stream>>>((const float*)q, (__half*)kc, (__half*)vc, (float*)out,
-                                                                  (const int32_t*)pos0, H, KVH, D, nullptr, nullptr, nullptr, nullptr);
+    cudaError_t r = launch(attention_kernel, dim3(H, n), dim3(32 * ATT_WARPS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                           (const int32_t*)pos0, H, KVH, D, (const float*)nullptr, (const float*)nullptr, (const float*)nullptr, (const float*)nullptr);
+    if (r != cudaSuccess) return fail("attention_kernel launch", r);
     CKL("attention_kernel");
     return 0;
 }
@@ -937,9 +1027,9 @@ LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint
 LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
                              uint64_t out, uint64_t pos0, int H, int KVH, int D) {
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
-    attention_kernel<<<dim3(H, 1), 32 * ATT_WARPS, 0, g_stream>>>((const float*)q, (__half*)kc, (__half*)vc, (float*)out,
-                                                                  (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v,
-                                                                  (const float*)cosT, (const float*)sinT);
+    cudaError_t r = launch(attention_kernel, dim3(H, 1), dim3(32 * ATT_WARPS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT);
+    if (r != cudaSuccess) return fail("attention_kernel (fused rope) launch", r);
     CKL("attention_kernel (fused rope)");
     return 0;
 }

@@ -139,6 +139,9 @@ class CudaTransformer:
         self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels
         self.staging_ptr = self._host_alloc((P + 1) * 4)
         self.staging = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.staging_ptr), (P + 1) * 4), np.int32)
+        # one token's logits land in pinned memory: a pageable copy goes through a driver bounce buffer
+        self.logits_host_ptr = self._host_alloc(c.vocab_size * 4)
+        self.logits_host = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("float*", self.logits_host_ptr), c.vocab_size * 4), np.float32)
         self._jobs()
         self.tokenizer = None
         if with_tokenizer:
@@ -185,6 +188,9 @@ class CudaTransformer:
         if self.staging_ptr:
             self.rt.lib.lb_host_free(self.staging_ptr)
             self.staging_ptr = 0
+        if self.logits_host_ptr:
+            self.rt.lib.lb_host_free(self.logits_host_ptr)
+            self.logits_host_ptr = 0
 
     # ---------------------------------------------------------------- jobs
     def _job(self, mats, ys, ldys, mode):
@@ -265,9 +271,12 @@ class CudaTransformer:
                 self.rt.call("lb_graph_launch", cache.graph)
             else:
                 self._enqueue(m, cache, n_logits)
-            if n_logits:
+            if n_logits == 1:   # the one logits copy (it also waits for the pass)
+                self.rt.call("lb_dtoh", self.rt.ffi.cast("void*", self.logits_host_ptr), self.logits, c.vocab_size * 4)
+                outs.append(self.logits_host.copy().reshape(1, -1))
+            elif n_logits:
                 out = np.empty((n_logits, c.vocab_size), np.float32)
-                self.rt.dtoh(out, self.logits)   # the one logits copy (it also waits for the pass)
+                self.rt.dtoh(out, self.logits)
                 outs.append(out)
             else:
                 self.rt.call("lb_sync")

@@ -20,7 +20,7 @@ typedef struct {
     int32_t mode;
     int32_t rpw[3];
     int32_t wcnt[3];
-    int32_t pad;
+    int32_t ksplit;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
