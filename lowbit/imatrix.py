@@ -43,6 +43,10 @@ def observing(transformer):
     for the duration of the block; yields {weight name: Observer}."""
     saved, observers = [], {}
     try:
+        # the native runtime runs a whole block in one C call, past the Linear objects: observe
+        # through the per-matmul path instead (its matmuls still use the fused kernels)
+        saved.append((transformer, "native", getattr(transformer, "native", None)))
+        transformer.native = None
         for L in transformer.layers:
             for attr in LINEARS:
                 lin = getattr(L, attr)
