@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .errors import LowbitError
 
-COMMANDS = ["convert", "run", "inspect"]
+COMMANDS = ["convert", "run", "inspect", "chat"]
 
 
 def build_parser() -> argparse.ArgumentParser:
