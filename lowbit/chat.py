@@ -180,6 +180,7 @@ class ChatSession:
         self.first = 0                # index of the oldest message still in the context window
         self.cache = self.transformer.new_cache()
         self.cached_ids = []          # token ids whose keys/values are in cache[0:cache.pos]
+        self._reuse = ("", [])        # (text, ids): the rendered prompt + reply of the last turn, as cached
         gen = model.metadata.get("generation") or {}
         default_max = gen.get("max_new_tokens") if isinstance(gen.get("max_new_tokens"), int) else 1024
         self.max_tokens = int(max_tokens) if max_tokens is not None else default_max
@@ -238,7 +239,17 @@ class ChatSession:
 
     # -- prompt --------------------------------------------------------------------------------
     def prompt_ids(self) -> list:
-        return encode_rendered(self.tokenizer, self.template.render(self.conversation(window=True), True))
+        return self.encode(self.template.render(self.conversation(window=True), True))
+
+    def encode(self, text: str) -> list:
+        """Token ids of a rendered conversation. When it extends the text of the last turn, the
+        ids the cache holds for that text (the model's own reply tokens) are kept and only the
+        rest is tokenized: re-tokenizing a reply can split it differently from how it was
+        generated, which would force a re-prefill from the first difference."""
+        done_text, done_ids = self._reuse
+        if done_text and text.startswith(done_text):
+            return list(done_ids) + encode_rendered(self.tokenizer, text[len(done_text):])
+        return encode_rendered(self.tokenizer, text)
 
     def fit(self) -> list:
         """The prompt ids of the conversation window. When they would leave less than
@@ -274,6 +285,7 @@ class ChatSession:
         t_start = time.perf_counter()
         try:
             ids = self.fit()
+            prompt_text = self.template.render(self.conversation(window=True), True)
         except Exception:
             self.messages.pop()
             raise
@@ -325,6 +337,9 @@ class ChatSession:
             ts.prefill_seconds, ts.decode_seconds = gs.prefill_seconds, gs.decode_seconds
             ts.ttft_seconds = (state["first"] - t_start) if state["first"] else 0.0
             ts.context_used = self.cache.pos
+            in_cache = self.cached_ids[len(ids):self.cache.pos]
+            if self.cache.pos >= len(ids) and not any(i in self.tokenizer.special_ids for i in in_cache):
+                self._reuse = (prompt_text + self.tokenizer.decode(in_cache), self.cached_ids[:self.cache.pos])
             self.last = ts
             t = self.totals
             t["turns"] += 1

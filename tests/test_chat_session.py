@@ -53,9 +53,11 @@ def test_second_turn_processes_only_its_new_tokens(pychat):
     turn_text = "<|im_end|>\n<|im_start|>user\n" + ADD + "<|im_end|>\n<|im_start|>assistant\n"
     assert t2.new_tokens == len(encode_rendered(pychat.tokenizer, turn_text))
     assert t2.prompt_tokens == t2.reused_tokens + t2.new_tokens
-    # reuse changes nothing: the same reply as a fresh prefill of the whole conversation
-    ids2 = encode_rendered(pychat.tokenizer, s.template.render(s.conversation()[:-1], True))
-    assert len(ids2) == t2.prompt_tokens
+    # the prompt is the rendered conversation (reply 1 as the model's own tokens), and reuse
+    # changes nothing: the same reply as a fresh prefill of that prompt
+    ids2 = s.cached_ids[:t2.prompt_tokens]
+    rendered = s.template.render(s.conversation()[:-1], True)
+    assert pychat.tokenizer._hf.decode(ids2, skip_special_tokens=False) == rendered
     assert t2.token_ids == fresh_greedy(pychat, ids2, 64)
 
 
