@@ -274,6 +274,24 @@ class ChatSession:
             raise LowbitError(f"the message does not fit the context: the prompt is {len(ids)} tokens, the "
                               f"context {self.n_ctx} (use a shorter message or system prompt, or a larger --ctx)")
 
+    def warm_up(self):
+        """Run the model once before the first message (the kernels load on first use), on the
+        system prompt when there is one, so that its tokens are already cached."""
+        text = ""
+        if self.system:
+            try:
+                text = self.template.render(self.conversation(window=True), add_generation_prompt=False)
+            except LowbitError:
+                text = ""
+        ids = encode_rendered(self.tokenizer, text) if text else []
+        self.cache.pos = 0
+        if 0 < len(ids) <= self.n_ctx // 2:
+            self.transformer.forward(ids, self.cache)
+            self.cached_ids, self._reuse = list(ids), (text, list(ids))
+        else:
+            self.transformer.forward([0], self.cache)
+            self.cache.pos, self.cached_ids = 0, []
+
     # -- a turn --------------------------------------------------------------------------------
     def reply(self, text: str, should_stop=None):
         """Add a user message and yield the reply's text as it is generated. `should_stop()` is

@@ -52,6 +52,7 @@ def run(args):
         session.load(args.load)
         if args.system:
             session.set_system(args.system)
+    session.warm_up()
     Repl(session, args).loop()
     return 0
 
