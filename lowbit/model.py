@@ -106,9 +106,10 @@ class Transformer:
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
 
-    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False, return_hidden: bool = False):
         """Run `tokens` at positions cache.pos.. and append them to the cache. Returns logits
-        for every token (all_logits) or only the last one: (n or 1, vocab)."""
+        for every token (all_logits) or only the last one: (n or 1, vocab); with return_hidden,
+        also the output projection's input (the final normed hidden states)."""
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n, pos0 = tokens.shape[0], cache.pos
@@ -120,7 +121,7 @@ class Transformer:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
         if self.native is not None:
-            return self.native.forward(tokens, cache, all_logits)
+            return self.native.forward(tokens, cache, all_logits, return_hidden)
 
         x = self.embed(tokens)
         h = np.empty_like(x)
@@ -146,4 +147,4 @@ class Transformer:
         last = x if all_logits else x[-1:]
         out = np.empty_like(last)
         ops.rmsnorm(np.ascontiguousarray(last), self.output_norm, c.rms_norm_eps, out)
-        return self.output(out)
+        return (self.output(out), out) if return_hidden else self.output(out)

@@ -72,18 +72,6 @@ def make_chunks(model, ids, n_ctx: int, n_chunks: int = None, source: str = "tex
     return chunks
 
 
-class _CaptureInput:
-    """Stands in for the output projection and keeps its input: the final normalized hidden
-    state of every position (what a base run saves)."""
-
-    def __init__(self, linear):
-        self.linear, self.x = linear, None
-
-    def __call__(self, x):
-        self.x = x.copy()
-        return self.linear(x)
-
-
 def scored_logits(model, chunk: np.ndarray, hidden: bool = False):
     """float32 logits (n_ctx - 1 - n_ctx/2, vocab) at positions n_ctx/2 .. n_ctx-2 of a chunk
     evaluated in a fresh context (and, with `hidden`, the output projection's inputs there).
@@ -97,12 +85,8 @@ def scored_logits(model, chunk: np.ndarray, hidden: bool = False):
     t.forward(chunk[:first], cache, all_logits=False)
     if not hidden:
         return t.forward(chunk[first:], cache, all_logits=True)[:n]
-    out, t.output = t.output, _CaptureInput(t.output)
-    try:
-        logits = t.forward(chunk[first:], cache, all_logits=True)[:n]
-        return logits, t.output.x[:n]
-    finally:
-        t.output = out
+    logits, h = t.forward(chunk[first:], cache, all_logits=True, return_hidden=True)
+    return logits[:n], h[:n]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -59,7 +59,7 @@ class NativeTransformer:
             self._keep.append(b)
             w.bias = _ptr(self.ffi, b, "const float *")
 
-    def forward(self, tokens, cache, all_logits):
+    def forward(self, tokens, cache, all_logits, return_hidden=False):
         ffi, lib, c = self.ffi, self.lib, self.c
         timing = self.c_seconds is not None
         clock = time.perf_counter if timing else _no_clock
@@ -97,7 +97,7 @@ class NativeTransformer:
             raise ValueError("native output matmul rejected its arguments")
         if timing:
             self.c_seconds += inside
-        return logits
+        return (logits, h) if return_hidden else logits
 
 
 def _no_clock():
