@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import converters
+from converters import recipes
 from lowbit import quants
 from lowbit.format import LowbitFile
 
@@ -16,8 +17,14 @@ SHARED = os.path.join(ROOT, "..", "shared", "models")
 sys.path.insert(0, os.path.join(ROOT, "format_spec", "reference"))
 from lowbit_ctypes import CReader, build  # noqa: E402
 
-MODELS = ["stories260K", "pycode-30m", "pychat-30m"]
-TYPES = [t for t in quants.TYPES if t != "u8"]   # every type a model can be converted to
+# Every type and mix a model can be converted to. ("q2_k" and "q6_k" name mixes; the plain q2_k and
+# q6_k types are what those mixes are mostly made of.)
+NAMES = list(dict.fromkeys([t for t in quants.TYPES if t != "u8"] + list(recipes.MIXES)))
+# stories260K (rows of 64 and 172: tail blocks everywhere) and pychat-30m (rows of 384: block + tail)
+# at every type and mix; pycode-30m (rows of 512 and 1280: whole super-blocks only) at a subset that
+# still holds every k-quant type, to keep this file near 2 minutes.
+PYCODE = ["bf16", "q8_0", "q2_k", "q4_k", "q3_k_m", "q5_k_m"]
+CASES = [(m, q) for m in ("stories260K", "pychat-30m") for q in NAMES] + [("pycode-30m", q) for q in PYCODE]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +41,10 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model,qtype", CASES)
 def test_c_dequantize_identical_to_python(converted, model, qtype):
     path = converted(model, qtype)
-    seen = set()
+    seen, with_tail = set(), set()
     with LowbitFile(path) as f, CReader.open(path) as r:
         ctensors = {t["name"]: t for t in r.tensors()}
         assert list(ctensors) == list(f.tensors)
@@ -51,8 +57,14 @@ def test_c_dequantize_identical_to_python(converted, model, qtype):
             assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
             assert a.tobytes() == b.tobytes(), f"{model} {qtype} {name}"
             r.check_crc(name)
-            seen.add(f.tensors[name].type)
-    assert qtype in seen or model == "stories260K"   # stories' rows of 172 fall back for block types
+            t = f.tensors[name]
+            seen.add(t.type)
+            if t.shape[-1] % quants.TYPES[t.type].block_size:
+                with_tail.add(t.type)
+    main = recipes.MIXES[qtype].base if qtype in recipes.MIXES else qtype
+    assert main in seen, (main, seen)
+    if model != "pycode-30m":   # every k-quant of these models was compared on rows that end in a tail block
+        assert {t for t in seen if quants.TYPES[t].tail_bytes is not None} <= with_tail, (seen, with_tail)
 
 
 def test_dump_cli_on_a_model(converted):

@@ -24,7 +24,7 @@ SHARED = os.path.join(ROOT, "..", "shared", "models")
 sys.path.insert(0, os.path.join(ROOT, "format_spec", "reference"))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from lowbit_ctypes import CReader, CReaderError  # noqa: E402
-from make_vectors import assemble, compact  # noqa: E402
+from make_vectors import KQ, assemble, build, compact, kq_row_bytes  # noqa: E402
 
 REGRESSIONS = os.path.join(ROOT, "tests", "fuzz_regressions")
 
@@ -115,6 +115,42 @@ def test_random_mutations_same_verdict(tmp_path):
             b[pos] = rng.choice([0, 0xFF, ord('"'), ord("9"), ord("-"), ord("["), rng.randrange(256), b[pos] ^ (1 << rng.randrange(8))])
         accepted += same_verdict(tmp_path, repair(bytes(b)))
     assert 0 < accepted < 250
+
+
+def test_kquant_mutations_same_verdict(tmp_path):
+    """Bytes of the k-quant vectors flipped anywhere (mostly scales, d and quants of blocks and tails):
+    both readers accept or reject alike and dequantize identically."""
+    rng = random.Random(4321)
+    base = [read(f"type_{t}.lowbit") for t in KQ]
+    accepted = 0
+    for i in range(60):
+        b = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(b))
+            b[pos] = rng.choice([0, 0xFF, 0x7C, rng.randrange(256), b[pos] ^ (1 << rng.randrange(8))])
+        accepted += same_verdict(tmp_path, repair(bytes(b)))
+    assert 20 < accepted < 60
+
+
+def test_kquant_random_layouts(tmp_path):
+    """Random k-quant tensors of random row lengths (whole blocks, tails, both) over random bytes are
+    read identically by both readers; the same table with nbytes one row-size off, or relabelled
+    with a neighbouring row length or another k-quant, is rejected by both as a layout error
+    (unless that happens to be the right size)."""
+    rng = np.random.RandomState(99)
+    types = list(KQ)
+    for i in range(40):
+        typ = types[i % len(types)]
+        rows, cols = int(rng.randint(1, 4)), int(rng.choice([rng.randint(1, 256), rng.randint(257, 800), 256 * rng.randint(1, 4)]))
+        raw = rng.randint(0, 256, rows * kq_row_bytes(typ, cols)).astype(np.uint8).tobytes()
+        assert same_verdict(tmp_path, build({}, [("w", typ, (rows, cols), raw)]))
+        for shape, other in [((rows, cols + 1), typ), ((rows, max(1, cols - 1)), typ), ((rows + 1, cols), typ),
+                             ((rows, cols), types[(i + 1) % len(types)])]:
+            data = build({}, [("w", other, shape, raw)])
+            if rows * kq_row_bytes(typ, cols) == shape[0] * kq_row_bytes(other, shape[1]):
+                assert same_verdict(tmp_path, data)
+            else:
+                assert both_reject(tmp_path, data) == "layout"
 
 
 def test_fuzz_regressions_replay(tmp_path):

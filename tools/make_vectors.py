@@ -91,10 +91,147 @@ def dequantize_reference(typ, shape, raw):
         q = b[:, 2:].copy().view(np.int8).astype(np.float32)
         with np.errstate(invalid="ignore"):
             out = (d * q).reshape(-1).astype(np.float32)
+    elif typ in KQ:
+        out = kq_dequantize(typ, shape, raw)
     else:
         return None
     assert out.size == n
     return out
+
+
+# ----------------------------------------------------------------------------- k-quants (types/kquants.md)
+
+# name: (block bytes, offset of d, offset of dmin or None, tail sub-block size S, bits b, tail header bytes,
+#        tail scale bytes per sub-block)
+KQ = {"q2_k": (84, 80, 82, 16, 2, 4, 1), "q3_k": (110, 108, None, 16, 3, 2, 1), "q4_k": (144, 0, 2, 32, 4, 4, 2),
+      "q5_k": (176, 0, 2, 32, 5, 4, 2), "q6_k": (210, 208, None, 16, 6, 2, 1)}
+QK_K = 256
+
+
+def kq_tail_bytes(typ, r):
+    _, _, _, S, b, head, sps = KQ[typ]
+    nsub = -(-r // S)
+    return head + nsub * (sps + S * b // 8)
+
+
+def kq_row_bytes(typ, n):
+    return n // QK_K * KQ[typ][0] + (kq_tail_bytes(typ, n % QK_K) if n % QK_K else 0)
+
+
+def _f16(b, o):
+    return np.frombuffer(bytes(b[o:o + 2]), "<f2")[0].astype(np.float32)
+
+
+F = np.float32
+
+
+def _affine(d, dmin, sc, m, q):
+    return (d * F(sc)) * F(q) - dmin * F(m)   # numpy float32 scalars: rounded after every operation
+
+
+def _kq_block(typ, b):
+    y = []
+    if typ == "q2_k":
+        d, dmin = _f16(b, 80), _f16(b, 82)
+        for e in range(QK_K):
+            h, j, l = e // 128, e % 128 // 32, e % 32
+            s = b[e // 16]
+            y.append(_affine(d, dmin, s & 15, s >> 4, (b[16 + 32 * h + l] >> (2 * j)) & 3))
+    elif typ == "q3_k":
+        d, K = _f16(b, 108), b[96:108]
+
+        def sc(j):
+            lo = K[j] & 15 if j < 8 else K[j - 8] >> 4
+            return (lo | (((K[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
+        for e in range(QK_K):
+            h, j, l = e // 128, e % 128 // 32, e % 32
+            low, high = (b[32 + 32 * h + l] >> (2 * j)) & 3, (b[l] >> (e // 32)) & 1
+            y.append((d * F(sc(e // 16))) * F(low - (0 if high else 4)))
+    elif typ in ("q4_k", "q5_k"):
+        d, dmin, K = _f16(b, 0), _f16(b, 2), b[4:16]
+
+        def scm(j):
+            if j < 4:
+                return K[j] & 63, K[j + 4] & 63
+            return (K[j + 4] & 15) | ((K[j - 4] >> 6) << 4), (K[j + 4] >> 4) | ((K[j] >> 6) << 4)
+        qs = 16 if typ == "q4_k" else 48
+        for e in range(QK_K):
+            c, t, l, j = e // 64, e % 64 // 32, e % 32, e // 32
+            q = (b[qs + 32 * c + l] >> (4 * t)) & 15
+            if typ == "q5_k":
+                q |= ((b[16 + l] >> j) & 1) << 4
+            s, m = scm(j)
+            y.append(_affine(d, dmin, s, m, q))
+    else:
+        d = _f16(b, 208)
+        for e in range(QK_K):
+            h, f = e // 128, e % 128
+            k, l = f // 32, f % 32
+            low, high = (b[64 * h + f % 64] >> (4 * (f // 64))) & 15, (b[128 + 32 * h + l] >> (2 * k)) & 3
+            sc = b[192 + e // 16] - 256 * (b[192 + e // 16] > 127)
+            y.append((d * F(sc)) * F((low | (high << 4)) - 32))
+    return y
+
+
+def _kq_tail(typ, b, r):
+    _, _, dmin_off, S, bits, head, sps = KQ[typ]
+    nsub = -(-r // S)
+    d = _f16(b, 0)
+    dmin = _f16(b, 2) if dmin_off is not None else None
+    sc0, qs = head, head + nsub * sps
+    y = []
+    for i in range(r):
+        j = i // S
+        q = sum(((b[qs + (i * bits + k) // 8] >> ((i * bits + k) % 8)) & 1) << k for k in range(bits))
+        s = b[sc0 + j]
+        if typ == "q2_k":
+            y.append(_affine(d, dmin, s & 15, s >> 4, q))
+        elif typ == "q3_k":
+            y.append((d * F(s - 32)) * F(q - 4))
+        elif typ in ("q4_k", "q5_k"):
+            y.append(_affine(d, dmin, s, b[sc0 + nsub + j], q))
+        else:
+            y.append((d * F(s - 256 * (s > 127))) * F(q - 32))
+    return y
+
+
+def kq_dequantize(typ, shape, raw):
+    n = shape[-1]
+    rb = kq_row_bytes(typ, n)
+    assert len(raw) % rb == 0
+    out = []
+    with np.errstate(all="ignore"):   # infinite or NaN d/dmin are part of the vectors
+        for r0 in range(0, len(raw), rb):
+            row = raw[r0:r0 + rb]
+            for b0 in range(0, n // QK_K * KQ[typ][0], KQ[typ][0]):
+                out += _kq_block(typ, row[b0:b0 + KQ[typ][0]])
+            if n % QK_K:
+                out += _kq_tail(typ, row[n // QK_K * KQ[typ][0]:], n % QK_K)
+    return np.array(out, np.float32)
+
+
+def kq_random(rng, typ, rows, n, d_bits=None, padding_bits=False):
+    """Random bytes for rows of n weights, with every d/dmin set to a modest binary16 (or d_bits[row])
+    so values stay finite unless asked, and tail padding quants zeroed (unless padding_bits)."""
+    bb, d_off, dmin_off, S, bits, head, sps = KQ[typ]
+    rb = kq_row_bytes(typ, n)
+    out = bytearray(rng.randint(0, 256, rows * rb).astype(np.uint8).tobytes())
+    for r in range(rows):
+        starts = [(r * rb + k * bb, d_off, dmin_off) for k in range(n // QK_K)]
+        if n % QK_K:
+            starts.append((r * rb + n // QK_K * bb, 0, 2 if dmin_off is not None else None))
+        for base, do, mo in starts:
+            d = d_bits[r] if d_bits is not None else int(np.float16(rng.uniform(0.001, 0.05)).view(np.uint16))
+            out[base + do:base + do + 2] = struct.pack("<H", d)
+            if mo is not None:
+                out[base + mo:base + mo + 2] = struct.pack("<H", int(np.float16(rng.uniform(0.0, 0.05)).view(np.uint16)))
+        rem = n % QK_K
+        if rem and not padding_bits:
+            nsub = -(-rem // S)
+            qs = r * rb + n // QK_K * bb + head + nsub * sps
+            for p in range(rem * bits, nsub * S * bits):
+                out[qs + p // 8] &= ~(1 << (p % 8)) & 0xFF
+    return bytes(out)
 
 
 def canonical_f32_bytes(values: np.ndarray) -> bytes:
@@ -191,6 +328,24 @@ def valid_vectors():
     add("unknown_type.lowbit", "a tensor of a type this version does not define: valid, listable, not dequantizable; tiling continues after it",
         {}, [("before", "f32", (2,), np.array([1, 2], "<f4").tobytes()), ("future", "q9_z", (3, 7), bytes(range(10))),
              ("after", "f32", (1,), np.float32(3).tobytes())])
+
+    # k-quants: whole super-blocks, block + tail, tail-only rows (172 = stories260K's FFN width, 1, 255),
+    # scale/min/quant bytes random (so every bit position and out-of-range tail scale bytes occur),
+    # d set to modest values, then to special binary16s, then tail padding bits set.
+    special_d = [0x0001, 0x8000, 0x7BFF, 0x7C00, 0x7E00]   # subnormal, -0, largest, inf, NaN
+    for typ in KQ:
+        krng = np.random.RandomState(int.from_bytes(typ.encode(), "little") % 2**32)
+        add(f"type_{typ}.lowbit", f"{typ}: rows of 256, 512, 384 (block + 128-weight tail), 172, 1 and 255 weights; "
+            "special d values (subnormal, -0, largest, infinity, NaN) in blocks and tails; non-zero tail padding bits, which readers ignore",
+            {"note": typ}, [("whole", typ, (2, 256), kq_random(krng, typ, 2, 256)),
+                            ("two_blocks", typ, (1, 512), kq_random(krng, typ, 1, 512)),
+                            ("block_tail", typ, (2, 384), kq_random(krng, typ, 2, 384)),
+                            ("tail_172", typ, (3, 172), kq_random(krng, typ, 3, 172)),
+                            ("tail_1", typ, (1, 1), kq_random(krng, typ, 1, 1)),
+                            ("tail_255", typ, (2, 255), kq_random(krng, typ, 2, 255)),
+                            ("cube", typ, (2, 1, 3, 40), kq_random(krng, typ, 6, 40)),
+                            ("special_d", typ, (5, 300), kq_random(krng, typ, 5, 300, d_bits=special_d)),
+                            ("padding_bits", typ, (1, 20), kq_random(krng, typ, 1, 20, padding_bits=True))])
 
     def pretty(doc):
         text = json.dumps(doc, indent="\t", ensure_ascii=True).replace("\n", "\r\n")
@@ -319,6 +474,16 @@ def invalid_vectors():
     add("row_not_multiple.lowbit", "layout", "q8_0 with rows of 33 weights", one_tensor(type="q8_0", shape=[33], nbytes=8))
     add("nbytes_wrong.lowbit", "layout", "f32 [2] with nbytes 7", one_tensor(nbytes=7))
     add("nbytes_wraps.lowbit", "layout", "f32 of 2^48 elements whose nbytes is given as that size mod 2^64 (0)", one_tensor(shape=[2**24, 2**24], nbytes=0))
+    def kq_one(typ, shape, nbytes, desc, file):
+        e = entry(type=typ, shape=list(shape), nbytes=nbytes)
+        add(file, "layout", desc, raw_header(compact({"metadata": {}, "tensors": [e]}), b"\0" * nbytes))
+    kq_one("q4_k", (1, 384), 144 + 76 - 1, "q4_k [1,384] one byte short of a block + 128-weight tail (220 bytes)", "kq_tail_short.lowbit")
+    kq_one("q4_k", (1, 384), 2 * 144, "q4_k [1,384] sized as two whole blocks (tail padded to a super-block, as GGML would need)", "kq_tail_as_block.lowbit")
+    kq_one("q6_k", (1, 172), 210, "q6_k [1,172] sized as one whole block instead of a 172-weight tail (112 bytes)", "kq_tail_only_as_block.lowbit")
+    kq_one("q2_k", (3, 172), 2 * kq_row_bytes("q2_k", 172), "q2_k [3,172] with the bytes of two rows", "kq_rows_short.lowbit")
+    kq_one("q3_k", (1, 256), 110 + kq_tail_bytes("q3_k", 1), "q3_k [1,256] with one extra 1-weight tail block", "kq_extra_tail.lowbit")
+    kq_one("q5_k", (1, 255), kq_tail_bytes("q5_k", 256 - 32) , "q5_k [1,255] sized for a 224-weight tail (one sub-block too few)", "kq_tail_nsub.lowbit")
+    kq_one("q2_k", (2**24, 2**24), 0, "q2_k of 2^48 elements (rows of 2^24) with nbytes 0", "kq_huge.lowbit")
     add("first_offset.lowbit", "tiling", "first tensor at offset 64", one_tensor(offset=64))
     add("offset_gap.lowbit", "tiling", "second tensor one block too far", two_tensors({"offset": 128}))
     add("offset_overlap.lowbit", "tiling", "second tensor overlapping the first", two_tensors({"offset": 0}))

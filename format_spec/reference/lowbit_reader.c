@@ -4,12 +4,19 @@
  * every sum or product of such sizes goes through checked_add/checked_mul, so no crafted value can
  * wrap around into a small allocation or an out-of-bounds pointer.
  *
- * Adding a tensor type = one dequantization function + one row in TYPES below.
+ * Adding a tensor type = one dequantization function + one row in TYPES below (whose tail_layout
+ * gives the size of a row's shorter last block, for the types that have one).
  */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
 #include "lowbit_reader.h"
+
+/* Dequantization must round every float32 product on its own (no fused multiply-add): build with
+ * -ffp-contract=off where the compiler would otherwise contract (GCC in GNU mode, clang). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -172,20 +179,188 @@ static void dq_q8_0(const uint8_t *raw, float *out, uint64_t cols) {
     }
 }
 
+/* ---- k-quants (format_spec/types/kquants.md): super-blocks of 256 weights, then an optional tail
+ * block for the last cols % 256. Every product is a separate float32 statement in the spec's order
+ * and the library is built without FP contraction, so results match GGML and the Python runtime bit
+ * for bit. */
+
+#define QK_K 256u
+
+static float f16_at(const uint8_t *p) { return f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
+
+/* Affine weight (d * sc) * q - dmin * m, each step rounded to float32. */
+static float kq_affine(float d, float dmin, uint32_t sc, uint32_t m, uint32_t q) {
+    float dl = d * (float)sc, ml = dmin * (float)m, y = dl * (float)q;
+    return y - ml;
+}
+
+/* Symmetric weight (d * sc) * q. */
+static float kq_symmetric(float d, int32_t sc, int32_t q) {
+    float dl = d * (float)sc;
+    return dl * (float)q;
+}
+
+/* Quant i of a tail block's little-endian bit stream of `bits`-bit values. */
+static uint32_t tail_quant(const uint8_t *s, uint32_t i, uint32_t bits) {
+    uint32_t v = 0, k;
+    for (k = 0; k < bits; k++) {
+        uint32_t p = i * bits + k;
+        v |= (uint32_t)((s[p >> 3] >> (p & 7)) & 1) << k;
+    }
+    return v;
+}
+
+static void q2_k_block(const uint8_t *b, float *y) {
+    float d = f16_at(b + 80), dmin = f16_at(b + 82);
+    uint32_t e;
+    for (e = 0; e < QK_K; e++) {
+        uint32_t h = e / 128, j = e % 128 / 32, l = e % 32, s = b[e / 16];
+        y[e] = kq_affine(d, dmin, s & 15, s >> 4, (b[16 + 32 * h + l] >> (2 * j)) & 3);
+    }
+}
+
+static void q2_k_tail(const uint8_t *b, float *y, uint32_t r) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    uint32_t nsub = (r + 15) / 16, i;
+    const uint8_t *q = b + 4 + nsub;
+    for (i = 0; i < r; i++) {
+        uint32_t s = b[4 + i / 16];
+        y[i] = kq_affine(d, dmin, s & 15, s >> 4, tail_quant(q, i, 2));
+    }
+}
+
+static int32_t q3_k_scale(const uint8_t *sc, uint32_t j) {
+    uint32_t lo = j < 8 ? sc[j] & 15u : (uint32_t)sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3u;
+    return (int32_t)(lo | (hi << 4)) - 32;
+}
+
+static void q3_k_block(const uint8_t *b, float *y) {
+    float d = f16_at(b + 108);
+    uint32_t e;
+    for (e = 0; e < QK_K; e++) {
+        uint32_t h = e / 128, j = e % 128 / 32, l = e % 32;
+        int32_t low = (b[32 + 32 * h + l] >> (2 * j)) & 3, high = (b[l] >> (e / 32)) & 1;
+        y[e] = kq_symmetric(d, q3_k_scale(b + 96, e / 16), low - (high ? 0 : 4));
+    }
+}
+
+static void q3_k_tail(const uint8_t *b, float *y, uint32_t r) {
+    float d = f16_at(b);
+    uint32_t nsub = (r + 15) / 16, i;
+    const uint8_t *q = b + 2 + nsub;
+    for (i = 0; i < r; i++) y[i] = kq_symmetric(d, (int32_t)b[2 + i / 16] - 32, (int32_t)tail_quant(q, i, 3) - 4);
+}
+
+/* q4_k/q5_k packed scale (or min, mins = 1) of sub-block j from the 12 bytes K. */
+static uint32_t k4_scale(const uint8_t *K, uint32_t j, int mins) {
+    if (j < 4) return (mins ? K[j + 4] : K[j]) & 63u;
+    return mins ? (uint32_t)(K[j + 4] >> 4) | ((uint32_t)(K[j] >> 6) << 4)
+                : (uint32_t)(K[j + 4] & 15) | ((uint32_t)(K[j - 4] >> 6) << 4);
+}
+
+static void q4_k_block(const uint8_t *b, float *y) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    uint32_t e;
+    for (e = 0; e < QK_K; e++) {
+        uint32_t c = e / 64, t = e % 64 / 32, l = e % 32, j = e / 32;
+        y[e] = kq_affine(d, dmin, k4_scale(b + 4, j, 0), k4_scale(b + 4, j, 1), (b[16 + 32 * c + l] >> (4 * t)) & 15u);
+    }
+}
+
+/* q4_k and q5_k tails differ only in the quant width. */
+static void k45_tail(const uint8_t *b, float *y, uint32_t r, uint32_t bits) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    uint32_t nsub = (r + 31) / 32, i;
+    const uint8_t *q = b + 4 + 2 * nsub;
+    for (i = 0; i < r; i++) y[i] = kq_affine(d, dmin, b[4 + i / 32], b[4 + nsub + i / 32], tail_quant(q, i, bits));
+}
+
+static void q4_k_tail(const uint8_t *b, float *y, uint32_t r) { k45_tail(b, y, r, 4); }
+
+static void q5_k_block(const uint8_t *b, float *y) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    uint32_t e;
+    for (e = 0; e < QK_K; e++) {
+        uint32_t c = e / 64, t = e % 64 / 32, l = e % 32, j = e / 32;
+        uint32_t q = ((b[48 + 32 * c + l] >> (4 * t)) & 15u) | (((b[16 + l] >> j) & 1u) << 4);
+        y[e] = kq_affine(d, dmin, k4_scale(b + 4, j, 0), k4_scale(b + 4, j, 1), q);
+    }
+}
+
+static void q5_k_tail(const uint8_t *b, float *y, uint32_t r) { k45_tail(b, y, r, 5); }
+
+static void q6_k_block(const uint8_t *b, float *y) {
+    float d = f16_at(b + 208);
+    uint32_t e;
+    for (e = 0; e < QK_K; e++) {
+        uint32_t h = e / 128, f = e % 128, k = f / 32, l = f % 32;
+        uint32_t low = (b[64 * h + f % 64] >> (4 * (f / 64))) & 15u, high = (b[128 + 32 * h + l] >> (2 * k)) & 3u;
+        y[e] = kq_symmetric(d, (int8_t)b[192 + e / 16], (int32_t)(low | (high << 4)) - 32);
+    }
+}
+
+static void q6_k_tail(const uint8_t *b, float *y, uint32_t r) {
+    float d = f16_at(b);
+    uint32_t nsub = (r + 15) / 16, i;
+    const uint8_t *q = b + 2 + nsub;
+    for (i = 0; i < r; i++) y[i] = kq_symmetric(d, (int8_t)b[2 + i / 16], (int32_t)tail_quant(q, i, 6) - 32);
+}
+
+/* Rows of whole super-blocks followed by one tail block (its size: tail_bytes in TYPES). */
+#define KQUANT_ROW(T, BYTES)                                                        \
+    static void dq_##T(const uint8_t *raw, float *out, uint64_t cols) {             \
+        uint64_t b, nb = cols / QK_K;                                               \
+        for (b = 0; b < nb; b++) T##_block(raw + b * (BYTES), out + b * QK_K);      \
+        if (cols % QK_K) T##_tail(raw + nb * (BYTES), out + nb * QK_K, (uint32_t)(cols % QK_K)); \
+    }
+KQUANT_ROW(q2_k, 84)
+KQUANT_ROW(q3_k, 110)
+KQUANT_ROW(q4_k, 144)
+KQUANT_ROW(q5_k, 176)
+KQUANT_ROW(q6_k, 210)
+
+/* A row's last cols % block_size weights, for types that allow them, form one tail block of
+ * head + nsub * (scale_bytes + sub * bits / 8) bytes, nsub = ceil(remainder / sub). */
+typedef struct {
+    uint32_t sub;          /* weights per sub-block; 0: rows must be whole blocks */
+    uint32_t bits;         /* bits per quant */
+    uint32_t head;         /* header bytes (binary16 d, dmin) */
+    uint32_t scale_bytes;  /* scale (and min) bytes per sub-block */
+} tail_layout;
+
 typedef struct {
     const char *name;
     uint32_t block_size;   /* weights per block along a row */
     uint32_t block_bytes;  /* bytes per block */
     dequant_row_fn dequant_row;
+    tail_layout tail;
 } type_info;
 
 static const type_info TYPES[] = {
-    {"f32", 1, 4, dq_f32},
-    {"f16", 1, 2, dq_f16},
-    {"bf16", 1, 2, dq_bf16},
-    {"u8", 1, 1, dq_u8},
-    {"q8_0", 32, 34, dq_q8_0},
+    {"f32", 1, 4, dq_f32, {0, 0, 0, 0}},
+    {"f16", 1, 2, dq_f16, {0, 0, 0, 0}},
+    {"bf16", 1, 2, dq_bf16, {0, 0, 0, 0}},
+    {"u8", 1, 1, dq_u8, {0, 0, 0, 0}},
+    {"q8_0", 32, 34, dq_q8_0, {0, 0, 0, 0}},
+    {"q2_k", 256, 84, dq_q2_k, {16, 2, 4, 1}},
+    {"q3_k", 256, 110, dq_q3_k, {16, 3, 2, 1}},
+    {"q4_k", 256, 144, dq_q4_k, {32, 4, 4, 2}},
+    {"q5_k", 256, 176, dq_q5_k, {32, 5, 4, 2}},
+    {"q6_k", 256, 210, dq_q6_k, {16, 6, 2, 1}},
 };
+
+/* Bytes of one row of `cols` weights; 0 when the type cannot hold such a row or the size overflows. */
+static int row_bytes_of(const type_info *ti, uint64_t cols, uint64_t *out) {
+    uint64_t whole, rem = cols % ti->block_size, tail = 0;
+    if (!checked_mul(cols / ti->block_size, ti->block_bytes, &whole)) return 0;
+    if (rem) {
+        uint64_t nsub;
+        if (!ti->tail.sub) return 0;
+        nsub = (rem + ti->tail.sub - 1) / ti->tail.sub;   /* rem < block_size <= 2^32: no overflow */
+        tail = ti->tail.head + nsub * (ti->tail.scale_bytes + ti->tail.sub * ti->tail.bits / 8);
+    }
+    return checked_add(whole, tail, out);
+}
 
 static const type_info *find_type(const char *name, size_t len) {
     size_t i;
@@ -653,11 +828,10 @@ static lb_status validate_table(lb_file *f, uint32_t root, lb_error *err) {
         t->known = ti != NULL;
         if (ti) {
             uint64_t need = 0, row_bytes = 0;
-            if (t->cols % ti->block_size)
+            if (t->cols % ti->block_size && !ti->tail.sub)
                 return fail(err, LB_E_LAYOUT, "tensor '%.200s': row length %llu is not a multiple of %s's block size %u",
                             t->name, (unsigned long long)t->cols, ti->name, ti->block_size);
-            if (!checked_mul(t->cols / ti->block_size, ti->block_bytes, &row_bytes) || !checked_mul(row_bytes, t->rows, &need)
-                || need != t->nbytes)
+            if (!row_bytes_of(ti, t->cols, &row_bytes) || !checked_mul(row_bytes, t->rows, &need) || need != t->nbytes)
                 return fail(err, LB_E_LAYOUT, "tensor '%.200s': %llu bytes, but %s needs %llu", t->name,
                             (unsigned long long)t->nbytes, ti->name, (unsigned long long)need);
         }
@@ -872,7 +1046,8 @@ lb_status lb_dequantize(const lb_file *f, const lb_tensor *t, float *out, uint64
     if (!ti) return fail(err, LB_E_UNKNOWN_TYPE, "tensor '%.200s' has type '%.64s', which this reader cannot dequantize", t->name, t->type);
     if (n != t->elements) return fail(err, LB_E_ARG, "output holds %llu values, tensor '%.200s' has %llu",
                                       (unsigned long long)n, t->name, (unsigned long long)t->elements);
-    row_bytes = t->cols / ti->block_size * ti->block_bytes;   /* validated at open: rows * row_bytes == nbytes */
+    if (!row_bytes_of(ti, t->cols, &row_bytes))   /* cannot fail: validated at open (rows * row_bytes == nbytes) */
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s' does not fit its type's layout", t->name);
     for (r = 0; r < t->rows; r++) ti->dequant_row(t->data + r * row_bytes, out + r * t->cols, t->cols);
     if (err) { err->code = LB_OK; err->message[0] = 0; }
     return LB_OK;
