@@ -158,6 +158,18 @@ def register(types: dict):
             qt.kernels.setdefault("c", NativeMatmul(name))
 
 
+def get_rows(type_name: str, raw: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
+    """Rows `ids` of a [rows, cols] tensor of `type_name`, dequantized in C (only those rows are read)."""
+    ffi, lib = library()
+    w = NativeMatmul(type_name).weight(np.ascontiguousarray(raw), cols)
+    ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+    out = np.empty((ids.shape[0], cols), np.float32)
+    if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), ids.shape[0],
+                       ffi.cast("float *", ffi.from_buffer(out))) != 0:
+        raise ValueError(f"row id out of range 0..{raw.shape[0] - 1}")
+    return out
+
+
 def dequantize(type_name: str, raw: np.ndarray, shape) -> np.ndarray:
     """Whole small tensor (norm weights, biases) to float32 in C: keeps Numba (and LLVM, tens of
     MiB of RSS and seconds of load) out of loading a model that runs natively."""
