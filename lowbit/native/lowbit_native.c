@@ -189,12 +189,12 @@ static void kq_unpack_tail(int kind, const uint8_t *p, int r, uint8_t *u, int16_
     float d = fp16_to_f32(rd16(p)), dmin = 0.f;
     if (KQ_AFFINE[kind]) { dmin = fp16_to_f32(rd16(q)); q += 2; }
     const uint8_t *qs = q + ((kind == 4 || kind == 5) ? 2 * nsub : nsub);
-    for (int i = 0; i < QKK; i++) {
-        if (i >= r) { u[i] = 0; continue; }
-        int pos = i * bits, b = pos >> 3, sh = pos & 7, v = qs[b] >> sh;
-        if (sh + bits > 8) v |= qs[b + 1] << (8 - sh);
-        u[i] = (uint8_t)(v & mask);
+    for (int g = 0; g < nsub * S / 8; g++) {   /* 8 quants fill `bits` whole bytes */
+        uint64_t v = 0;
+        for (int i = 0; i < bits; i++) v |= (uint64_t)qs[g * bits + i] << (8 * i);
+        for (int k = 0; k < 8; k++) u[8 * g + k] = (uint8_t)((v >> (bits * k)) & mask);
     }
+    for (int i = r; i < QKK; i++) u[i] = 0;
     for (int j16 = 0; j16 < 16; j16++) {
         int j = j16 * 16 / S, s = 0, m = 0;
         if (j < nsub) {
@@ -370,6 +370,120 @@ static void dot4_kq(const kq_row R[4], const int8_t *xq, const float *xd, const 
     }
 #endif
     for (int r = 0; r < 4; r++) out[r] = s[r];
+}
+
+
+/* Decoding (one or two tokens): q4_k and q6_k super-blocks go straight from the map into the
+   integer dot (GGML's AVX2 scheme, 256-bit), without the unpacked copy. */
+#if defined(LB_AVX512) || defined(LB_AVX2)
+#if defined(LB_AVX512)
+#define MADD_ACC(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
+#else
+#define MADD_ACC(acc, p, s) _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+#endif
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m256 accf[4], accm[4];
+    for (int r = 0; r < 4; r++) accf[r] = accm[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *x = xq + b * QKK;
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        __m256i sc[4], acc[4];
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * 144;
+            uint32_t ut[4];
+            memcpy(ut, p + 4, 12);   /* GGML's unpacking of the 12 scale bytes: 8 scales, then 8 mins */
+            ut[3] = ((ut[2] >> 4) & 0x0f0f0f0f) | (((ut[1] >> 6) & 0x03030303) << 4);
+            const uint32_t aux = ut[1] & 0x3f3f3f3f;
+            ut[1] = (ut[2] & 0x0f0f0f0f) | (((ut[0] >> 6) & 0x03030303) << 4);
+            ut[2] = aux;
+            ut[0] &= 0x3f3f3f3f;
+            const __m128i sm = _mm_set_epi32((int)ut[3], (int)ut[2], (int)ut[1], (int)ut[0]);
+            sc[r] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+            const __m256i mn = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(sm, 8), dup));
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, bsv)),
+                                      _mm256_set1_ps(fp16_to_f32(rd16(p + 2)) * xd[b]), accm[r]);
+            acc[r] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + 64 * c));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32));
+            const __m256i s0 = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c)));
+            const __m256i s1 = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c + 1)));
+            for (int r = 0; r < 4; r++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(w[r] + b * 144 + 16 + 32 * c));
+                const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(lo, x0), _mm256_shuffle_epi8(sc[r], s0));
+                acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(hi, x1), _mm256_shuffle_epi8(sc[r], s1));
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(fp16_to_f32(rd16(w[r] + b * 144)) * xd[b]), accf[r]);
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]) - hsum256(accm[r]);
+}
+
+static void dot4_q6k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    __m256 accf[4];
+    for (int r = 0; r < 4; r++) accf[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *x = xq + b * QKK;
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        __m128i sc[4];
+        __m256i acc[4];
+        for (int r = 0; r < 4; r++) {
+            sc[r] = _mm_loadu_si128((const __m128i *)(w[r] + b * 210 + 192));
+            /* q = u - 32: subtract 32 * sum(scale * bsum) up front */
+            acc[r] = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc[r]), bsv)), 5);
+        }
+        for (int h = 0; h < 2; h++) {
+            __m256i xv[4];
+            for (int k = 0; k < 4; k++) xv[k] = _mm256_loadu_si256((const __m256i *)(x + 128 * h + 32 * k));
+            for (int r = 0; r < 4; r++) {
+                const uint8_t *p = w[r] + b * 210;
+                const __m256i b1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+                const __m256i b2 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+                const __m256i bh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m3), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m3), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m3), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m3), 4));
+                for (int k = 0; k < 4; k++) {
+                    const int j = 2 * (4 * h + k);   /* sub-blocks j, j+1 of 16 */
+                    const __m128i pick = _mm_set_epi64x((long long)(0x0101010101010101ULL * (j + 1)), (long long)(0x0101010101010101ULL * j));
+                    acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(q[k], xv[k]), _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc[r], pick)));
+                }
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(fp16_to_f32(rd16(w[r] + b * 210 + 208)) * xd[b]), accf[r]);
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]);
+}
+#endif
+
+typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]);
+
+static dot4k_fn kq_direct(int kind) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    if (kind == 4) return dot4_q4k;
+    if (kind == 6) return dot4_q6k;
+#endif
+    (void)kind;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- type table */
@@ -782,10 +896,40 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
         const int kind = kq_kind(W->type);
         if (kind) {   /* unpack the tile's 4 rows once, then run every token against them */
             const int64_t nb = (k + QKK - 1) / QKK;
+            const int64_t nfull = k / QKK;
+            const dot4k_fn direct = n <= 2 && nfull ? kq_direct(kind) : NULL;
             kq_row R[4];
             for (int r = 0; r < 4; r++) R[r] = kq_row_at(g_kbuf[ith] + r * kq_row_scratch(nb), nb);
             for (int64_t tile = a; tile < b; tile++) {
                 int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
+                if (direct) {   /* whole blocks straight from the map, the tail block unpacked */
+                    const uint8_t *rows[4];
+                    for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                    kq_row T[4];
+                    if (nb > nfull)
+                        for (int r = 0; r < 4; r++) {
+                            T[r] = kq_row_at(g_kbuf[ith] + r * kq_row_scratch(1), 1);
+                            if (r < nr) kq_unpack_row(kind, rows[r] + nfull * KQ_BYTES[kind], k - nfull * QKK, T[r]);
+                            else T[r] = T[nr - 1];
+                        }
+                    for (int64_t t = 0; t < n; t++) {
+                        float o[4], ot[4];
+                        const int8_t *xq = J->kq + t * nb * QKK;
+                        const float *xd = J->kd + t * nb;
+                        const int16_t *xs = J->ks + t * nb * 16;
+                        direct(rows, xq, xd, xs, nfull, o);
+                        if (nb > nfull) {
+                            dot4_kq(T, xq + nfull * QKK, xd + nfull, xs + nfull * 16, 1, ot);
+                            for (int r = 0; r < 4; r++) o[r] += ot[r];
+                        }
+                        float *y = J->y + t * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                    continue;
+                }
                 for (int r = 0; r < nr; r++) kq_unpack_row(kind, W->data + (r0 + r) * rb, k, R[r]);
                 kq_row Rt[4] = {R[0], R[nr > 1 ? 1 : 0], R[nr > 2 ? 2 : 0], R[nr > 3 ? 3 : 0]};
                 for (int64_t t = 0; t < n; t++) {
