@@ -46,9 +46,10 @@ int lb_cpu_level(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
         return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("bmi2"))
         return 1;
 #endif
     return 0;
@@ -169,12 +170,14 @@ static void kq_unpack_full(int kind, const uint8_t *p, uint8_t *u, int16_t *sc, 
     }
     case 6: {
         const uint8_t *ql = p, *qh = p + 128;
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int l = 0; l < 32; l++) {
-                    int f = 32 * k + l;
-                    u[128 * h + f] = ((ql[64 * h + (f & 63)] >> (4 * (f >> 6))) & 15) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
-                }
+        for (int h = 0; h < 2; h++)   /* written per l with fixed shifts so that it vectorizes */
+            for (int l = 0; l < 32; l++) {
+                const uint8_t a = ql[64 * h + l], b = ql[64 * h + 32 + l], c = qh[32 * h + l];
+                u[128 * h + l] = (a & 15) | ((c & 3) << 4);
+                u[128 * h + 32 + l] = (b & 15) | (((c >> 2) & 3) << 4);
+                u[128 * h + 64 + l] = (a >> 4) | (((c >> 4) & 3) << 4);
+                u[128 * h + 96 + l] = (b >> 4) | ((c >> 6) << 4);
+            }
         for (int j = 0; j < 16; j++) { sc[j] = (int8_t)p[192 + j]; mn[j] = (int16_t)(32 * sc[j]); }
         *dd = *dm = fp16_to_f32(rd16(p + 208));
         break;
@@ -189,11 +192,25 @@ static void kq_unpack_tail(int kind, const uint8_t *p, int r, uint8_t *u, int16_
     float d = fp16_to_f32(rd16(p)), dmin = 0.f;
     if (KQ_AFFINE[kind]) { dmin = fp16_to_f32(rd16(q)); q += 2; }
     const uint8_t *qs = q + ((kind == 4 || kind == 5) ? 2 * nsub : nsub);
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    /* 8 quants fill `bits` whole bytes: one pdep spreads them to 8 bytes (read from a copy, so
+       that the 8-byte loads stay inside our memory) */
+    uint8_t buf[QKK * 6 / 8 + 8];
+    memcpy(buf, qs, nsub * S * bits / 8);
+    const uint64_t spread = 0x0101010101010101ULL * (uint64_t)mask;
+    for (int g = 0; g < nsub * S / 8; g++) {
+        uint64_t v;
+        memcpy(&v, buf + g * bits, 8);
+        v = _pdep_u64(v, spread);
+        memcpy(u + 8 * g, &v, 8);
+    }
+#else
     for (int g = 0; g < nsub * S / 8; g++) {   /* 8 quants fill `bits` whole bytes */
         uint64_t v = 0;
         for (int i = 0; i < bits; i++) v |= (uint64_t)qs[g * bits + i] << (8 * i);
         for (int k = 0; k < 8; k++) u[8 * g + k] = (uint8_t)((v >> (bits * k)) & mask);
     }
+#endif
     for (int i = r; i < QKK; i++) u[i] = 0;
     for (int j16 = 0; j16 < 16; j16++) {
         int j = j16 * 16 / S, s = 0, m = 0;
