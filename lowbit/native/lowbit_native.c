@@ -490,6 +490,32 @@ static void dot4_q6k(const uint8_t *const w[4], const int8_t *xq, const float *x
     }
     for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]);
 }
+
+static inline int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The q4_k tail block (plain nibbles, low nibble first) straight from the map: 16 bytes widen to
+   32 quants in order. x, xd, bs: the activation block the tail meets. */
+static void dot4_q4k_tail(const uint8_t *const w[4], int rem, const int8_t *x, float xd, const int16_t *bs, float out[4]) {
+    const int nsub = (rem + 31) / 32;
+    const __m256i m4 = _mm256_set1_epi16(0x000f);
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *p = w[r], *sc = p + 4, *mn = p + 4 + nsub, *qs = p + 4 + 2 * nsub;
+        __m256i acc = _mm256_setzero_si256();
+        int32_t macc = 0;
+        for (int j = 0; j < nsub; j++) {
+            const __m256i wv = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qs + 16 * j)));
+            const __m256i u = _mm256_or_si256(_mm256_and_si256(wv, m4), _mm256_slli_epi16(_mm256_srli_epi16(wv, 4), 8));
+            acc = MADD_ACC(acc, _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j))), _mm256_set1_epi16(sc[j]));
+            macc += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+        }
+        out[r] = fp16_to_f32(rd16(p)) * xd * (float)hsum256_epi32(acc) - fp16_to_f32(rd16(p + 2)) * xd * (float)macc;
+    }
+}
 #endif
 
 typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]);
@@ -923,7 +949,12 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     const uint8_t *rows[4];
                     for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
                     kq_row T[4];
-                    if (nb > nfull)
+#if defined(LB_AVX512) || defined(LB_AVX2)
+                    const int tail4 = kind == 4 && nb > nfull;   /* q4_k tails: their own direct kernel */
+#else
+                    const int tail4 = 0;
+#endif
+                    if (nb > nfull && !tail4)
                         for (int r = 0; r < 4; r++) {
                             T[r] = kq_row_at(g_kbuf[ith] + r * kq_row_scratch(1), 1);
                             if (r < nr) kq_unpack_row(kind, rows[r] + nfull * KQ_BYTES[kind], k - nfull * QKK, T[r]);
@@ -935,7 +966,13 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                         const float *xd = J->kd + t * nb;
                         const int16_t *xs = J->ks + t * nb * 16;
                         direct(rows, xq, xd, xs, nfull, o);
-                        if (nb > nfull) {
+                        if (tail4) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+                            const uint8_t *tails[4] = {rows[0] + nfull * 144, rows[1] + nfull * 144, rows[2] + nfull * 144, rows[3] + nfull * 144};
+                            dot4_q4k_tail(tails, (int)(k - nfull * QKK), xq + nfull * QKK, xd[nfull], xs + nfull * 16, ot);
+                            for (int r = 0; r < 4; r++) o[r] += ot[r];
+#endif
+                        } else if (nb > nfull) {
                             dot4_kq(T, xq + nfull * QKK, xd + nfull, xs + nfull * 16, 1, ot);
                             for (int r = 0; r < 4; r++) o[r] += ot[r];
                         }
