@@ -100,6 +100,8 @@ class Transformer:
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows of `tokens`, dequantized (only those rows are read)."""
+        if native.enabled() and self.embed_qtype.name in native.C_TYPES:   # in C: no Numba JIT
+            return native.get_rows(self.embed_qtype.name, self.embed_raw, tokens, self.config.hidden_size)
         return np.ascontiguousarray(self.embed_qtype.dequantize(self.embed_raw[tokens], (len(tokens), self.config.hidden_size)),
                                     dtype=np.float32)
 

@@ -3,9 +3,13 @@
 generation of -n tokens one at a time from an empty context (llama-bench's pp/tg), then a table of
 medians and ratios. llama.cpp runs through llama-cpp-python (benchmark only: pip install
 llama-cpp-python). The GGUF is written here from the Hugging Face checkpoint with the gguf
-package (F16 or Q8_0 tensors; Llama q/k rows permuted to llama.cpp's interleaved RoPE order).
+package (F16 or Q8_0 tensors; Llama q/k rows permuted to llama.cpp's interleaved RoPE order); for
+q4_k_m (which the gguf package cannot quantize) that F16 GGUF goes through llama.cpp's own
+quantizer (llama_model_quantize, LLAMA_FTYPE_MOSTLY_Q4_K_M, no imatrix), which picks its own
+fallback types for rows that are not a multiple of 256 (pychat-30m's 384-wide ones).
 
   python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q8_0 -p 128 -n 64 -t 2 -r 3
+  python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q4_k_m -p 128 -n 64 -t 2 -r 3
 """
 import argparse
 import json
@@ -101,6 +105,19 @@ def write_gguf(folder, out, qtype):
     os.replace(out + ".tmp", out)
 
 
+def quantize_gguf(src, out, ftype=15):
+    """llama.cpp's own quantizer (15 = LLAMA_FTYPE_MOSTLY_Q4_K_M) from an F16 GGUF."""
+    import ctypes
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(src.encode(), (out + ".tmp").encode(), ctypes.byref(params))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize failed ({rc})")
+    os.replace(out + ".tmp", out)
+
+
 def bench_lowbit(model, n_prompt, n_gen):
     from lowbit.commands.bench import measure
     r = measure(model, n_prompt, n_gen, 1)
@@ -127,7 +144,7 @@ def bench_llama(llm, vocab, n_prompt, n_gen, rng):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="Hugging Face checkpoint folder")
-    ap.add_argument("--type", default="q8_0", choices=["q8_0", "f16"])
+    ap.add_argument("--type", default="q8_0", choices=["q8_0", "f16", "q4_k_m"])
     ap.add_argument("-p", type=int, default=128)
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("-t", type=int, default=2)
@@ -143,7 +160,13 @@ def main(argv=None):
         from converters import convert
         convert(args.checkpoint, lb_path, args.type)
     if not os.path.exists(gg_path):
-        write_gguf(args.checkpoint, gg_path, args.type)
+        if args.type == "q4_k_m":
+            f16 = os.path.join(args.workdir, f"{name}-f16.gguf")
+            if not os.path.exists(f16):
+                write_gguf(args.checkpoint, f16, "f16")
+            quantize_gguf(f16, gg_path)
+        else:
+            write_gguf(args.checkpoint, gg_path, args.type)
 
     import lowbit
     from lowbit import native
@@ -165,13 +188,15 @@ def main(argv=None):
     bench_lowbit(model, args.p, args.n)          # warm-up both
     bench_llama(llm, vocab, args.p, args.n, rng)
     res = {"lowbit": {"pp": [], "tg": []}, "llama.cpp": {"pp": [], "tg": []}}
+    load0 = os.getloadavg()[0]
     for _ in range(args.r):
         for who in ("lowbit", "llama.cpp"):
             pp, tg = bench_lowbit(model, args.p, args.n) if who == "lowbit" else bench_llama(llm, vocab, args.p, args.n, rng)
             res[who]["pp"].append(pp)
             res[who]["tg"].append(tg)
     load = os.getloadavg()[0]
-    print(f"{name} {args.type}, {args.t} threads, median of {args.r} alternating runs (1-min load average {load:.1f})")
+    print(f"{name} {args.type}, {args.t} threads, median of {args.r} alternating runs "
+          f"(1-min load average {load0:.1f} before, {load:.1f} after)")
     print("| runtime | file MiB | load s | RSS after load MiB | pp t/s | tg t/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for who, path, ld, rss in (("lowbit", lb_path, lb_load, lb_rss), ("llama.cpp", gg_path, ll_load, ll_rss)):

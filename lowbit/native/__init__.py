@@ -13,7 +13,7 @@ import numpy as np
 from . import build as _build
 
 # lowbit type name -> the C library's type id (lowbit_native.h); a new type adds one entry.
-C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3}
+C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8}
 ORDER = ["avx512vnni", "avx2", "scalar"]
 
 _libs = {}
@@ -156,6 +156,18 @@ def register(types: dict):
     for name, qt in types.items():
         if name in C_TYPES:
             qt.kernels.setdefault("c", NativeMatmul(name))
+
+
+def get_rows(type_name: str, raw: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
+    """Rows `ids` of a [rows, cols] tensor of `type_name`, dequantized in C (only those rows are read)."""
+    ffi, lib = library()
+    w = NativeMatmul(type_name).weight(np.ascontiguousarray(raw), cols)
+    ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+    out = np.empty((ids.shape[0], cols), np.float32)
+    if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), ids.shape[0],
+                       ffi.cast("float *", ffi.from_buffer(out))) != 0:
+        raise ValueError(f"row id out of range 0..{raw.shape[0] - 1}")
+    return out
 
 
 def dequantize(type_name: str, raw: np.ndarray, shape) -> np.ndarray:

@@ -12,8 +12,8 @@ COMMON = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-fassoc
           "-fno-signed-zeros", "-ffp-contract=fast", "-pthread"]
 LEVELS = {   # name -> (compiler flags, lb_cpu_level() value it needs)
     "avx512vnni": (["-DLB_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2",
-                    "-mfma", "-mf16c"], 2),
-    "avx2": (["-DLB_AVX2", "-mavx2", "-mfma", "-mf16c"], 1),
+                    "-mfma", "-mf16c", "-mbmi2"], 2),
+    "avx2": (["-DLB_AVX2", "-mavx2", "-mfma", "-mf16c", "-mbmi2"], 1),
     "scalar": ([], 0),
 }
 

@@ -46,9 +46,10 @@ int lb_cpu_level(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
         return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("bmi2"))
         return 1;
 #endif
     return 0;
@@ -82,13 +83,459 @@ static inline float bf16_to_f32(uint16_t h) {
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
+/* ---------------------------------------------------------------- k-quants (q2_k .. q6_k)
+
+   format_spec/types/kquants.md: super-blocks of 256 weights (GGML's layouts) and a lowbit-only tail
+   block for the last cols % 256 weights of a row. Every k-quant weight is written here as
+       w = dd * sc * u - dm * mn        (u: unsigned quant, sc/mn: small integers per 16 weights)
+   affine types (q2_k, q4_k, q5_k): dd = d, dm = dmin, mn = the sub-block min; symmetric types
+   (q3_k, q6_k): u = q + off (off 4 or 32), dd = dm = d, mn = off * sc. A tile of 4 weight rows is
+   unpacked once into that form (u bytes, scales widened to one int16 per pair of weights) and then
+   meets every token of the input: activations are quantized once per matmul input to 8-bit blocks
+   of 256 (GGML's q8_K: int8, a float scale, int16 sums per 16 for the min term), so a block's dot
+   product is maddubs(u, x) -> int16 pairs times the scale (vpdpwssd / pmaddwd) in integers, and
+   the min term is sum(mn * bsum) per 16. Tail blocks unpack to the same form, zero-padded to 256. */
+
+#define QKK 256
+
+static int kq_kind(int type) { return type >= LB_Q2_K && type <= LB_Q6_K ? type - LB_Q2_K + 2 : 0; }
+
+/* kind -> sub-block size, bits, affine, super-block bytes, offset of symmetric quants */
+static const int KQ_S[7] = {0, 0, 16, 16, 32, 32, 16};
+static const int KQ_BITS[7] = {0, 0, 2, 3, 4, 5, 6};
+static const int KQ_AFFINE[7] = {0, 0, 1, 0, 1, 1, 0};
+static const int KQ_BYTES[7] = {0, 0, 84, 110, 144, 176, 210};
+static const int KQ_OFF[7] = {0, 0, 0, 4, 0, 0, 32};
+
+static int64_t kq_tail_bytes(int kind, int64_t r) {
+    int64_t S = KQ_S[kind], nsub = (r + S - 1) / S;
+    int64_t scale_bytes = (kind == 4 || kind == 5) ? 2 * nsub : nsub;
+    return (KQ_AFFINE[kind] ? 4 : 2) + scale_bytes + nsub * S * KQ_BITS[kind] / 8;
+}
+
+static int64_t kq_row_bytes(int kind, int64_t cols) {
+    int64_t rem = cols % QKK;
+    return cols / QKK * KQ_BYTES[kind] + (rem ? kq_tail_bytes(kind, rem) : 0);
+}
+
+static inline void k4_scale_min(const uint8_t *K, int j, int *sc, int *m) {
+    if (j < 4) { *sc = K[j] & 63; *m = K[j + 4] & 63; }
+    else { *sc = (K[j + 4] & 15) | ((K[j - 4] >> 6) << 4); *m = (K[j + 4] >> 4) | ((K[j] >> 6) << 4); }
+}
+
+/* One whole super-block -> u[256], per-16 scale sc[16] and min mn[16], dd, dm. */
+static void kq_unpack_full(int kind, const uint8_t *p, uint8_t *u, int16_t *sc, int16_t *mn, float *dd, float *dm) {
+    switch (kind) {
+    case 2: {
+        const uint8_t *qs = p + 16;
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) u[128 * h + 32 * j + l] = (qs[32 * h + l] >> (2 * j)) & 3;
+        for (int j = 0; j < 16; j++) { sc[j] = p[j] & 15; mn[j] = p[j] >> 4; }
+        *dd = fp16_to_f32(rd16(p + 80)); *dm = fp16_to_f32(rd16(p + 82));
+        break;
+    }
+    case 3: {
+        const uint8_t *hm = p, *qs = p + 32, *s = p + 96;
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++)
+                    u[128 * h + 32 * j + l] = ((qs[32 * h + l] >> (2 * j)) & 3) | (((hm[l] >> (4 * h + j)) & 1) << 2);
+        for (int j = 0; j < 16; j++) {
+            int lo = j < 8 ? s[j] & 15 : s[j - 8] >> 4, hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+            sc[j] = (int16_t)((lo | (hi << 4)) - 32);
+            mn[j] = (int16_t)(4 * sc[j]);
+        }
+        *dd = *dm = fp16_to_f32(rd16(p + 108));
+        break;
+    }
+    case 4: case 5: {
+        const uint8_t *qs = p + (kind == 4 ? 16 : 48), *qh = p + 16;
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                u[64 * c + l] = qs[32 * c + l] & 15;
+                u[64 * c + 32 + l] = qs[32 * c + l] >> 4;
+            }
+        if (kind == 5)
+            for (int j = 0; j < 8; j++)
+                for (int l = 0; l < 32; l++) u[32 * j + l] |= ((qh[l] >> j) & 1) << 4;
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            k4_scale_min(p + 4, j, &s, &m);
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)s;
+            mn[2 * j] = mn[2 * j + 1] = (int16_t)m;
+        }
+        *dd = fp16_to_f32(rd16(p)); *dm = fp16_to_f32(rd16(p + 2));
+        break;
+    }
+    case 6: {
+        const uint8_t *ql = p, *qh = p + 128;
+        for (int h = 0; h < 2; h++)   /* written per l with fixed shifts so that it vectorizes */
+            for (int l = 0; l < 32; l++) {
+                const uint8_t a = ql[64 * h + l], b = ql[64 * h + 32 + l], c = qh[32 * h + l];
+                u[128 * h + l] = (a & 15) | ((c & 3) << 4);
+                u[128 * h + 32 + l] = (b & 15) | (((c >> 2) & 3) << 4);
+                u[128 * h + 64 + l] = (a >> 4) | (((c >> 4) & 3) << 4);
+                u[128 * h + 96 + l] = (b >> 4) | ((c >> 6) << 4);
+            }
+        for (int j = 0; j < 16; j++) { sc[j] = (int8_t)p[192 + j]; mn[j] = (int16_t)(32 * sc[j]); }
+        *dd = *dm = fp16_to_f32(rd16(p + 208));
+        break;
+    }
+    }
+}
+
+/* The tail block of r (< 256) weights, zero-padded to 256: plainly bit-packed quants. */
+static void kq_unpack_tail(int kind, const uint8_t *p, int r, uint8_t *u, int16_t *sc, int16_t *mn, float *dd, float *dm) {
+    const int S = KQ_S[kind], bits = KQ_BITS[kind], nsub = (r + S - 1) / S, mask = (1 << bits) - 1;
+    const uint8_t *q = p + 2;
+    float d = fp16_to_f32(rd16(p)), dmin = 0.f;
+    if (KQ_AFFINE[kind]) { dmin = fp16_to_f32(rd16(q)); q += 2; }
+    const uint8_t *qs = q + ((kind == 4 || kind == 5) ? 2 * nsub : nsub);
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    /* 8 quants fill `bits` whole bytes: one pdep spreads them to 8 bytes (read from a copy, so
+       that the 8-byte loads stay inside our memory) */
+    uint8_t buf[QKK * 6 / 8 + 8];
+    memcpy(buf, qs, nsub * S * bits / 8);
+    const uint64_t spread = 0x0101010101010101ULL * (uint64_t)mask;
+    for (int g = 0; g < nsub * S / 8; g++) {
+        uint64_t v;
+        memcpy(&v, buf + g * bits, 8);
+        v = _pdep_u64(v, spread);
+        memcpy(u + 8 * g, &v, 8);
+    }
+#else
+    for (int g = 0; g < nsub * S / 8; g++) {   /* 8 quants fill `bits` whole bytes */
+        uint64_t v = 0;
+        for (int i = 0; i < bits; i++) v |= (uint64_t)qs[g * bits + i] << (8 * i);
+        for (int k = 0; k < 8; k++) u[8 * g + k] = (uint8_t)((v >> (bits * k)) & mask);
+    }
+#endif
+    for (int i = r; i < QKK; i++) u[i] = 0;
+    for (int j16 = 0; j16 < 16; j16++) {
+        int j = j16 * 16 / S, s = 0, m = 0;
+        if (j < nsub) {
+            switch (kind) {
+            case 2: s = q[j] & 15; m = q[j] >> 4; break;
+            case 3: s = q[j] - 32; m = 4 * s; break;
+            case 4: case 5: s = q[j]; m = q[nsub + j]; break;
+            case 6: s = (int8_t)q[j]; m = 32 * s; break;
+            }
+        }
+        sc[j16] = (int16_t)s;
+        mn[j16] = (int16_t)m;
+    }
+    *dd = d;
+    *dm = KQ_AFFINE[kind] ? dmin : d;
+}
+
+/* A weight row unpacked for the dot kernels: per 256-block u[256], scx[128] (the scale of each
+   pair of weights), mn[16], dd, dm. */
+typedef struct { uint8_t *u; int16_t *scx, *mn; float *dd, *dm; } kq_row;
+
+static size_t kq_row_scratch(int64_t nb) { return (size_t)nb * (QKK + 2 * 128 + 2 * 16 + 8) + 64; }
+
+static kq_row kq_row_at(uint8_t *buf, int64_t nb) {
+    kq_row R;
+    R.u = buf;
+    R.scx = (int16_t *)(buf + nb * QKK);
+    R.mn = R.scx + nb * 128;
+    R.dd = (float *)(R.mn + nb * 16);
+    R.dm = R.dd + nb;
+    return R;
+}
+
+static void kq_widen_scales(const int16_t *sc, int16_t *scx) {
+#if defined(LB_AVX512)
+    static const int16_t iota[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                     16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+    const __m512i s = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc));
+    const __m512i base = _mm512_srli_epi16(_mm512_loadu_si512(iota), 3);
+    for (int c = 0; c < 4; c++)
+        _mm512_storeu_si512(scx + 32 * c, _mm512_permutexvar_epi16(_mm512_add_epi16(base, _mm512_set1_epi16(4 * c)), s));
+#elif defined(LB_AVX2)
+    for (int h = 0; h < 2; h++) {
+        const __m256i s = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(sc + 8 * h)));
+        for (int c = 0; c < 4; c++) {
+            const __m256i m = _mm256_set_m128i(_mm_set1_epi16((short)(0x0100 + 0x0202 * (2 * c + 1))),
+                                               _mm_set1_epi16((short)(0x0100 + 0x0202 * (2 * c))));
+            _mm256_storeu_si256((__m256i *)(scx + 64 * h + 16 * c), _mm256_shuffle_epi8(s, m));
+        }
+    }
+#else
+    for (int i = 0; i < 128; i++) scx[i] = sc[i >> 3];
+#endif
+}
+
+static void kq_unpack_row(int kind, const uint8_t *p, int64_t cols, kq_row R) {
+    const int64_t nfull = cols / QKK, rem = cols % QKK;
+    int16_t sc[16];
+    for (int64_t b = 0; b < nfull; b++) {
+        kq_unpack_full(kind, p + b * KQ_BYTES[kind], R.u + b * QKK, sc, R.mn + b * 16, R.dd + b, R.dm + b);
+        kq_widen_scales(sc, R.scx + b * 128);
+    }
+    if (rem) {
+        kq_unpack_tail(kind, p + nfull * KQ_BYTES[kind], (int)rem, R.u + nfull * QKK, sc, R.mn + nfull * 16,
+                       R.dd + nfull, R.dm + nfull);
+        kq_widen_scales(sc, R.scx + nfull * 128);
+    }
+}
+
+/* Dequantize one row (embedding lookup): the spec's formulas, in its float32 order. */
+static void kq_dequant_row(int kind, const uint8_t *p, int64_t cols, float *out) {
+    uint8_t u[QKK];
+    int16_t sc[16], mn[16];
+    float dd, dm;
+    const int off = KQ_OFF[kind];
+    for (int64_t b = 0; b * QKK < cols; b++) {
+        int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
+        if (n == QKK) kq_unpack_full(kind, p + b * KQ_BYTES[kind], u, sc, mn, &dd, &dm);
+        else kq_unpack_tail(kind, p + b * KQ_BYTES[kind], (int)n, u, sc, mn, &dd, &dm);
+        float *o = out + b * QKK;
+        for (int i = 0; i < n; i++) {
+            volatile float ds = dd * (float)sc[i >> 4];   /* volatile: no fused multiply-add, as the spec says */
+            if (KQ_AFFINE[kind]) { volatile float a = ds * (float)u[i], m = dm * (float)mn[i >> 4]; o[i] = a - m; }
+            else o[i] = ds * (float)(u[i] - off);
+        }
+    }
+}
+
+/* Activations for k-quants: blocks of 256 (the last one zero-padded), scale amax/127, and the sum
+   of each 16 quants (the min term). */
+static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, int16_t *bs) {
+    for (int64_t b = 0; b * QKK < cols; b++) {
+        const int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
+        const float *xb = x + b * QKK;
+        int8_t *q = qs + b * QKK;
+        float amax = 0.f;
+        for (int64_t i = 0; i < n; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
+        float s = amax / 127.f, inv = s ? 1.f / s : 0.f;
+        d[b] = s;
+        for (int64_t i = 0; i < n; i++) q[i] = (int8_t)lrintf(xb[i] * inv);
+        for (int64_t i = n; i < QKK; i++) q[i] = 0;
+        for (int j = 0; j < 16; j++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) sum += q[16 * j + i];
+            bs[b * 16 + j] = (int16_t)sum;
+        }
+    }
+}
+
+static void dot4_kq(const kq_row R[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+    float s[4] = {0, 0, 0, 0};
+#if defined(LB_AVX512)
+    __m512 accf[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m256 accm[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int c = 0; c < 4; c++) {
+            const __m512i xv = _mm512_loadu_si512(xq + b * QKK + 64 * c);
+            for (int r = 0; r < 4; r++) {
+                __m512i p = _mm512_maddubs_epi16(_mm512_loadu_si512(R[r].u + b * QKK + 64 * c), xv);
+                acc[r] = _mm512_dpwssd_epi32(acc[r], p, _mm512_loadu_si512(R[r].scx + b * 128 + 32 * c));
+            }
+        }
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        for (int r = 0; r < 4; r++) {
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(R[r].dd[b] * xd[b]), accf[r]);
+            __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(R[r].mn + b * 16)), bsv);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mv), _mm256_set1_ps(R[r].dm[b] * xd[b]), accm[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        float t[8];
+        _mm256_storeu_ps(t, accm[r]);
+        s[r] = _mm512_reduce_add_ps(accf[r]);
+        for (int j = 0; j < 8; j++) s[r] -= t[j];
+    }
+#elif defined(LB_AVX2)
+    __m256 accf[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 accm[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int c = 0; c < 8; c++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QKK + 32 * c));
+            for (int r = 0; r < 4; r++) {
+                __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(R[r].u + b * QKK + 32 * c)), xv);
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, _mm256_loadu_si256((const __m256i *)(R[r].scx + b * 128 + 16 * c))));
+            }
+        }
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        for (int r = 0; r < 4; r++) {
+            accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(R[r].dd[b] * xd[b]), accf[r]);
+            __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(R[r].mn + b * 16)), bsv);
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mv), _mm256_set1_ps(R[r].dm[b] * xd[b]), accm[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        float t[8], m[8];
+        _mm256_storeu_ps(t, accf[r]);
+        _mm256_storeu_ps(m, accm[r]);
+        for (int j = 0; j < 8; j++) s[r] += t[j] - m[j];
+    }
+#else
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *x = xq + b * QKK;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *u = R[r].u + b * QKK;
+            const int16_t *scx = R[r].scx + b * 128, *mn = R[r].mn + b * 16;
+            int32_t acc = 0, macc = 0;
+            for (int i = 0; i < 128; i++) acc += (u[2 * i] * x[2 * i] + u[2 * i + 1] * x[2 * i + 1]) * scx[i];
+            for (int j = 0; j < 16; j++) macc += mn[j] * bs[b * 16 + j];
+            s[r] += R[r].dd[b] * xd[b] * (float)acc - R[r].dm[b] * xd[b] * (float)macc;
+        }
+    }
+#endif
+    for (int r = 0; r < 4; r++) out[r] = s[r];
+}
+
+
+/* Decoding (one or two tokens): q4_k and q6_k super-blocks go straight from the map into the
+   integer dot (GGML's AVX2 scheme, 256-bit), without the unpacked copy. */
+#if defined(LB_AVX512) || defined(LB_AVX2)
+#if defined(LB_AVX512)
+#define MADD_ACC(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
+#else
+#define MADD_ACC(acc, p, s) _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+#endif
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m256 accf[4], accm[4];
+    for (int r = 0; r < 4; r++) accf[r] = accm[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *x = xq + b * QKK;
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        __m256i sc[4], acc[4];
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * 144;
+            uint32_t ut[4];
+            memcpy(ut, p + 4, 12);   /* GGML's unpacking of the 12 scale bytes: 8 scales, then 8 mins */
+            ut[3] = ((ut[2] >> 4) & 0x0f0f0f0f) | (((ut[1] >> 6) & 0x03030303) << 4);
+            const uint32_t aux = ut[1] & 0x3f3f3f3f;
+            ut[1] = (ut[2] & 0x0f0f0f0f) | (((ut[0] >> 6) & 0x03030303) << 4);
+            ut[2] = aux;
+            ut[0] &= 0x3f3f3f3f;
+            const __m128i sm = _mm_set_epi32((int)ut[3], (int)ut[2], (int)ut[1], (int)ut[0]);
+            sc[r] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+            const __m256i mn = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(sm, 8), dup));
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn, bsv)),
+                                      _mm256_set1_ps(fp16_to_f32(rd16(p + 2)) * xd[b]), accm[r]);
+            acc[r] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + 64 * c));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32));
+            const __m256i s0 = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c)));
+            const __m256i s1 = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * c + 1)));
+            for (int r = 0; r < 4; r++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(w[r] + b * 144 + 16 + 32 * c));
+                const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(lo, x0), _mm256_shuffle_epi8(sc[r], s0));
+                acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(hi, x1), _mm256_shuffle_epi8(sc[r], s1));
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(fp16_to_f32(rd16(w[r] + b * 144)) * xd[b]), accf[r]);
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]) - hsum256(accm[r]);
+}
+
+static void dot4_q6k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    __m256 accf[4];
+    for (int r = 0; r < 4; r++) accf[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *x = xq + b * QKK;
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        __m128i sc[4];
+        __m256i acc[4];
+        for (int r = 0; r < 4; r++) {
+            sc[r] = _mm_loadu_si128((const __m128i *)(w[r] + b * 210 + 192));
+            /* q = u - 32: subtract 32 * sum(scale * bsum) up front */
+            acc[r] = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc[r]), bsv)), 5);
+        }
+        for (int h = 0; h < 2; h++) {
+            __m256i xv[4];
+            for (int k = 0; k < 4; k++) xv[k] = _mm256_loadu_si256((const __m256i *)(x + 128 * h + 32 * k));
+            for (int r = 0; r < 4; r++) {
+                const uint8_t *p = w[r] + b * 210;
+                const __m256i b1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+                const __m256i b2 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+                const __m256i bh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m3), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m3), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m3), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m3), 4));
+                for (int k = 0; k < 4; k++) {
+                    const int j = 2 * (4 * h + k);   /* sub-blocks j, j+1 of 16 */
+                    const __m128i pick = _mm_set_epi64x((long long)(0x0101010101010101ULL * (j + 1)), (long long)(0x0101010101010101ULL * j));
+                    acc[r] = MADD_ACC(acc[r], _mm256_maddubs_epi16(q[k], xv[k]), _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc[r], pick)));
+                }
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(fp16_to_f32(rd16(w[r] + b * 210 + 208)) * xd[b]), accf[r]);
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]);
+}
+
+static inline int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The q4_k tail block (plain nibbles, low nibble first) straight from the map: 16 bytes widen to
+   32 quants in order. x, xd, bs: the activation block the tail meets. */
+static void dot4_q4k_tail(const uint8_t *const w[4], int rem, const int8_t *x, float xd, const int16_t *bs, float out[4]) {
+    const int nsub = (rem + 31) / 32;
+    const __m256i m4 = _mm256_set1_epi16(0x000f);
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *p = w[r], *sc = p + 4, *mn = p + 4 + nsub, *qs = p + 4 + 2 * nsub;
+        __m256i acc = _mm256_setzero_si256();
+        int32_t macc = 0;
+        for (int j = 0; j < nsub; j++) {
+            const __m256i wv = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qs + 16 * j)));
+            const __m256i u = _mm256_or_si256(_mm256_and_si256(wv, m4), _mm256_slli_epi16(_mm256_srli_epi16(wv, 4), 8));
+            acc = MADD_ACC(acc, _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(x + 32 * j))), _mm256_set1_epi16(sc[j]));
+            macc += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+        }
+        out[r] = fp16_to_f32(rd16(p)) * xd * (float)hsum256_epi32(acc) - fp16_to_f32(rd16(p + 2)) * xd * (float)macc;
+    }
+}
+#endif
+
+typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]);
+
+static dot4k_fn kq_direct(int kind) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    if (kind == 4) return dot4_q4k;
+    if (kind == 6) return dot4_q6k;
+#endif
+    (void)kind;
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- type table */
 
-enum { ACT_F32 = 0, ACT_Q8 = 1 };
+enum { ACT_F32 = 0, ACT_Q8 = 1, ACT_QK = 2 };   /* float, 8-bit blocks of 32, 8-bit blocks of 256 */
 
-int lb_type_supported(int type) { return type >= LB_F32 && type <= LB_Q8_0; }
+int lb_type_supported(int type) { return type >= LB_F32 && type <= LB_Q6_K; }
 
-static int act_format(int type) { return type == LB_Q8_0 ? ACT_Q8 : ACT_F32; }
+static int act_format(int type) { return type == LB_Q8_0 ? ACT_Q8 : kq_kind(type) ? ACT_QK : ACT_F32; }
 
 int64_t lb_row_bytes(int type, int64_t cols) {
     if (cols <= 0) return -1;
@@ -96,6 +543,7 @@ int64_t lb_row_bytes(int type, int64_t cols) {
     case LB_F32: return cols * 4;
     case LB_F16: case LB_BF16: return cols * 2;
     case LB_Q8_0: return cols % QK ? -1 : cols / QK * Q8_0_BYTES;
+    case LB_Q2_K: case LB_Q3_K: case LB_Q4_K: case LB_Q5_K: case LB_Q6_K: return kq_row_bytes(kq_kind(type), cols);
     }
     return -1;
 }
@@ -293,6 +741,7 @@ static void dequant_row(int type, const uint8_t *p, int64_t cols, float *out) {
             for (int i = 0; i < QK; i++) out[b * QK + i] = d * (float)(int8_t)blk[2 + i];
         }
         break;
+    default: kq_dequant_row(kq_kind(type), p, cols, out); break;
     }
 }
 
@@ -442,14 +891,36 @@ static void *scratch(size_t bytes) {
 typedef struct {              /* one matmul inside a step: y[n, rows] (+)= x W^T (+ bias) */
     const lb_weight *w;
     const float *x;           /* float activations [n, cols] */
-    const int8_t *xq;         /* 8-bit activations when the type needs them */
+    const int8_t *xq;         /* 8-bit activations in blocks of 32 (q8_0) */
     const float *xd;
+    const int8_t *kq;         /* 8-bit activations in blocks of 256 with sums per 16 (k-quants) */
+    const float *kd;
+    const int16_t *ks;
     float *y;
     int64_t ldy;              /* row stride of y */
     int accumulate;
 } mm_job;
 
 static int64_t split_lo(int64_t total, int ith, int nth) { return total * ith / nth; }
+
+/* Per-thread room for a tile of 4 unpacked k-quant rows, grown by the caller before a parallel call. */
+static uint8_t *g_kbuf[MAX_THREADS];
+static size_t g_kcap[MAX_THREADS];
+
+static int kbufs_reserve(int64_t cols) {
+    size_t need = 4 * kq_row_scratch((cols + QKK - 1) / QKK);
+    for (int i = 0; i < g_nth; i++) {
+        if (g_kcap[i] >= need) continue;
+        free(g_kbuf[i]);
+        g_kbuf[i] = aligned_alloc(64, (need + 63) / 64 * 64);
+        g_kcap[i] = g_kbuf[i] ? need : 0;
+        if (!g_kbuf[i]) return -1;
+    }
+    return 0;
+}
+
+/* Quantize n activation rows for the formats `fmt` (bit 1 << ACT_Q8, 1 << ACT_QK) needs. */
+typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; } act_bufs;
 
 /* Split the 4-row tiles of up to 3 matmuls (same input) over the threads; each tile meets every
    token while its weight rows are hot in L1. */
@@ -465,6 +936,68 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
         base += tiles[j];
         if (a >= b) continue;
         const int64_t rb = lb_row_bytes(W->type, W->cols), k = W->cols;
+        const int kind = kq_kind(W->type);
+        if (kind) {   /* unpack the tile's 4 rows once, then run every token against them */
+            const int64_t nb = (k + QKK - 1) / QKK;
+            const int64_t nfull = k / QKK;
+            const dot4k_fn direct = n <= 2 && nfull ? kq_direct(kind) : NULL;
+            kq_row R[4];
+            for (int r = 0; r < 4; r++) R[r] = kq_row_at(g_kbuf[ith] + r * kq_row_scratch(nb), nb);
+            for (int64_t tile = a; tile < b; tile++) {
+                int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
+                if (direct) {   /* whole blocks straight from the map, the tail block unpacked */
+                    const uint8_t *rows[4];
+                    for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                    kq_row T[4];
+#if defined(LB_AVX512) || defined(LB_AVX2)
+                    const int tail4 = kind == 4 && nb > nfull;   /* q4_k tails: their own direct kernel */
+#else
+                    const int tail4 = 0;
+#endif
+                    if (nb > nfull && !tail4)
+                        for (int r = 0; r < 4; r++) {
+                            T[r] = kq_row_at(g_kbuf[ith] + r * kq_row_scratch(1), 1);
+                            if (r < nr) kq_unpack_row(kind, rows[r] + nfull * KQ_BYTES[kind], k - nfull * QKK, T[r]);
+                            else T[r] = T[nr - 1];
+                        }
+                    for (int64_t t = 0; t < n; t++) {
+                        float o[4], ot[4];
+                        const int8_t *xq = J->kq + t * nb * QKK;
+                        const float *xd = J->kd + t * nb;
+                        const int16_t *xs = J->ks + t * nb * 16;
+                        direct(rows, xq, xd, xs, nfull, o);
+                        if (tail4) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+                            const uint8_t *tails[4] = {rows[0] + nfull * 144, rows[1] + nfull * 144, rows[2] + nfull * 144, rows[3] + nfull * 144};
+                            dot4_q4k_tail(tails, (int)(k - nfull * QKK), xq + nfull * QKK, xd[nfull], xs + nfull * 16, ot);
+                            for (int r = 0; r < 4; r++) o[r] += ot[r];
+#endif
+                        } else if (nb > nfull) {
+                            dot4_kq(T, xq + nfull * QKK, xd + nfull, xs + nfull * 16, 1, ot);
+                            for (int r = 0; r < 4; r++) o[r] += ot[r];
+                        }
+                        float *y = J->y + t * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                    continue;
+                }
+                for (int r = 0; r < nr; r++) kq_unpack_row(kind, W->data + (r0 + r) * rb, k, R[r]);
+                kq_row Rt[4] = {R[0], R[nr > 1 ? 1 : 0], R[nr > 2 ? 2 : 0], R[nr > 3 ? 3 : 0]};
+                for (int64_t t = 0; t < n; t++) {
+                    float o[4];
+                    dot4_kq(Rt, J->kq + t * nb * QKK, J->kd + t * nb, J->ks + t * nb * 16, nb, o);
+                    float *y = J->y + t * J->ldy + r0;
+                    for (int r = 0; r < nr; r++) {
+                        float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                        y[r] = J->accumulate ? y[r] + v : v;
+                    }
+                }
+            }
+            continue;
+        }
         const dot4_fn dot = dot4_for(W->type);
         const int q8 = act_format(W->type) == ACT_Q8;
         for (int64_t tile = a; tile < b; tile++) {
@@ -485,9 +1018,15 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
     }
 }
 
-static void quantize_rows(const float *x, int64_t n, int64_t cols, int8_t *qs, float *d, int ith, int nth) {
-    for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++)
-        quantize_row_q8(x + t * cols, cols, qs + t * cols, d + t * (cols / QK));
+static void quantize_act(const float *x, int64_t t, int64_t cols, int fmt, const act_bufs *B) {
+    const int64_t nb = (cols + QKK - 1) / QKK;
+    if (fmt & (1 << ACT_Q8)) quantize_row_q8(x + t * cols, cols, B->xq + t * cols, B->xd + t * (cols / QK));
+    if (fmt & (1 << ACT_QK)) quantize_row_qk(x + t * cols, cols, B->kq + t * nb * QKK, B->kd + t * nb, B->ks + t * nb * 16);
+}
+
+static void quantize_rows(const float *x, int64_t n, int64_t cols, int fmt, const act_bufs *B, int ith, int nth) {
+    if (!fmt) return;
+    for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) quantize_act(x, t, cols, fmt, B);
 }
 
 static void rmsnorm_rows(const float *x, const float *w, float eps, int64_t n, int64_t dim, float *out, int ith, int nth) {
@@ -502,15 +1041,35 @@ static void rmsnorm_rows(const float *x, const float *w, float eps, int64_t n, i
 
 /* ---------------------------------------------------------------- lb_matmul */
 
-typedef struct { mm_job job; int64_t n; } matmul_args;
+typedef struct { mm_job job; int64_t n; int fmt; act_bufs bufs; } matmul_args;
 
 static void matmul_work(void *p, int ith, int nth) {
     matmul_args *A = p;
-    if (A->job.xq) {
-        quantize_rows(A->job.x, A->n, A->job.w->cols, (int8_t *)A->job.xq, (float *)A->job.xd, ith, nth);
+    if (A->fmt) {
+        quantize_rows(A->job.x, A->n, A->job.w->cols, A->fmt, &A->bufs, ith, nth);
         barrier(nth);
     }
     matmuls(&A->job, 1, A->n, ith, nth);
+}
+
+/* Carve the quantized-activation buffers for n rows of up to `cols` from s (NULL: just count). */
+static size_t act_bufs_carve(char *s, int64_t n, int64_t cols, act_bufs *B) {
+    const int64_t nb = (cols + QKK - 1) / QKK;
+    size_t sizes[5] = {(size_t)(n * cols), (size_t)(n * (cols / QK + 1) * 4), (size_t)(n * nb * QKK),
+                       (size_t)(n * nb * 4), (size_t)(n * nb * 16 * 2)};
+    size_t total = 0;
+    char *ptrs[5];
+    for (int i = 0; i < 5; i++) { ptrs[i] = s ? s + total : NULL; total += (sizes[i] + 63) / 64 * 64; }
+    if (B) {
+        B->xq = (int8_t *)ptrs[0]; B->xd = (float *)ptrs[1];
+        B->kq = (int8_t *)ptrs[2]; B->kd = (float *)ptrs[3]; B->ks = (int16_t *)ptrs[4];
+    }
+    return total;
+}
+
+static mm_job make_job(const lb_weight *w, const float *x, const act_bufs *B, float *y, int64_t ldy, int accumulate) {
+    mm_job j = {w, x, B->xq, B->xd, B->kq, B->kd, B->ks, y, ldy, accumulate};
+    return j;
 }
 
 static int weight_ok(const lb_weight *w) {
@@ -520,13 +1079,13 @@ static int weight_ok(const lb_weight *w) {
 int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accumulate) {
     if (!weight_ok(w) || !x || !y || n < 1) return -1;
     pthread_mutex_lock(&g_call_lock);
-    matmul_args A = {{w, x, NULL, NULL, y, w->rows, accumulate}, n};
-    if (act_format(w->type) == ACT_Q8) {
-        char *s = scratch(n * w->cols + n * (w->cols / QK) * 4 + 64);
-        if (!s) { pthread_mutex_unlock(&g_call_lock); return -1; }
-        A.job.xd = (float *)s;
-        A.job.xq = (int8_t *)(s + n * (w->cols / QK) * 4);
-    }
+    matmul_args A;
+    A.n = n;
+    A.fmt = act_format(w->type) == ACT_F32 ? 0 : 1 << act_format(w->type);
+    char *s = A.fmt ? scratch(act_bufs_carve(NULL, n, w->cols, NULL)) : NULL;
+    if ((A.fmt && !s) || (kq_kind(w->type) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    act_bufs_carve(s, n, w->cols, &A.bufs);
+    A.job = make_job(w, x, &A.bufs, y, w->rows, accumulate);
     pool_run(matmul_work, &A);
     pthread_mutex_unlock(&g_call_lock);
     return 0;
@@ -557,12 +1116,17 @@ typedef struct {
     float *kc, *vc;
     const float *cos, *sin;
     /* scratch */
-    float *h, *q, *k, *v, *att, *gate, *up, *scores, *xd;
-    int8_t *xq;
+    float *h, *q, *k, *v, *att, *gate, *up, *scores;
+    act_bufs bufs;
 } layer_args;
 
-static int needs_q8(const lb_weight *a, const lb_weight *b, const lb_weight *c) {
-    return act_format(a->type) == ACT_Q8 || (b && act_format(b->type) == ACT_Q8) || (c && act_format(c->type) == ACT_Q8);
+/* The activation formats (bit set of 1 << ACT_*) that a group of matmuls on one input needs. */
+static int act_formats(const lb_weight *a, const lb_weight *b, const lb_weight *c) {
+    int f = 0;
+    const lb_weight *ws[3] = {a, b, c};
+    for (int i = 0; i < 3; i++)
+        if (ws[i] && act_format(ws[i]->type) != ACT_F32) f |= 1 << act_format(ws[i]->type);
+    return f;
 }
 
 static void rope_row(float *x, int64_t heads, int64_t d, const float *c, const float *s) {
@@ -614,11 +1178,11 @@ static void layer_work(void *p, int ith, int nth) {
 
     /* attention block */
     rmsnorm_rows(A->x, L->attn_norm, L->eps, n, dim, A->h, ith, nth);
-    if (needs_q8(&L->wq, &L->wk, &L->wv)) quantize_rows(A->h, n, dim, A->xq, A->xd, ith, nth);
+    const act_bufs *B = &A->bufs;
+    quantize_rows(A->h, n, dim, act_formats(&L->wq, &L->wk, &L->wv), B, ith, nth);
     barrier(nth);
-    mm_job qkv[3] = {{&L->wq, A->h, A->xq, A->xd, A->q, qd, 0},
-                     {&L->wk, A->h, A->xq, A->xd, A->k, kvd, 0},
-                     {&L->wv, A->h, A->xq, A->xd, A->v, kvd, 0}};
+    mm_job qkv[3] = {make_job(&L->wq, A->h, B, A->q, qd, 0), make_job(&L->wk, A->h, B, A->k, kvd, 0),
+                     make_job(&L->wv, A->h, B, A->v, kvd, 0)};
     matmuls(qkv, 3, n, ith, nth);
     barrier(nth);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
@@ -631,30 +1195,29 @@ static void layer_work(void *p, int ith, int nth) {
     barrier(nth);
     attention_rows(A, ith, nth);
     barrier(nth);
-    if (needs_q8(&L->wo, NULL, NULL)) {
-        quantize_rows(A->att, n, qd, A->xq, A->xd, ith, nth);
+    if (act_formats(&L->wo, NULL, NULL)) {
+        quantize_rows(A->att, n, qd, act_formats(&L->wo, NULL, NULL), B, ith, nth);
         barrier(nth);
     }
-    mm_job o = {&L->wo, A->att, A->xq, A->xd, A->x, dim, 1};
+    mm_job o = make_job(&L->wo, A->att, B, A->x, dim, 1);
     matmuls(&o, 1, n, ith, nth);
     barrier(nth);
 
     /* feed-forward block (SwiGLU) */
     rmsnorm_rows(A->x, L->ffn_norm, L->eps, n, dim, A->h, ith, nth);
-    if (needs_q8(&L->w_gate, &L->w_up, NULL)) quantize_rows(A->h, n, dim, A->xq, A->xd, ith, nth);
+    quantize_rows(A->h, n, dim, act_formats(&L->w_gate, &L->w_up, NULL), B, ith, nth);
     barrier(nth);
-    mm_job gu[2] = {{&L->w_gate, A->h, A->xq, A->xd, A->gate, ffn, 0},
-                    {&L->w_up, A->h, A->xq, A->xd, A->up, ffn, 0}};
+    mm_job gu[2] = {make_job(&L->w_gate, A->h, B, A->gate, ffn, 0), make_job(&L->w_up, A->h, B, A->up, ffn, 0)};
     matmuls(gu, 2, n, ith, nth);
     barrier(nth);
-    int dq = needs_q8(&L->w_down, NULL, NULL);
+    int dq = act_formats(&L->w_down, NULL, NULL);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
         float *g = A->gate + t * ffn, *u = A->up + t * ffn;
         for (int64_t i = 0; i < ffn; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
-        if (dq) quantize_row_q8(g, ffn, A->xq + t * ffn, A->xd + t * (ffn / QK));
+        if (dq) quantize_act(A->gate, t, ffn, dq, B);
     }
     barrier(nth);
-    mm_job dn = {&L->w_down, A->gate, A->xq, A->xd, A->x, dim, 1};
+    mm_job dn = make_job(&L->w_down, A->gate, B, A->x, dim, 1);
     matmuls(&dn, 1, n, ith, nth);
 }
 
@@ -681,16 +1244,14 @@ int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float
     size_t floats[8] = {n * L->dim, n * qd, n * kvd, n * kvd, n * qd, n * L->ffn, n * L->ffn, (size_t)g_nth * n_ctx};
     size_t total = 0;
     for (int i = 0; i < 8; i++) total += (floats[i] * 4 + 63) / 64 * 64;
-    total += (n * (widest / QK + 1) * 4 + 63) / 64 * 64 + n * widest + 64;
+    total += act_bufs_carve(NULL, n, widest, NULL);
     char *s = scratch(total);
-    if (!s) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    if (!s || kbufs_reserve(widest)) { pthread_mutex_unlock(&g_call_lock); return -1; }
     float *bufs[8];
     for (int i = 0; i < 8; i++) { bufs[i] = (float *)s; s += (floats[i] * 4 + 63) / 64 * 64; }
     layer_args A = {L, x, n, pos0, n_ctx, k_cache, v_cache, cos, sin,
-                    bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6], bufs[7], NULL, NULL};
-    A.xd = (float *)s;
-    s += (n * (widest / QK + 1) * 4 + 63) / 64 * 64;
-    A.xq = (int8_t *)s;
+                    bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6], bufs[7], {0}};
+    act_bufs_carve(s, n, widest, &A.bufs);
     pool_run(layer_work, &A);
     pthread_mutex_unlock(&g_call_lock);
     return 0;

@@ -5,7 +5,8 @@
 /* Tensor types with a native kernel. A new type (e.g. a k-quant) adds an id here, its row size in
    row_bytes(), an activation format and a dot4 kernel in lowbit_native.c, and its name in
    lowbit/native/__init__.py's C_TYPES. */
-enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3 };
+enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3, LB_Q2_K = 4, LB_Q3_K = 5, LB_Q4_K = 6, LB_Q5_K = 7,
+       LB_Q6_K = 8 };
 
 typedef struct {
     int type;                 /* LB_* */
