@@ -26,7 +26,7 @@ FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q2_k": 10, "q3_k": 12, "q4_k": 15,
 
 def requant_type(qtype: str, cols: int):
     """The GGML type (gguf.GGMLQuantizationType name) a lowbit-only tensor is stored as."""
-    import gguf
+    gguf = gguf_io.need_gguf()
     want = REQUANT.get(qtype, "F16")
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[want]][0]
     return want if cols % block == 0 else "F16"
@@ -35,7 +35,7 @@ def requant_type(qtype: str, cols: int):
 def export_gguf(src, out, log=None) -> dict:
     """Write the GGUF file `out` from the lowbit file `src`. Returns a summary with the tensors that
     were copied byte for byte and those that had to be requantized."""
-    import gguf
+    gguf = gguf_io.need_gguf()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     src, out = os.fspath(src), os.fspath(out)
     with LowbitFile(src) as f:
@@ -67,7 +67,7 @@ def export_gguf(src, out, log=None) -> dict:
 
 
 def _write(f, config, tok, weights, writer, src, log):
-    import gguf
+    gguf = gguf_io.need_gguf()
     prov = f.metadata.get("provenance") or {}
     gguf_io.write_hparams(writer, config, str(prov.get("source") or os.path.basename(src)))
     counts = {}

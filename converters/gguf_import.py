@@ -91,11 +91,7 @@ def model_config(keys: _Keys, tensors: dict) -> ModelConfig:
 def sentencepiece_blob(keys, tokens, scores, types) -> bytes:
     """A sentencepiece BPE ModelProto with the GGUF pieces (llama.cpp's SPM tokenizer merges by
     score, as sentencepiece's BPE does). Normalization: identity, with the dummy prefix GGUF records."""
-    try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-    except ImportError as e:
-        raise ConvertError(f"importing a sentencepiece vocabulary needs the protobuf package ({e}); "
-                           "pip install protobuf") from None
+    pb = gguf_io.sentencepiece_pb2()
     m = pb.ModelProto()
     for tok, score, typ in zip(tokens, scores, types):
         p = m.pieces.add()
@@ -193,15 +189,15 @@ def tokenizer(keys: _Keys, vocab_size: int):
 
 def import_gguf(src, out, log=None) -> dict:
     """Convert the GGUF file `src` to the lowbit file `out` without requantizing."""
-    import gguf
+    gguf = gguf_io.need_gguf()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     src, out = os.fspath(src), os.fspath(out)
     t0 = datetime.datetime.now(datetime.timezone.utc)
     start = time.perf_counter()
     try:
         reader = gguf.GGUFReader(src, "r")
-    except (ValueError, OSError, IndexError, KeyError, OverflowError) as e:
-        raise ConvertError(f"{src}: not a readable GGUF file ({e})") from None
+    except Exception as e:   # the reader raises assorted types on malformed files
+        raise ConvertError(f"{src}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     keys = _Keys(reader, src)
     by_ggml = {qt.ggml_type: name for name, qt in quants.TYPES.items() if qt.ggml_type is not None}
     tensors = {}

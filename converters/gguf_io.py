@@ -30,6 +30,29 @@ PRE_TOKENIZERS = {
 }
 
 
+def need_gguf():
+    """The gguf package (an optional dependency: pip install 'lowbit[gguf]'), or a clear error."""
+    try:
+        import gguf
+    except ImportError:
+        raise ConvertError("GGUF export and import need the gguf package: pip install 'lowbit[gguf]' "
+                           "(gguf and protobuf)") from None
+    if not hasattr(gguf.gguf_reader.ReaderField, "contents"):
+        raise ConvertError(f"the installed gguf package ({getattr(gguf, '__version__', 'old')}) is too old; "
+                           "pip install 'gguf>=0.16'")
+    return gguf
+
+
+def sentencepiece_pb2():
+    """sentencepiece's ModelProto classes (they need the protobuf package)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as e:
+        raise ConvertError(f"reading or writing a sentencepiece model proto needs the protobuf package ({e}): "
+                           "pip install protobuf") from None
+    return sentencepiece_model_pb2
+
+
 def permute_qk(w, n_head):
     """Rows of a q/k weight (or bias): Hugging Face rotate-half order -> llama.cpp's interleaved pairs
     (convert_hf_to_gguf's permute). Works on float rows and on rows of quantized bytes alike."""
@@ -115,8 +138,7 @@ def write_tokenizer(writer, meta: dict, blob: bytes, vocab_size: int, warn=None)
     warn = warn or (lambda msg: None)
     kind = meta.get("kind")
     if kind == "sentencepiece":
-        from sentencepiece import sentencepiece_model_pb2 as pb
-        proto = pb.ModelProto()
+        proto = sentencepiece_pb2().ModelProto()
         proto.ParseFromString(blob)
         tokens = [p.piece.encode("utf-8") for p in proto.pieces]
         scores = [float(p.score) for p in proto.pieces]
