@@ -80,7 +80,12 @@ def _write(f, config, tok, weights, writer, src, log):
     blob_name = tok.get("tensor")
     if blob_name not in f.tensors:
         raise ConvertError(f"{src}: the file embeds no tokenizer ({blob_name!r}); GGUF needs its vocabulary")
-    gguf_io.write_tokenizer(writer, tok, f.blob(blob_name), config.vocab_size, warn=lambda m: log(f"warning: {m}"))
+    kind = None
+    if "tokenizer.model" in f.tensors and f.info("tokenizer.model").type == "u8":
+        # a checkpoint with both files (stories260K): llama.cpp's sentencepiece vocabulary is the exact one
+        blob_name, kind = "tokenizer.model", "sentencepiece"
+    gguf_io.write_tokenizer(writer, tok, f.blob(blob_name), config.vocab_size, warn=lambda m: log(f"warning: {m}"),
+                            kind=kind)
 
     copied, requantized = [], {}
     if config.rope_scaling and config.rope_scaling.get("rope_type") == "llama3":

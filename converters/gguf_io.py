@@ -132,11 +132,11 @@ def pre_tokenizer_name(tokenizer_json: dict):
     return None
 
 
-def write_tokenizer(writer, meta: dict, blob: bytes, vocab_size: int, warn=None):
-    """tokenizer.ggml.* keys from lowbit's tokenizer metadata and its embedded blob
-    (tokenizer.model -> 'llama' vocab; tokenizer.json with a byte-level BPE model -> 'gpt2')."""
+def write_tokenizer(writer, meta: dict, blob: bytes, vocab_size: int, warn=None, kind=None):
+    """tokenizer.ggml.* keys from lowbit's tokenizer metadata and a tokenizer blob of `kind` (default:
+    the metadata's): tokenizer.model -> 'llama' vocab; tokenizer.json with a byte-level BPE -> 'gpt2'."""
     warn = warn or (lambda msg: None)
-    kind = meta.get("kind")
+    kind = kind or meta.get("kind")
     if kind == "sentencepiece":
         proto = sentencepiece_pb2().ModelProto()
         proto.ParseFromString(blob)
@@ -166,6 +166,9 @@ def write_tokenizer(writer, meta: dict, blob: bytes, vocab_size: int, warn=None)
         types = [(CONTROL if added[i].get("special") else USER_DEFINED) if i in added
                  else NORMAL if i in inv else UNUSED for i in range(n)]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        if "ByteLevel" not in json.dumps([tj.get("pre_tokenizer"), tj.get("decoder")]):
+            raise ConvertError("tokenizer.json is not a byte-level BPE (GGUF 'gpt2' vocabulary) and no tokenizer.model "
+                               "is embedded; GGUF export supports sentencepiece models and byte-level BPE")
         pre = pre_tokenizer_name(tj)
         if pre is None:
             warn(f"tokenizer.json pre-tokenizer {json.dumps(tj.get('pre_tokenizer'))[:120]} is not one lowbit "

@@ -177,3 +177,19 @@ def test_llama_cpp_logits_match_lowbit(exported, model, qtype):
         assert rms < 0.35 and agree >= 0.9, (rms, agree)
     else:
         assert diff.max() < 0.5 and rms < 0.1 and agree == 1.0, (diff.max(), rms, agree)
+
+
+@pytest.mark.parametrize("model,text", [("pychat-30m", "pychat-eval.txt"), ("stories260K", "tinystories-sample.txt")])
+def test_llama_cpp_tokenizes_like_lowbit(exported, model, text):
+    """The exported vocabulary tokenizes text in llama.cpp as lowbit does. (pycode-30m is left out on
+    purpose: its sentencepiece model has user-defined pieces ('\\n', indents), and llama.cpp puts a
+    space prefix after every such piece where sentencepiece does not, so ids differ after newlines.)"""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp "
+                                                        "from source: pip install llama-cpp-python)")
+    import lowbit
+    src, out, _ = exported(model, "q8_0")
+    with open(os.path.join(SHARED, "data", text), encoding="utf-8") as fh:
+        text = fh.read(20000)
+    ours = lowbit.load(src, n_ctx=64)
+    llm = llama_cpp.Llama(model_path=out, n_ctx=64, vocab_only=True, verbose=False)
+    assert ours.tokenize(text) == llm.tokenize(text.encode("utf-8"), add_bos=ours.tokenizer.add_bos, special=True)
