@@ -117,6 +117,8 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
         from .gguf_import import import_gguf   # GGUF: tensors are copied as they are, never requantized
         if overrides or imatrix:
             raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix do not apply")
+        if qtype != "q8_0":
+            log(f"note: {src} is imported as it is; type {qtype!r} does not apply to a GGUF source")
         return import_gguf(src, out, log=log)
     if not recipes.is_known(qtype):
         raise ConvertError(f"unknown type or mix {qtype!r}; types: {', '.join(t for t in quants.TYPES if t != 'u8')}; "
