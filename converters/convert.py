@@ -113,6 +113,13 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
     mix name (converters/recipes.py); `overrides` are 'REGEX=TYPE' strings; `imatrix` is the path of
     an importance-matrix file. Returns a summary."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if os.path.isfile(src) and str(src).lower().endswith(".gguf"):
+        from .gguf_import import import_gguf   # GGUF: tensors are copied as they are, never requantized
+        if overrides or imatrix:
+            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix do not apply")
+        if qtype != "q8_0":
+            log(f"note: {src} is imported as it is; type {qtype!r} does not apply to a GGUF source")
+        return import_gguf(src, out, log=log)
     if not recipes.is_known(qtype):
         raise ConvertError(f"unknown type or mix {qtype!r}; types: {', '.join(t for t in quants.TYPES if t != 'u8')}; "
                            f"mixes: {', '.join(recipes.MIXES)}")

@@ -12,7 +12,6 @@ fallback types for rows that are not a multiple of 256 (pychat-30m's 384-wide on
   python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q4_k_m -p 128 -n 64 -t 2 -r 3
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,75 +23,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _permute(w, n_head):
-    """HF rotate-half q/k rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf's permute)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _tokenizer_kv(writer, folder, vocab_size):
-    import gguf
-    spm = os.path.join(folder, "tokenizer.model")
-    if os.path.exists(spm):
-        import sentencepiece
-        sp = sentencepiece.SentencePieceProcessor(model_file=spm)
-        tokens, scores, types = [], [], []
-        for i in range(sp.get_piece_size()):
-            tokens.append(sp.id_to_piece(i).encode())
-            scores.append(sp.get_score(i))
-            types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
-        writer.add_tokenizer_model("llama")
-        writer.add_bos_token_id(sp.bos_id())
-        writer.add_eos_token_id(sp.eos_id())
-    else:
-        tj = json.load(open(os.path.join(folder, "tokenizer.json")))
-        vocab = tj["model"]["vocab"]
-        inv = {v: k for k, v in vocab.items()}
-        for t in tj.get("added_tokens", []):
-            inv[t["id"]] = t["content"]
-        special = {t["id"] for t in tj.get("added_tokens", []) if t.get("special")}
-        tokens = [inv.get(i, f"[PAD{i}]").encode() for i in range(max(inv) + 1)]
-        scores = [0.0] * len(tokens)
-        types = [3 if i in special else 1 for i in range(len(tokens))]
-        merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("smollm")
-        writer.add_token_merges(merges)
-    while len(tokens) < vocab_size:        # random checkpoints: a real tokenizer, a larger vocabulary
-        tokens.append(f"<unused{len(tokens)}>".encode())
-        scores.append(-1e4)
-        types.append(5)
-    writer.add_token_list(tokens[:vocab_size])
-    writer.add_token_scores(scores[:vocab_size])
-    writer.add_token_types(types[:vocab_size])
-
-
 def write_gguf(folder, out, qtype):
-    """A GGUF of the checkpoint for llama.cpp (tools only: lowbit's own GGUF export lives elsewhere)."""
+    """A GGUF of the checkpoint for llama.cpp, quantized from the Hugging Face weights by the gguf
+    package (lowbit's own exporter, `lowbit export-gguf`, copies a .lowbit file's bytes instead)."""
     import gguf
+    from converters import gguf_io
+    from converters.convert import tokenizer_metadata
     from converters.hf import Checkpoint
     ck = Checkpoint(folder)
     c = ck.config
-    arch = {"llama": "llama", "qwen2": "qwen2"}[c.arch]
-    w = gguf.GGUFWriter(out + ".tmp", arch)
-    w.add_name(os.path.basename(os.path.normpath(folder)))
-    w.add_context_length(c.context_length)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_heads)
-    w.add_head_count_kv(c.num_kv_heads)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w = gguf.GGUFWriter(out + ".tmp", c.arch)
+    gguf_io.write_hparams(w, c, os.path.basename(os.path.normpath(folder)))
     w.add_file_type({"f16": 1, "q8_0": 7}[qtype])
-    _tokenizer_kv(w, folder, c.vocab_size)
+    blobs = ck.tokenizer_blobs()
+    meta = tokenizer_metadata(ck, blobs)
+    gguf_io.write_tokenizer(w, meta, blobs[meta["tensor"]], c.vocab_size, warn=print)
     gq = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[qtype]
     for name in ck.ordered_names():
         t = ck.tensor(name).astype(np.float32)
-        if arch == "llama" and name.endswith("attn_q.weight"):
-            t = _permute(t, c.num_heads)
-        elif arch == "llama" and name.endswith("attn_k.weight"):
-            t = _permute(t, c.num_kv_heads)
+        heads = gguf_io.qk_heads(name, c)
+        if heads:
+            t = gguf_io.permute_qk(t, heads)
         if t.ndim == 2 and t.shape[1] % 32 == 0:
             data = gguf.quants.quantize(t, gq) if gq != gguf.GGMLQuantizationType.F16 else t.astype(np.float16)
             w.add_tensor(name, data, raw_dtype=gq)
