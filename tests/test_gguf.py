@@ -16,7 +16,7 @@ from conftest import SHARED, cli, reference
 
 from lowbit.errors import ConvertError, LowbitError
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (a test dependency)
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, converted):
 @pytest.mark.parametrize("model,qtype", [("pycode-30m", "q8_0"), ("pycode-30m", "q4_k_m"),
                                          ("pychat-30m", "q8_0"), ("pychat-30m", "q4_k_m")])
 def test_llama_cpp_logits_match_lowbit(exported, model, qtype):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp "
-                                                        "from source: pip install llama-cpp-python)")
+    import llama_cpp   # benchmark/test-only peer; .ci/run installs it
     import lowbit
     src, out, summary = exported(model, qtype)
     ids = [int(i) for i in reference(model)["ids"]]
@@ -184,8 +183,7 @@ def test_llama_cpp_tokenizes_like_lowbit(exported, model, text):
     """The exported vocabulary tokenizes text in llama.cpp as lowbit does. (pycode-30m is left out on
     purpose: its sentencepiece model has user-defined pieces ('\\n', indents), and llama.cpp puts a
     space prefix after every such piece where sentencepiece does not, so ids differ after newlines.)"""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp "
-                                                        "from source: pip install llama-cpp-python)")
+    import llama_cpp   # benchmark/test-only peer; .ci/run installs it
     import lowbit
     src, out, _ = exported(model, "q8_0")
     with open(os.path.join(SHARED, "data", text), encoding="utf-8") as fh:
