@@ -156,7 +156,7 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     n_weights = hf_weights(model_dir)
 
-    names = args.types.split(",") if args.types else plain_types() + mixes()
+    names = args.types.split(",") if args.types else list(dict.fromkeys(plain_types() + mixes()))   # q2_k, q6_k: type and mix share a name
     unknown = [n for n in names if n not in quants.TYPES and n not in mixes()]
     if unknown:
         ap.error(f"unknown types/mixes {unknown}; known: {plain_types() + mixes()}")
