@@ -5,7 +5,6 @@ Why the permutation: lowbit (like Hugging Face) pairs RoPE dimensions i and i + 
 ("rotate half"); llama.cpp's `llama` architecture pairs 2i and 2i+1. Qwen2 uses NEOX RoPE in
 llama.cpp, which is rotate-half: no permutation."""
 import json
-import math
 
 import numpy as np
 
@@ -76,20 +75,10 @@ def qk_heads(name: str, config):
 
 
 def llama3_rope_factors(config) -> np.ndarray:
-    """rope_freqs.weight for llama3 RoPE scaling: per frequency, the divisor llama.cpp applies
-    (lowbit/ops.py rope_tables computes the same scaled frequencies)."""
-    s = config.rope_scaling
-    hd = config.head_dim
-    inv_freq = 1.0 / config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-    factor = float(s["factor"])
-    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
-    old_ctx = float(s.get("original_max_position_embeddings", 8192))
-    wavelen = 2 * math.pi / inv_freq
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    scaled = np.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
-    medium = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
-    scaled = np.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
-    return (inv_freq / scaled).astype(np.float32)
+    """rope_freqs.weight for llama3 RoPE scaling: per frequency, the divisor llama.cpp applies."""
+    from lowbit.ops import inv_freq
+    unscaled = inv_freq(config.head_dim, config.rope_theta, None)
+    return (unscaled / inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)).astype(np.float32)
 
 
 def write_hparams(writer, config, name: str):
