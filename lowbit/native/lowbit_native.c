@@ -745,6 +745,70 @@ static void dequant_row(int type, const uint8_t *p, int64_t cols, float *out) {
     }
 }
 
+/* ---------------------------------------------------------------- q8_0 prompt tiles (AVX-512 VNNI)
+
+   A prompt's matmul meets each 4-row weight tile with many tokens, so the tile is repacked once
+   (two blocks per 64 bytes, the scales widened to a vector, and -128 * the sum of every 4 weights)
+   and then runs against 4 tokens at a time: each weight vector is loaded once for 4 tokens, each
+   activation vector once for 4 rows. vpdpbusd wants unsigned x signed: the activations enter as
+   x + 128 (one xor per activation vector) and the repacked -128 * sum(w) term, the accumulator's
+   starting value, takes the offset back out, so no per-row sign fix-up remains. */
+static size_t q8_tile_scratch(int64_t k) { return (size_t)12 * ((k / QK + 1) / 2) * 64 + 64; }
+
+#if defined(LB_AVX512)
+typedef struct { const int8_t *w; const __m512i *cw; const __m512 *ws; int64_t nb, nbp; } q8_tile;
+
+static q8_tile q8_tile_pack(uint8_t *buf, const uint8_t *const rows[4], int64_t k) {
+    q8_tile T;
+    T.nb = k / QK;
+    T.nbp = (T.nb + 1) / 2;
+    __m512i *cw = (__m512i *)buf;
+    __m512 *ws = (__m512 *)(buf + 4 * T.nbp * 64);
+    int8_t *w = (int8_t *)(buf + 8 * T.nbp * 64);
+    const __m512i zero = _mm512_setzero_si512(), k80 = _mm512_set1_epi8((char)0x80);
+    for (int64_t bp = 0; bp < T.nbp; bp++) {
+        const int two = 2 * bp + 1 < T.nb;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = rows[r] + 2 * bp * Q8_0_BYTES;
+            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + 2 + Q8_0_BYTES)) : _mm256_setzero_si256();
+            const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+            _mm512_store_si512(w + (bp * 4 + r) * 64, wv);
+            cw[bp * 4 + r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, wv));
+            const float d1 = two ? fp16_to_f32(rd16(p + Q8_0_BYTES)) : 0.f;
+            ws[bp * 4 + r] = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(fp16_to_f32(rd16(p))), _mm512_set1_ps(d1));
+        }
+    }
+    T.w = w; T.cw = cw; T.ws = ws;
+    return T;
+}
+
+/* out[t][r] = <tile row r, token t> for nt (1..4) tokens; xq/xd: the first token's blocks. */
+static inline __attribute__((always_inline)) void q8_tile_dot(q8_tile T, const int8_t *xq, const float *xd, int64_t k,
+                                                              const int nt, float out[4][4]) {
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc[4][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) acc[t][r] = _mm512_setzero_ps();
+    for (int64_t bp = 0; bp < T.nbp; bp++) {
+        const int two = 2 * bp + 1 < T.nb;
+        const __mmask64 mx = two ? ~0ULL : 0xffffffffULL;
+        __m512i w[4];
+        for (int r = 0; r < 4; r++) w[r] = _mm512_load_si512(T.w + (bp * 4 + r) * 64);
+        for (int t = 0; t < nt; t++) {
+            const __m512i xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mx, xq + t * k + bp * 64), k80);
+            const __m512 xs = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_maskz_loadu_ps(two ? 3 : 1, xd + t * T.nb + 2 * bp)));
+            for (int r = 0; r < 4; r++) {
+                const __m512i dp = _mm512_dpbusd_epi32(T.cw[bp * 4 + r], xu, w[r]);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(T.ws[bp * 4 + r], xs), acc[t][r]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+#endif
+
 /* ---------------------------------------------------------------- thread pool */
 
 typedef void (*work_fn)(void *arg, int ith, int nth);
@@ -909,6 +973,7 @@ static size_t g_kcap[MAX_THREADS];
 
 static int kbufs_reserve(int64_t cols) {
     size_t need = 4 * kq_row_scratch((cols + QKK - 1) / QKK);
+    if (q8_tile_scratch(cols) > need) need = q8_tile_scratch(cols);
     for (int i = 0; i < g_nth; i++) {
         if (g_kcap[i] >= need) continue;
         free(g_kbuf[i]);
@@ -998,6 +1063,37 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
             }
             continue;
         }
+#if defined(LB_AVX512)
+        if (W->type == LB_Q8_0 && n >= 4) {   /* a prompt: repacked tiles against 4 tokens at a time */
+            const int64_t nb = k / QK;
+            for (int64_t tile = a; tile < b; tile++) {
+                int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
+                const uint8_t *rows[4];
+                for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                const q8_tile T = q8_tile_pack(g_kbuf[ith], rows, k);
+                for (int64_t t0 = 0; t0 < n; t0 += 4) {
+                    const int nt = n - t0 < 4 ? (int)(n - t0) : 4;
+                    const int8_t *xq = J->xq + t0 * k;
+                    const float *xd = J->xd + t0 * nb;
+                    float o[4][4];
+                    switch (nt) {
+                    case 4: q8_tile_dot(T, xq, xd, k, 4, o); break;
+                    case 3: q8_tile_dot(T, xq, xd, k, 3, o); break;
+                    case 2: q8_tile_dot(T, xq, xd, k, 2, o); break;
+                    default: q8_tile_dot(T, xq, xd, k, 1, o); break;
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        float *y = J->y + (t0 + t) * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+#endif
         const dot4_fn dot = dot4_for(W->type);
         const int q8 = act_format(W->type) == ACT_Q8;
         for (int64_t tile = a; tile < b; tile++) {
@@ -1083,7 +1179,7 @@ int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accum
     A.n = n;
     A.fmt = act_format(w->type) == ACT_F32 ? 0 : 1 << act_format(w->type);
     char *s = A.fmt ? scratch(act_bufs_carve(NULL, n, w->cols, NULL)) : NULL;
-    if ((A.fmt && !s) || (kq_kind(w->type) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    if ((A.fmt && !s) || ((kq_kind(w->type) || w->type == LB_Q8_0) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
     act_bufs_carve(s, n, w->cols, &A.bufs);
     A.job = make_job(w, x, &A.bufs, y, w->rows, accumulate);
     pool_run(matmul_work, &A);
