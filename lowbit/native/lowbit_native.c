@@ -1237,14 +1237,87 @@ static void rope_row(float *x, int64_t heads, int64_t d, const float *c, const f
     }
 }
 
+#if defined(LB_AVX512)
+/* expf for 16 lanes (Cephes' polynomial, about 1 ulp), 2^n applied by vscalefps */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* lane i = the sum of v[i]'s 16 lanes: a transposing tree (45 shuffles/adds instead of 16 reductions) */
+static inline __m512 hsum16x16(const __m512 v[16]) {
+    __m512 s[8], m[4], z[2];
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        m[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
 static void attention_rows(layer_args *A, int ith, int nth) {
     const lb_layer *L = A->L;
     const int64_t H = L->n_heads, KVH = L->n_kv_heads, D = L->head_dim, group = H / KVH;
     const float scale = 1.0f / sqrtf((float)D);
-    float *sc = A->scores + ith * A->n_ctx;
+    float *sc = A->scores + ith * (A->n_ctx + 16);
     for (int64_t job = split_lo(A->n * H, ith, nth); job < split_lo(A->n * H, ith + 1, nth); job++) {
         int64_t t = job / H, h = job % H, kvh = h / group, len = A->pos0 + t + 1;
         const float *q = A->q + (t * H + h) * D;
+        float *o = A->att + (t * H + h) * D;
+#if defined(LB_AVX512)
+        /* scores 16 keys at a time (one reduction tree per 16), softmax and p.V in 16-lane vectors */
+        const int64_t nc = (D + 15) / 16;
+        const __mmask16 lastm = (__mmask16)((1u << (D - 16 * (nc - 1))) - 1);
+        __m512 bestv = _mm512_set1_ps(-INFINITY);
+        for (int64_t j0 = 0; j0 < len; j0 += 16) {
+            __m512 v[16];
+            for (int jj = 0; jj < 16; jj++) {
+                v[jj] = _mm512_setzero_ps();
+                if (j0 + jj >= len) continue;
+                const float *kr = A->kc + ((j0 + jj) * KVH + kvh) * D;
+                for (int64_t c = 0; c < nc; c++) {
+                    const __mmask16 m = c == nc - 1 ? lastm : 0xffff;
+                    v[jj] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + 16 * c), _mm512_maskz_loadu_ps(m, kr + 16 * c), v[jj]);
+                }
+            }
+            const __mmask16 jm = len - j0 >= 16 ? 0xffff : (__mmask16)((1u << (len - j0)) - 1);
+            const __m512 s16 = _mm512_mul_ps(hsum16x16(v), _mm512_set1_ps(scale));
+            _mm512_storeu_ps(sc + j0, s16);
+            bestv = _mm512_mask_max_ps(bestv, jm, bestv, s16);
+        }
+        const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(bestv));
+        __m512 totv = _mm512_setzero_ps();
+        for (int64_t j0 = 0; j0 < len; j0 += 16) {
+            const __mmask16 jm = len - j0 >= 16 ? 0xffff : (__mmask16)((1u << (len - j0)) - 1);
+            const __m512 e = _mm512_maskz_mov_ps(jm, exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + j0), best)));
+            _mm512_storeu_ps(sc + j0, e);
+            totv = _mm512_add_ps(totv, e);
+        }
+        const float inv = 1.f / _mm512_reduce_add_ps(totv);
+        for (int64_t c = 0; c < nc; c++) {
+            const __mmask16 m = c == nc - 1 ? lastm : 0xffff;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t j = 0; j < len; j++)
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, A->vc + (j * KVH + kvh) * D + 16 * c), acc);
+            _mm512_mask_storeu_ps(o + 16 * c, m, _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
+        }
+#else
         float best = -INFINITY;
         for (int64_t j = 0; j < len; j++) {
             const float *kr = A->kc + (j * KVH + kvh) * D;
@@ -1256,14 +1329,29 @@ static void attention_rows(layer_args *A, int ith, int nth) {
         }
         float total = 0;
         for (int64_t j = 0; j < len; j++) { sc[j] = expf(sc[j] - best); total += sc[j]; }
-        float *o = A->att + (t * H + h) * D, inv = 1.f / total;
+        float inv = 1.f / total;
         for (int64_t i = 0; i < D; i++) o[i] = 0;
         for (int64_t j = 0; j < len; j++) {
             const float *vr = A->vc + (j * KVH + kvh) * D;
             float p = sc[j] * inv;
             for (int64_t i = 0; i < D; i++) o[i] += p * vr[i];
         }
+#endif
     }
+}
+
+/* SwiGLU in place: g = silu(g) * u */
+static void swiglu_row(float *g, const float *u, int64_t ffn) {
+    int64_t i = 0;
+#if defined(LB_AVX512)
+    for (; i < ffn; i += 16) {
+        const __mmask16 m = ffn - i >= 16 ? 0xffff : (__mmask16)((1u << (ffn - i)) - 1);
+        const __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)), uv));
+    }
+#endif
+    for (; i < ffn; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
 static void layer_work(void *p, int ith, int nth) {
@@ -1309,7 +1397,7 @@ static void layer_work(void *p, int ith, int nth) {
     int dq = act_formats(&L->w_down, NULL, NULL);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
         float *g = A->gate + t * ffn, *u = A->up + t * ffn;
-        for (int64_t i = 0; i < ffn; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        swiglu_row(g, u, ffn);
         if (dq) quantize_act(A->gate, t, ffn, dq, B);
     }
     barrier(nth);
@@ -1337,7 +1425,7 @@ int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float
     const int64_t qd = L->n_heads * L->head_dim, kvd = L->n_kv_heads * L->head_dim;
     int64_t widest = L->dim > qd ? L->dim : qd;
     widest = widest > L->ffn ? widest : L->ffn;
-    size_t floats[8] = {n * L->dim, n * qd, n * kvd, n * kvd, n * qd, n * L->ffn, n * L->ffn, (size_t)g_nth * n_ctx};
+    size_t floats[8] = {n * L->dim, n * qd, n * kvd, n * kvd, n * qd, n * L->ffn, n * L->ffn, (size_t)g_nth * (n_ctx + 16)};
     size_t total = 0;
     for (int i = 0; i < 8; i++) total += (floats[i] * 4 + 63) / 64 * 64;
     total += act_bufs_carve(NULL, n, widest, NULL);
