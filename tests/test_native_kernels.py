@@ -95,7 +95,7 @@ def test_kquant_whole_and_tail_blocks(level, type_name):
     straight from the map), more tokens the unpacked-tile kernels. Embedding rows are bit-exact."""
     ffi, lib = native.library(level)
     for cols in (256, 384, 512, 172, 1280, 428):   # 428: a whole block and a 172-weight tail
-        for n in (1, 2, 5):
+        for n in (1, 2, 5, 10):   # 5, 10: prompt tiles of 4 tokens, then 1 or 2
             qt, raw, wd, x = _case(type_name, 9, cols, n, seed=cols * 10 + n)
             y = np.full((n, 9), np.nan, np.float32)
             native.NativeMatmul(type_name, level)(raw, x, y)

@@ -406,6 +406,52 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+#if defined(LB_AVX512)
+/* Prompts: an unpacked 4-row tile against nt (1..KQ_NT) tokens at once, so each loaded weight and
+   scale vector serves every token and each activation vector every row. xq/xd/bs: the first
+   token's blocks; tokens are xs apart (xs bytes of quants, xs / QKK scales, xs / 16 sums). */
+#define KQ_NT 4
+static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4], const int8_t *xq, const float *xd,
+                                                              const int16_t *bs, int64_t nb, const int nt,
+                                                              float out[KQ_NT][4]) {
+    const int64_t xs = nb * QKK;
+    __m256 accm[KQ_NT][4];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) accm[t][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++)   /* the min terms: sum(mn * bsum) per 16, a 16th of the work */
+        for (int r = 0; r < 4; r++) {
+            const __m256i mn = _mm256_loadu_si256((const __m256i *)(R[r].mn + b * 16));
+            for (int t = 0; t < nt; t++) {
+                const __m256i mv = _mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i *)(bs + t * (xs / 16) + b * 16)));
+                accm[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mv), _mm256_set1_ps(R[r].dm[b] * xd[t * nb + b]), accm[t][r]);
+            }
+        }
+    __m512 accf[KQ_NT][4];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) accf[t][r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i acc[KQ_NT][4];
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 4; r++) acc[t][r] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i xv[KQ_NT];
+            for (int t = 0; t < nt; t++) xv[t] = _mm512_loadu_si512(xq + t * xs + b * QKK + 64 * c);
+            for (int r = 0; r < 4; r++) {
+                const __m512i u = _mm512_loadu_si512(R[r].u + b * QKK + 64 * c);
+                const __m512i sc = _mm512_loadu_si512(R[r].scx + b * 128 + 32 * c);
+                for (int t = 0; t < nt; t++)
+                    acc[t][r] = _mm512_dpwssd_epi32(acc[t][r], _mm512_maddubs_epi16(u, xv[t]), sc);
+            }
+        }
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 4; r++)
+                accf[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][r]), _mm512_set1_ps(R[r].dd[b] * xd[t * nb + b]), accf[t][r]);
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(accf[t][r]) - hsum256(accm[t][r]);
+}
+#endif
+
 static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
     const __m256i m4 = _mm256_set1_epi8(15);
     const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -1051,6 +1097,29 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                 }
                 for (int r = 0; r < nr; r++) kq_unpack_row(kind, W->data + (r0 + r) * rb, k, R[r]);
                 kq_row Rt[4] = {R[0], R[nr > 1 ? 1 : 0], R[nr > 2 ? 2 : 0], R[nr > 3 ? 3 : 0]};
+#if defined(LB_AVX512)
+                for (int64_t t0 = 0; t0 < n; t0 += KQ_NT) {
+                    const int nt = n - t0 < KQ_NT ? (int)(n - t0) : KQ_NT;
+                    const int8_t *xq = J->kq + t0 * nb * QKK;
+                    const float *xd = J->kd + t0 * nb;
+                    const int16_t *xs = J->ks + t0 * nb * 16;
+                    float o[KQ_NT][4];
+                    switch (nt) {
+                    case 4: dot_kq_tile(Rt, xq, xd, xs, nb, 4, o); break;
+                    case 3: dot_kq_tile(Rt, xq, xd, xs, nb, 3, o); break;
+                    case 2: dot_kq_tile(Rt, xq, xd, xs, nb, 2, o); break;
+                    default: dot_kq_tile(Rt, xq, xd, xs, nb, 1, o); break;
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        float *y = J->y + (t0 + t) * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                }
+                continue;
+#endif
                 for (int64_t t = 0; t < n; t++) {
                     float o[4];
                     dot4_kq(Rt, J->kq + t * nb * QKK, J->kd + t * nb, J->ks + t * nb * 16, nb, o);
