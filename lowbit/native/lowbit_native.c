@@ -307,6 +307,25 @@ static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, 
         const int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
         const float *xb = x + b * QKK;
         int8_t *q = qs + b * QKK;
+#if defined(LB_AVX512)
+        {   /* the same arithmetic 16 lanes at a time (vcvtps2dq rounds to nearest even, like lrintf) */
+            __m512 v[16], mx = _mm512_setzero_ps();
+            for (int j = 0; j < 16; j++) {
+                const int64_t left = n - 16 * j;
+                const __mmask16 m = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+                v[j] = _mm512_maskz_loadu_ps(m, xb + 16 * j);
+                mx = _mm512_max_ps(mx, _mm512_abs_ps(v[j]));
+            }
+            const float s = _mm512_reduce_max_ps(mx) / 127.f, inv = s ? 1.f / s : 0.f;
+            d[b] = s;
+            for (int j = 0; j < 16; j++) {
+                const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(v[j], _mm512_set1_ps(inv)));
+                _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtsepi32_epi8(qi));
+                bs[b * 16 + j] = (int16_t)_mm512_reduce_add_epi32(qi);
+            }
+            continue;
+        }
+#endif
         float amax = 0.f;
         for (int64_t i = 0; i < n; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
         float s = amax / 127.f, inv = s ? 1.f / s : 0.f;
@@ -600,6 +619,17 @@ typedef struct { const float *f; const int8_t *qs; const float *d; } act_row;
 static void quantize_row_q8(const float *x, int64_t cols, int8_t *qs, float *d) {
     for (int64_t b = 0; b < cols / QK; b++) {
         const float *xb = x + b * QK;
+#if defined(LB_AVX512)
+        {   /* the same arithmetic 16 lanes at a time (vcvtps2dq rounds to nearest even, like lrintf) */
+            const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+            const float s = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.f;
+            const __m512 inv = _mm512_set1_ps(s ? 1.f / s : 0.f);
+            d[b] = s;
+            _mm_storeu_si128((__m128i *)(qs + b * QK), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))));
+            _mm_storeu_si128((__m128i *)(qs + b * QK + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
+            continue;
+        }
+#endif
         float amax = 0.f;
         for (int i = 0; i < QK; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
         float s = amax / 127.f, inv = s ? 1.f / s : 0.f;
