@@ -1411,9 +1411,18 @@ static void attention_rows(layer_args *A, int ith, int nth) {
         const float inv = 1.f / _mm512_reduce_add_ps(totv);
         for (int64_t c = 0; c < nc; c++) {
             const __mmask16 m = c == nc - 1 ? lastm : 0xffff;
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t j = 0; j < len; j++)
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, A->vc + (j * KVH + kvh) * D + 16 * c), acc);
+            const float *vr = A->vc + kvh * D + 16 * c;
+            const int64_t vs = KVH * D;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;   /* 4 chains: fma latency */
+            int64_t j = 0;
+            for (; j + 4 <= len; j += 4) {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, vr + j * vs), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 1]), _mm512_maskz_loadu_ps(m, vr + (j + 1) * vs), a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 2]), _mm512_maskz_loadu_ps(m, vr + (j + 2) * vs), a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 3]), _mm512_maskz_loadu_ps(m, vr + (j + 3) * vs), a3);
+            }
+            for (; j < len; j++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, vr + j * vs), a0);
+            const __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
             _mm512_mask_storeu_ps(o + 16 * c, m, _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
         }
 #else
