@@ -462,9 +462,13 @@ static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4],
                     acc[t][r] = _mm512_dpwssd_epi32(acc[t][r], _mm512_maddubs_epi16(u, xv[t]), sc);
             }
         }
-        for (int t = 0; t < nt; t++)
+        __m512 ddv[4];
+        for (int r = 0; r < 4; r++) ddv[r] = _mm512_set1_ps(R[r].dd[b]);
+        for (int t = 0; t < nt; t++) {
+            const __m512 xdv = _mm512_set1_ps(xd[t * nb + b]);
             for (int r = 0; r < 4; r++)
-                accf[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][r]), _mm512_set1_ps(R[r].dd[b] * xd[t * nb + b]), accf[t][r]);
+                accf[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][r]), ddv[r]), xdv, accf[t][r]);
+        }
     }
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(accf[t][r]) - hsum256(accm[t][r]);
