@@ -426,6 +426,20 @@ static inline float hsum256(__m256 v) {
 }
 
 #if defined(LB_AVX512)
+/* lane i = the sum of v[i]'s 16 lanes: a transposing tree (45 shuffles/adds instead of 16 reductions) */
+static inline __m512 hsum16x16(const __m512 v[16]) {
+    __m512 s[8], m[4], z[2];
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        m[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
 /* Prompts: an unpacked 4-row tile against nt (1..KQ_NT) tokens at once, so each loaded weight and
    scale vector serves every token and each activation vector every row. xq/xd/bs: the first
    token's blocks; tokens are xs apart (xs bytes of quants, xs / QKK scales, xs / 16 sums). */
@@ -470,8 +484,11 @@ static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4],
                 accf[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][r]), ddv[r]), xdv, accf[t][r]);
         }
     }
-    for (int t = 0; t < nt; t++)
-        for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(accf[t][r]) - hsum256(accm[t][r]);
+    __m512 v[16];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++)
+            v[4 * t + r] = t < nt ? _mm512_sub_ps(accf[t][r], _mm512_zextps256_ps512(accm[t][r])) : _mm512_setzero_ps();
+    _mm512_storeu_ps(&out[0][0], hsum16x16(v));
 }
 #endif
 
@@ -884,6 +901,7 @@ static inline __attribute__((always_inline)) void q8_tile_dot(q8_tile T, const i
             }
         }
     }
+    /* the decode kernel's reduction: a prompt gives bit for bit the logits of token-by-token decoding */
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(acc[t][r]);
 }
@@ -1358,20 +1376,6 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* lane i = the sum of v[i]'s 16 lanes: a transposing tree (45 shuffles/adds instead of 16 reductions) */
-static inline __m512 hsum16x16(const __m512 v[16]) {
-    __m512 s[8], m[4], z[2];
-    for (int i = 0; i < 8; i++)
-        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++)
-        m[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    for (int i = 0; i < 2; i++)
-        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
 #endif
 
 static void attention_rows(layer_args *A, int ith, int nth) {
