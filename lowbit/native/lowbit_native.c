@@ -1,7 +1,8 @@
 /* lowbit native CPU kernels. Compiled once per feature level (LB_AVX512: AVX-512 BW/VL + VNNI,
    LB_AVX2: AVX2 + FMA + F16C, neither: portable scalar); the loader picks the best level the CPU has.
    Weights are read straight from the memory map: every kernel fuses dequantization with the dot
-   product, 4 weight rows at a time against one activation row. Activations for integer types are
+   product, 4 weight rows at a time against one activation row (decoding), or against 4 activation
+   rows at once for prompts (AVX-512: q8_0 and k-quant tiles, below). Activations for integer types are
    quantized once per matmul input to 8-bit blocks (like GGML's q8_0) and multiplied with integer
    dot products (vpdpbusd on VNNI). Work is split over a persistent pthread pool. */
 #define _GNU_SOURCE
