@@ -59,7 +59,7 @@ def test_this_machine_runs_a_simd_level():
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("type_name", sorted(C_TYPES))
-@pytest.mark.parametrize("rows,cols,n", [(1, 64, 1), (7, 96, 1), (37, 160, 5), (130, 512, 3), (9, 172, 2)])
+@pytest.mark.parametrize("rows,cols,n", [(1, 64, 1), (7, 96, 1), (37, 160, 5), (130, 512, 3), (9, 172, 2), (13, 96, 11), (6, 320, 7)])
 def test_matmul_matches_references(level, type_name, rows, cols, n):
     qt = quants.get(type_name)
     if not qt.fits(cols):
@@ -76,12 +76,13 @@ def test_matmul_matches_references(level, type_name, rows, cols, n):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_bias_and_accumulate(level):
-    qt, raw, wd, x = _case("q8_0", 11, 64, 2, seed=3)
+@pytest.mark.parametrize("n", [2, 6])   # 6: the prompt tiles (4 tokens, then 2)
+def test_bias_and_accumulate(level, n):
+    qt, raw, wd, x = _case("q8_0", 11, 64, n, seed=3)
     bias = np.arange(11, dtype=np.float32)
-    y0 = np.zeros((2, 11), np.float32)
+    y0 = np.zeros((n, 11), np.float32)
     native.NativeMatmul("q8_0", level)(raw, x, y0, bias=bias)
-    y1 = np.ones((2, 11), np.float32)
+    y1 = np.ones((n, 11), np.float32)
     native.NativeMatmul("q8_0", level)(raw, x, y1, bias=bias, accumulate=True)
     np.testing.assert_allclose(y1, y0 + 1, rtol=1e-6, atol=1e-5)
     _check(y0 - bias, _quantize_act(x), wd, 1e-5, "bias")
@@ -94,7 +95,7 @@ def test_kquant_whole_and_tail_blocks(level, type_name):
     straight from the map), more tokens the unpacked-tile kernels. Embedding rows are bit-exact."""
     ffi, lib = native.library(level)
     for cols in (256, 384, 512, 172, 1280, 428):   # 428: a whole block and a 172-weight tail
-        for n in (1, 2, 5):
+        for n in (1, 2, 5, 10):   # 5, 10: prompt tiles of 4 tokens, then 1 or 2
             qt, raw, wd, x = _case(type_name, 9, cols, n, seed=cols * 10 + n)
             y = np.full((n, 9), np.nan, np.float32)
             native.NativeMatmul(type_name, level)(raw, x, y)

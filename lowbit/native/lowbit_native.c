@@ -1,7 +1,8 @@
 /* lowbit native CPU kernels. Compiled once per feature level (LB_AVX512: AVX-512 BW/VL + VNNI,
    LB_AVX2: AVX2 + FMA + F16C, neither: portable scalar); the loader picks the best level the CPU has.
    Weights are read straight from the memory map: every kernel fuses dequantization with the dot
-   product, 4 weight rows at a time against one activation row. Activations for integer types are
+   product, 4 weight rows at a time against one activation row (decoding), or against 4 activation
+   rows at once for prompts (AVX-512: q8_0 and k-quant tiles, below). Activations for integer types are
    quantized once per matmul input to 8-bit blocks (like GGML's q8_0) and multiplied with integer
    dot products (vpdpbusd on VNNI). Work is split over a persistent pthread pool. */
 #define _GNU_SOURCE
@@ -307,6 +308,25 @@ static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, 
         const int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
         const float *xb = x + b * QKK;
         int8_t *q = qs + b * QKK;
+#if defined(LB_AVX512)
+        {   /* the same arithmetic 16 lanes at a time (vcvtps2dq rounds to nearest even, like lrintf) */
+            __m512 v[16], mx = _mm512_setzero_ps();
+            for (int j = 0; j < 16; j++) {
+                const int64_t left = n - 16 * j;
+                const __mmask16 m = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+                v[j] = _mm512_maskz_loadu_ps(m, xb + 16 * j);
+                mx = _mm512_max_ps(mx, _mm512_abs_ps(v[j]));
+            }
+            const float s = _mm512_reduce_max_ps(mx) / 127.f, inv = s ? 1.f / s : 0.f;
+            d[b] = s;
+            for (int j = 0; j < 16; j++) {
+                const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(v[j], _mm512_set1_ps(inv)));
+                _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtsepi32_epi8(qi));
+                bs[b * 16 + j] = (int16_t)_mm512_reduce_add_epi32(qi);
+            }
+            continue;
+        }
+#endif
         float amax = 0.f;
         for (int64_t i = 0; i < n; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
         float s = amax / 127.f, inv = s ? 1.f / s : 0.f;
@@ -405,6 +425,73 @@ static inline float hsum256(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+#if defined(LB_AVX512)
+/* lane i = the sum of v[i]'s 16 lanes: a transposing tree (45 shuffles/adds instead of 16 reductions) */
+static inline __m512 hsum16x16(const __m512 v[16]) {
+    __m512 s[8], m[4], z[2];
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        m[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+/* Prompts: an unpacked 4-row tile against nt (1..KQ_NT) tokens at once, so each loaded weight and
+   scale vector serves every token and each activation vector every row. xq/xd/bs: the first
+   token's blocks; tokens are xs apart (xs bytes of quants, xs / QKK scales, xs / 16 sums). */
+#define KQ_NT 4
+static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4], const int8_t *xq, const float *xd,
+                                                              const int16_t *bs, int64_t nb, const int nt,
+                                                              float out[KQ_NT][4]) {
+    const int64_t xs = nb * QKK;
+    __m256 accm[KQ_NT][4];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) accm[t][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++)   /* the min terms: sum(mn * bsum) per 16, a 16th of the work */
+        for (int r = 0; r < 4; r++) {
+            const __m256i mn = _mm256_loadu_si256((const __m256i *)(R[r].mn + b * 16));
+            for (int t = 0; t < nt; t++) {
+                const __m256i mv = _mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i *)(bs + t * (xs / 16) + b * 16)));
+                accm[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mv), _mm256_set1_ps(R[r].dm[b] * xd[t * nb + b]), accm[t][r]);
+            }
+        }
+    __m512 accf[KQ_NT][4];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) accf[t][r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i acc[KQ_NT][4];
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < 4; r++) acc[t][r] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i xv[KQ_NT];
+            for (int t = 0; t < nt; t++) xv[t] = _mm512_loadu_si512(xq + t * xs + b * QKK + 64 * c);
+            for (int r = 0; r < 4; r++) {
+                const __m512i u = _mm512_loadu_si512(R[r].u + b * QKK + 64 * c);
+                const __m512i sc = _mm512_loadu_si512(R[r].scx + b * 128 + 32 * c);
+                for (int t = 0; t < nt; t++)
+                    acc[t][r] = _mm512_dpwssd_epi32(acc[t][r], _mm512_maddubs_epi16(u, xv[t]), sc);
+            }
+        }
+        __m512 ddv[4];
+        for (int r = 0; r < 4; r++) ddv[r] = _mm512_set1_ps(R[r].dd[b]);
+        for (int t = 0; t < nt; t++) {
+            const __m512 xdv = _mm512_set1_ps(xd[t * nb + b]);
+            for (int r = 0; r < 4; r++)
+                accf[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][r]), ddv[r]), xdv, accf[t][r]);
+        }
+    }
+    __m512 v[16];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++)
+            v[4 * t + r] = t < nt ? _mm512_sub_ps(accf[t][r], _mm512_zextps256_ps512(accm[t][r])) : _mm512_setzero_ps();
+    _mm512_storeu_ps(&out[0][0], hsum16x16(v));
+}
+#endif
 
 static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
     const __m256i m4 = _mm256_set1_epi8(15);
@@ -554,6 +641,17 @@ typedef struct { const float *f; const int8_t *qs; const float *d; } act_row;
 static void quantize_row_q8(const float *x, int64_t cols, int8_t *qs, float *d) {
     for (int64_t b = 0; b < cols / QK; b++) {
         const float *xb = x + b * QK;
+#if defined(LB_AVX512)
+        {   /* the same arithmetic 16 lanes at a time (vcvtps2dq rounds to nearest even, like lrintf) */
+            const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+            const float s = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.f;
+            const __m512 inv = _mm512_set1_ps(s ? 1.f / s : 0.f);
+            d[b] = s;
+            _mm_storeu_si128((__m128i *)(qs + b * QK), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))));
+            _mm_storeu_si128((__m128i *)(qs + b * QK + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
+            continue;
+        }
+#endif
         float amax = 0.f;
         for (int i = 0; i < QK; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
         float s = amax / 127.f, inv = s ? 1.f / s : 0.f;
@@ -745,6 +843,71 @@ static void dequant_row(int type, const uint8_t *p, int64_t cols, float *out) {
     }
 }
 
+/* ---------------------------------------------------------------- q8_0 prompt tiles (AVX-512 VNNI)
+
+   A prompt's matmul meets each 4-row weight tile with many tokens, so the tile is repacked once
+   (two blocks per 64 bytes, the scales widened to a vector, and -128 * the sum of every 4 weights)
+   and then runs against 4 tokens at a time: each weight vector is loaded once for 4 tokens, each
+   activation vector once for 4 rows. vpdpbusd wants unsigned x signed: the activations enter as
+   x + 128 (one xor per activation vector) and the repacked -128 * sum(w) term, the accumulator's
+   starting value, takes the offset back out, so no per-row sign fix-up remains. */
+static size_t q8_tile_scratch(int64_t k) { return (size_t)12 * ((k / QK + 1) / 2) * 64 + 64; }
+
+#if defined(LB_AVX512)
+typedef struct { const int8_t *w; const __m512i *cw; const __m512 *ws; int64_t nb, nbp; } q8_tile;
+
+static q8_tile q8_tile_pack(uint8_t *buf, const uint8_t *const rows[4], int64_t k) {
+    q8_tile T;
+    T.nb = k / QK;
+    T.nbp = (T.nb + 1) / 2;
+    __m512i *cw = (__m512i *)buf;
+    __m512 *ws = (__m512 *)(buf + 4 * T.nbp * 64);
+    int8_t *w = (int8_t *)(buf + 8 * T.nbp * 64);
+    const __m512i zero = _mm512_setzero_si512(), k80 = _mm512_set1_epi8((char)0x80);
+    for (int64_t bp = 0; bp < T.nbp; bp++) {
+        const int two = 2 * bp + 1 < T.nb;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = rows[r] + 2 * bp * Q8_0_BYTES;
+            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + 2 + Q8_0_BYTES)) : _mm256_setzero_si256();
+            const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+            _mm512_store_si512(w + (bp * 4 + r) * 64, wv);
+            cw[bp * 4 + r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, wv));
+            const float d1 = two ? fp16_to_f32(rd16(p + Q8_0_BYTES)) : 0.f;
+            ws[bp * 4 + r] = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(fp16_to_f32(rd16(p))), _mm512_set1_ps(d1));
+        }
+    }
+    T.w = w; T.cw = cw; T.ws = ws;
+    return T;
+}
+
+/* out[t][r] = <tile row r, token t> for nt (1..4) tokens; xq/xd: the first token's blocks. */
+static inline __attribute__((always_inline)) void q8_tile_dot(q8_tile T, const int8_t *xq, const float *xd, int64_t k,
+                                                              const int nt, float out[4][4]) {
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc[4][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) acc[t][r] = _mm512_setzero_ps();
+    for (int64_t bp = 0; bp < T.nbp; bp++) {
+        const int two = 2 * bp + 1 < T.nb;
+        const __mmask64 mx = two ? ~0ULL : 0xffffffffULL;
+        __m512i w[4];
+        for (int r = 0; r < 4; r++) w[r] = _mm512_load_si512(T.w + (bp * 4 + r) * 64);
+        for (int t = 0; t < nt; t++) {
+            const __m512i xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mx, xq + t * k + bp * 64), k80);
+            const __m512 xs = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_maskz_loadu_ps(two ? 3 : 1, xd + t * T.nb + 2 * bp)));
+            for (int r = 0; r < 4; r++) {
+                const __m512i dp = _mm512_dpbusd_epi32(T.cw[bp * 4 + r], xu, w[r]);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(T.ws[bp * 4 + r], xs), acc[t][r]);
+            }
+        }
+    }
+    /* the decode kernel's reduction: a prompt gives bit for bit the logits of token-by-token decoding */
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[t][r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+#endif
+
 /* ---------------------------------------------------------------- thread pool */
 
 typedef void (*work_fn)(void *arg, int ith, int nth);
@@ -909,6 +1072,7 @@ static size_t g_kcap[MAX_THREADS];
 
 static int kbufs_reserve(int64_t cols) {
     size_t need = 4 * kq_row_scratch((cols + QKK - 1) / QKK);
+    if (q8_tile_scratch(cols) > need) need = q8_tile_scratch(cols);
     for (int i = 0; i < g_nth; i++) {
         if (g_kcap[i] >= need) continue;
         free(g_kbuf[i]);
@@ -986,6 +1150,29 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                 }
                 for (int r = 0; r < nr; r++) kq_unpack_row(kind, W->data + (r0 + r) * rb, k, R[r]);
                 kq_row Rt[4] = {R[0], R[nr > 1 ? 1 : 0], R[nr > 2 ? 2 : 0], R[nr > 3 ? 3 : 0]};
+#if defined(LB_AVX512)
+                for (int64_t t0 = 0; t0 < n; t0 += KQ_NT) {
+                    const int nt = n - t0 < KQ_NT ? (int)(n - t0) : KQ_NT;
+                    const int8_t *xq = J->kq + t0 * nb * QKK;
+                    const float *xd = J->kd + t0 * nb;
+                    const int16_t *xs = J->ks + t0 * nb * 16;
+                    float o[KQ_NT][4];
+                    switch (nt) {
+                    case 4: dot_kq_tile(Rt, xq, xd, xs, nb, 4, o); break;
+                    case 3: dot_kq_tile(Rt, xq, xd, xs, nb, 3, o); break;
+                    case 2: dot_kq_tile(Rt, xq, xd, xs, nb, 2, o); break;
+                    default: dot_kq_tile(Rt, xq, xd, xs, nb, 1, o); break;
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        float *y = J->y + (t0 + t) * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                }
+                continue;
+#endif
                 for (int64_t t = 0; t < n; t++) {
                     float o[4];
                     dot4_kq(Rt, J->kq + t * nb * QKK, J->kd + t * nb, J->ks + t * nb * 16, nb, o);
@@ -998,6 +1185,37 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
             }
             continue;
         }
+#if defined(LB_AVX512)
+        if (W->type == LB_Q8_0 && n >= 4) {   /* a prompt: repacked tiles against 4 tokens at a time */
+            const int64_t nb = k / QK;
+            for (int64_t tile = a; tile < b; tile++) {
+                int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
+                const uint8_t *rows[4];
+                for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                const q8_tile T = q8_tile_pack(g_kbuf[ith], rows, k);
+                for (int64_t t0 = 0; t0 < n; t0 += 4) {
+                    const int nt = n - t0 < 4 ? (int)(n - t0) : 4;
+                    const int8_t *xq = J->xq + t0 * k;
+                    const float *xd = J->xd + t0 * nb;
+                    float o[4][4];
+                    switch (nt) {
+                    case 4: q8_tile_dot(T, xq, xd, k, 4, o); break;
+                    case 3: q8_tile_dot(T, xq, xd, k, 3, o); break;
+                    case 2: q8_tile_dot(T, xq, xd, k, 2, o); break;
+                    default: q8_tile_dot(T, xq, xd, k, 1, o); break;
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        float *y = J->y + (t0 + t) * J->ldy + r0;
+                        for (int r = 0; r < nr; r++) {
+                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
+                            y[r] = J->accumulate ? y[r] + v : v;
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+#endif
         const dot4_fn dot = dot4_for(W->type);
         const int q8 = act_format(W->type) == ACT_Q8;
         for (int64_t tile = a; tile < b; tile++) {
@@ -1083,7 +1301,7 @@ int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accum
     A.n = n;
     A.fmt = act_format(w->type) == ACT_F32 ? 0 : 1 << act_format(w->type);
     char *s = A.fmt ? scratch(act_bufs_carve(NULL, n, w->cols, NULL)) : NULL;
-    if ((A.fmt && !s) || (kq_kind(w->type) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    if ((A.fmt && !s) || ((kq_kind(w->type) || w->type == LB_Q8_0) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
     act_bufs_carve(s, n, w->cols, &A.bufs);
     A.job = make_job(w, x, &A.bufs, y, w->rows, accumulate);
     pool_run(matmul_work, &A);
@@ -1141,14 +1359,82 @@ static void rope_row(float *x, int64_t heads, int64_t d, const float *c, const f
     }
 }
 
+#if defined(LB_AVX512)
+/* expf for 16 lanes (Cephes' polynomial, about 1 ulp), 2^n applied by vscalefps */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+#endif
+
 static void attention_rows(layer_args *A, int ith, int nth) {
     const lb_layer *L = A->L;
     const int64_t H = L->n_heads, KVH = L->n_kv_heads, D = L->head_dim, group = H / KVH;
     const float scale = 1.0f / sqrtf((float)D);
-    float *sc = A->scores + ith * A->n_ctx;
+    float *sc = A->scores + ith * (A->n_ctx + 16);
     for (int64_t job = split_lo(A->n * H, ith, nth); job < split_lo(A->n * H, ith + 1, nth); job++) {
         int64_t t = job / H, h = job % H, kvh = h / group, len = A->pos0 + t + 1;
         const float *q = A->q + (t * H + h) * D;
+        float *o = A->att + (t * H + h) * D;
+#if defined(LB_AVX512)
+        /* scores 16 keys at a time (one reduction tree per 16), softmax and p.V in 16-lane vectors */
+        const int64_t nc = (D + 15) / 16;
+        const __mmask16 lastm = (__mmask16)((1u << (D - 16 * (nc - 1))) - 1);
+        __m512 bestv = _mm512_set1_ps(-INFINITY);
+        for (int64_t j0 = 0; j0 < len; j0 += 16) {
+            __m512 v[16];
+            for (int jj = 0; jj < 16; jj++) {
+                v[jj] = _mm512_setzero_ps();
+                if (j0 + jj >= len) continue;
+                const float *kr = A->kc + ((j0 + jj) * KVH + kvh) * D;
+                for (int64_t c = 0; c < nc; c++) {
+                    const __mmask16 m = c == nc - 1 ? lastm : 0xffff;
+                    v[jj] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + 16 * c), _mm512_maskz_loadu_ps(m, kr + 16 * c), v[jj]);
+                }
+            }
+            const __mmask16 jm = len - j0 >= 16 ? 0xffff : (__mmask16)((1u << (len - j0)) - 1);
+            const __m512 s16 = _mm512_mul_ps(hsum16x16(v), _mm512_set1_ps(scale));
+            _mm512_storeu_ps(sc + j0, s16);
+            bestv = _mm512_mask_max_ps(bestv, jm, bestv, s16);
+        }
+        const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(bestv));
+        __m512 totv = _mm512_setzero_ps();
+        for (int64_t j0 = 0; j0 < len; j0 += 16) {
+            const __mmask16 jm = len - j0 >= 16 ? 0xffff : (__mmask16)((1u << (len - j0)) - 1);
+            const __m512 e = _mm512_maskz_mov_ps(jm, exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + j0), best)));
+            _mm512_storeu_ps(sc + j0, e);
+            totv = _mm512_add_ps(totv, e);
+        }
+        const float inv = 1.f / _mm512_reduce_add_ps(totv);
+        for (int64_t c = 0; c < nc; c++) {
+            const __mmask16 m = c == nc - 1 ? lastm : 0xffff;
+            const float *vr = A->vc + kvh * D + 16 * c;
+            const int64_t vs = KVH * D;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;   /* 4 chains: fma latency */
+            int64_t j = 0;
+            for (; j + 4 <= len; j += 4) {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, vr + j * vs), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 1]), _mm512_maskz_loadu_ps(m, vr + (j + 1) * vs), a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 2]), _mm512_maskz_loadu_ps(m, vr + (j + 2) * vs), a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j + 3]), _mm512_maskz_loadu_ps(m, vr + (j + 3) * vs), a3);
+            }
+            for (; j < len; j++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_maskz_loadu_ps(m, vr + j * vs), a0);
+            const __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            _mm512_mask_storeu_ps(o + 16 * c, m, _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
+        }
+#else
         float best = -INFINITY;
         for (int64_t j = 0; j < len; j++) {
             const float *kr = A->kc + (j * KVH + kvh) * D;
@@ -1160,14 +1446,29 @@ static void attention_rows(layer_args *A, int ith, int nth) {
         }
         float total = 0;
         for (int64_t j = 0; j < len; j++) { sc[j] = expf(sc[j] - best); total += sc[j]; }
-        float *o = A->att + (t * H + h) * D, inv = 1.f / total;
+        float inv = 1.f / total;
         for (int64_t i = 0; i < D; i++) o[i] = 0;
         for (int64_t j = 0; j < len; j++) {
             const float *vr = A->vc + (j * KVH + kvh) * D;
             float p = sc[j] * inv;
             for (int64_t i = 0; i < D; i++) o[i] += p * vr[i];
         }
+#endif
     }
+}
+
+/* SwiGLU in place: g = silu(g) * u */
+static void swiglu_row(float *g, const float *u, int64_t ffn) {
+    int64_t i = 0;
+#if defined(LB_AVX512)
+    for (; i < ffn; i += 16) {
+        const __mmask16 m = ffn - i >= 16 ? 0xffff : (__mmask16)((1u << (ffn - i)) - 1);
+        const __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)), uv));
+    }
+#endif
+    for (; i < ffn; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
 static void layer_work(void *p, int ith, int nth) {
@@ -1213,7 +1514,7 @@ static void layer_work(void *p, int ith, int nth) {
     int dq = act_formats(&L->w_down, NULL, NULL);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
         float *g = A->gate + t * ffn, *u = A->up + t * ffn;
-        for (int64_t i = 0; i < ffn; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        swiglu_row(g, u, ffn);
         if (dq) quantize_act(A->gate, t, ffn, dq, B);
     }
     barrier(nth);
@@ -1241,7 +1542,7 @@ int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float
     const int64_t qd = L->n_heads * L->head_dim, kvd = L->n_kv_heads * L->head_dim;
     int64_t widest = L->dim > qd ? L->dim : qd;
     widest = widest > L->ffn ? widest : L->ffn;
-    size_t floats[8] = {n * L->dim, n * qd, n * kvd, n * kvd, n * qd, n * L->ffn, n * L->ffn, (size_t)g_nth * n_ctx};
+    size_t floats[8] = {n * L->dim, n * qd, n * kvd, n * kvd, n * qd, n * L->ffn, n * L->ffn, (size_t)g_nth * (n_ctx + 16)};
     size_t total = 0;
     for (int i = 0; i < 8; i++) total += (floats[i] * 4 + 63) / 64 * 64;
     total += act_bufs_carve(NULL, n, widest, NULL);
