@@ -1086,6 +1086,16 @@ static int kbufs_reserve(int64_t cols) {
 /* Quantize n activation rows for the formats `fmt` (bit 1 << ACT_Q8, 1 << ACT_QK) needs. */
 typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; } act_bufs;
 
+/* Epilogue of every tile: add the bias, then store or accumulate the nr outputs of token t. */
+static inline void store_rows(const mm_job *J, int64_t t, int64_t r0, int64_t nr, const float *o) {
+    const lb_weight *W = J->w;
+    float *y = J->y + t * J->ldy + r0;
+    for (int r = 0; r < nr; r++) {
+        float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
+        y[r] = J->accumulate ? y[r] + v : v;
+    }
+}
+
 /* Split the 4-row tiles of up to 3 matmuls (same input) over the threads; each tile meets every
    token while its weight rows are hot in L1. */
 static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) {
@@ -1140,11 +1150,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                             dot4_kq(T, xq + nfull * QKK, xd + nfull, xs + nfull * 16, 1, ot);
                             for (int r = 0; r < 4; r++) o[r] += ot[r];
                         }
-                        float *y = J->y + t * J->ldy + r0;
-                        for (int r = 0; r < nr; r++) {
-                            float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
-                            y[r] = J->accumulate ? y[r] + v : v;
-                        }
+                        store_rows(J, t, r0, nr, o);
                     }
                     continue;
                 }
@@ -1164,11 +1170,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     default: dot_kq_tile(Rt, xq, xd, xs, nb, 1, o); break;
                     }
                     for (int t = 0; t < nt; t++) {
-                        float *y = J->y + (t0 + t) * J->ldy + r0;
-                        for (int r = 0; r < nr; r++) {
-                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
-                            y[r] = J->accumulate ? y[r] + v : v;
-                        }
+                        store_rows(J, t0 + t, r0, nr, o[t]);
                     }
                 }
                 continue;
@@ -1176,11 +1178,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                 for (int64_t t = 0; t < n; t++) {
                     float o[4];
                     dot4_kq(Rt, J->kq + t * nb * QKK, J->kd + t * nb, J->ks + t * nb * 16, nb, o);
-                    float *y = J->y + t * J->ldy + r0;
-                    for (int r = 0; r < nr; r++) {
-                        float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
-                        y[r] = J->accumulate ? y[r] + v : v;
-                    }
+                    store_rows(J, t, r0, nr, o);
                 }
             }
             continue;
@@ -1205,11 +1203,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     default: q8_tile_dot(T, xq, xd, k, 1, o); break;
                     }
                     for (int t = 0; t < nt; t++) {
-                        float *y = J->y + (t0 + t) * J->ldy + r0;
-                        for (int r = 0; r < nr; r++) {
-                            float v = o[t][r] + (W->bias ? W->bias[r0 + r] : 0.f);
-                            y[r] = J->accumulate ? y[r] + v : v;
-                        }
+                        store_rows(J, t0 + t, r0, nr, o[t]);
                     }
                 }
             }
@@ -1226,11 +1220,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                 act_row ar = {J->x + t * k, q8 ? J->xq + t * k : NULL, q8 ? J->xd + t * (k / QK) : NULL};
                 float o[4];
                 dot(rows, ar, k, o);
-                float *y = J->y + t * J->ldy + r0;
-                for (int r = 0; r < nr; r++) {
-                    float v = o[r] + (W->bias ? W->bias[r0 + r] : 0.f);
-                    y[r] = J->accumulate ? y[r] + v : v;
-                }
+                store_rows(J, t, r0, nr, o);
             }
         }
     }
