@@ -51,7 +51,8 @@ def main():
     gemv("gate/up+swiglu", L["gu"], m.h, dim, L["gate"].nbytes + L["up"].nbytes)
     gemv("down (+residual)", L["dn"], m.g, c.intermediate_size, L["down"].nbytes)
     gemv("output", m.out_job, m.h, dim, m.output.nbytes)
-    for name, fn in (("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps)),
+    for name, fn in (("rmsnorm+quantize", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps, m.xq, m.xq_cap)),
+                     ("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps, 0, 0)),
                      ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
                      (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D)),
                      (f"rope+store+attention (decode, fused) @pos {a.pos}",

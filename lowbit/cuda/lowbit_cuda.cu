@@ -40,11 +40,25 @@ typedef struct {
     int32_t rpw[3];                // rows per warp of each matrix (set by lb_gemv)
     int32_t wcnt[3];               // warps of each matrix (set by lb_gemv)
     int32_t ksplit;                // q4_k decode: warps sharing a row group, each a slice of K (set by lb_gemv)
+    int32_t xq_ready;              // decode: x is already quantized in xq (by lb_rmsnorm); else lb_gemv quantizes it
+    uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
+    int32_t xq_cap;                // its capacity in 256-blocks
+    int32_t pad2;
 } lb_job;
+
+// XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
+// per 256 values a float scale d = amax/127 and int8 q = rint(x/d). At base: cap x 256 bytes of q,
+// each block's bytes permuted for the q4_k lanes: [lo half: 8 segments of 16][hi half: 8 of 16],
+// segment s = (c = s/2, h = s%2) holding positions 64c+16h..+15 (lo) or 64c+32+16h..+15 (hi);
+// then cap x 16 ints: the sum of each segment's 16 quants, as (lo, hi) pairs per s; then cap floats d.
+__host__ __device__ __forceinline__ size_t xq_bs_off(int cap) { return (size_t)cap * 256; }
+__host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)cap * 256 + (size_t)cap * 64; }
 
 static char g_err[512];
 static cudaStream_t g_stream = 0;
 static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
+static bool g_dp4a = true;
+static int g_sms = 132;      // q4_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0: the float path)
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -662,6 +676,164 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
     }
 }
 
+// ------------------------------------------------------- q8_K activations and the q4_k dp4a GEMV
+// One 256-block of x (all 256 values present) -> XQ, by one warp: lane l quantizes positions
+// 8l..8l+7 with the CPU runtime's arithmetic (amax/127 divided exactly, 1/d exactly, x*inv
+// rounded to nearest even: adding 1.5*2^23 leaves the integer in the low bits).
+__device__ __forceinline__ void quant_x_block(const float* x, int b, int lane, uint8_t* xq, int cap) {
+    const float* p = x + 256 * b + 8 * lane;
+    const float4 a = *reinterpret_cast<const float4*>(p), c4 = *reinterpret_cast<const float4*>(p + 4);
+    const float v[8] = {a.x, a.y, a.z, a.w, c4.x, c4.y, c4.z, c4.w};
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const float d = m / 127.f, inv = d != 0.f ? 1.f / d : 0.f;
+    uint32_t q[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) q[i] = (uint32_t)__float_as_int(__fadd_rn(__fmul_rn(v[i], inv), 12582912.f));
+    const uint32_t w0 = __byte_perm(__byte_perm(q[0], q[1], 0x0040), __byte_perm(q[2], q[3], 0x0040), 0x5410);
+    const uint32_t w1 = __byte_perm(__byte_perm(q[4], q[5], 0x0040), __byte_perm(q[6], q[7], 0x0040), 0x5410);
+    int bsum = __dp4a((int)w0, 0x01010101, __dp4a((int)w1, 0x01010101, 0));
+    bsum += __shfl_xor_sync(0xffffffffu, bsum, 1);
+    const int hi = (lane & 7) >= 4, seg = 2 * (lane >> 3) + ((lane >> 1) & 1);
+    *reinterpret_cast<uint2*>(xq + 256 * (size_t)b + 128 * hi + 16 * seg + 8 * (lane & 1)) = make_uint2(w0, w1);
+    if ((lane & 1) == 0) reinterpret_cast<int*>(xq + xq_bs_off(cap))[(b * 8 + seg) * 2 + hi] = bsum;
+    if (lane == 0) reinterpret_cast<float*>(xq + xq_d_off(cap))[b] = d;
+}
+
+// the full 256-blocks of one x row, one warp per block
+__global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* __restrict__ xq, int cap) {
+    pdl_launch();
+    pdl_wait();
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b < (cols >> 8)) quant_x_block(x, b, threadIdx.x & 31, xq, cap);
+}
+
+// q4_k decode against q8_K activations with integer dot products (dp4a): per 32 weights a lane
+// does 4 16-byte loads (weights, header: broadcast, x lo/hi: L1), 12 logic ops, 8 dp4a, a few
+// for the scales; the float path needed ~4 instructions per weight.
+// Geometry: a block's 4 warps each take a quarter of K (a contiguous slice of blocks) of the same
+// 4-row group (8 lanes per row, as dot_q4k_g8); blocks stride over the row groups of all the job's
+// matrices (groups laid end to end, counts in job.wcnt), so a block does several groups and the
+// next group's first weight loads are issued before the current group is reduced (persistent,
+// software pipelined). Tail blocks (cols % 256) go through the float path on the first warp.
+template <int M>
+__device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint8_t*& p1, int& mi, int& grow) {
+    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
+    mi = (M == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
+    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
+    const lb_mat& m = job_mat(job, mi);
+    grow = 4 * gl;
+    const int rr = min(grow + (lane >> 3), m.rows - 1);
+    const size_t off = (size_t)kb0 * 144 + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
+    p0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + off;
+    p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
+}
+
+template <int M>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
+    pdl_launch();
+    constexpr int U = M == 1 ? 4 : 2;
+    __shared__ float red[2][GEMV_WARPS][4][M];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, r4 = lane >> 3;
+    const int cols = job.m[0].cols, nb = cols >> 8;
+    const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
+    const int total = M == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
+    const int cap = job.xq_cap;
+    const uint8_t* xq = (const uint8_t*)job.xq;
+    const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
+    const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
+    // scale/min selection for sub-blocks 2c (low nibbles) and 2c+1 (high nibbles), as dot_q4k_g8
+    const bool low = c < 2;
+    const int jb = (2 * c) & 3;
+    const uint32_t sel0 = 0x4440 | jb, sel1 = 0x4440 | (jb + 1);
+    uint4 hd[M][U], q[M][U], hn[M][U], qn[M][U];
+#define Q4Q_LOAD(HD, Q, P0, P1, B0)                                                                \
+    _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                             \
+        _Pragma("unroll") for (int k = 0; k < U; k++) {                                            \
+            if ((B0) + k < nbs) {                                                                  \
+                const uint8_t* qp = (mm ? (P1) : (P0)) + (size_t)((B0) + k) * 144;                 \
+                Q[mm][k] = ldw(qp);                                                                \
+                HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(qp - (16 + 32 * c + 16 * (lane & 1)))); \
+            }                                                                                      \
+        }                                                                                          \
+    }
+    int g = blockIdx.x, mi = 0, grow = 0;
+    const uint8_t *p0 = nullptr, *p1 = nullptr;
+    if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
+    pdl_wait();
+    int par = 0;
+    for (; g < total; g += gridDim.x) {
+        const int gn = g + gridDim.x;
+        const uint8_t *n0 = nullptr, *n1 = nullptr;
+        int nmi = 0, ngrow = 0;
+        if (gn < total) q4k_group_ptrs<M>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
+        float acc[M];
+#pragma unroll
+        for (int mm = 0; mm < M; mm++) acc[mm] = 0.f;
+        for (int b0 = 0; b0 < nbs; b0 += U) {
+            if (b0 + U < nbs) { Q4Q_LOAD(hn, qn, p0, p1, b0 + U) }
+            else if (gn < total) { Q4Q_LOAD(hn, qn, n0, n1, 0) }
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                if (b0 + k >= nbs) continue;
+                const int xb = kb0 + b0 + k;
+                const uint4 xl = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s));
+                const uint4 xh = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s));
+                const int2 bs = __ldg(reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2));
+                const float dx = __ldg(xd + xb);
+#pragma unroll
+                for (int mm = 0; mm < M; mm++) {
+                    const uint32_t y = hd[mm][k].y, z = hd[mm][k].z, w = hd[mm][k].w;
+                    const uint32_t SC = low ? (y & 0x3F3F3F3Fu) : ((w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u));
+                    const uint32_t MN = low ? (z & 0x3F3F3F3Fu) : (((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u));
+                    const int sc0 = __byte_perm(SC, 0, sel0), sc1 = __byte_perm(SC, 0, sel1);
+                    const int mn0 = __byte_perm(MN, 0, sel0), mn1 = __byte_perm(MN, 0, sel1);
+                    const uint32_t qw[4] = {q[mm][k].x, q[mm][k].y, q[mm][k].z, q[mm][k].w};
+                    const uint32_t xlw[4] = {xl.x, xl.y, xl.z, xl.w}, xhw[4] = {xh.x, xh.y, xh.z, xh.w};
+                    int slo = 0, shi = 0;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        slo = __dp4a((int)(qw[i] & 0x0F0F0F0Fu), (int)xlw[i], slo);
+                        shi = __dp4a((int)((qw[i] >> 4) & 0x0F0F0F0Fu), (int)xhw[i], shi);
+                    }
+                    const float fi = (float)(sc0 * slo + sc1 * shi), fm = (float)(mn0 * bs.x + mn1 * bs.y);
+                    acc[mm] += dx * (h2f(hd[mm][k].x) * fi - h2f(hd[mm][k].x >> 16) * fm);
+                }
+            }
+#pragma unroll
+            for (int mm = 0; mm < M; mm++)
+#pragma unroll
+                for (int k = 0; k < U; k++) { hd[mm][k] = hn[mm][k]; q[mm][k] = qn[mm][k]; }
+        }
+        // this group's rows: tail blocks (float x), the 8 lanes of a row, then the 4 K slices
+        const lb_mat& m = job_mat(job, mi);
+        const int row = grow + r4, rr = min(row, m.rows - 1);
+        if (warp == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, s, 8, &acc[0]);
+        if (M == 2 && warp == 0 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, s, 8, &acc[M - 1]);
+#pragma unroll
+        for (int mm = 0; mm < M; mm++)
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) acc[mm] += __shfl_xor_sync(0xffffffffu, acc[mm], o);
+        if (s == 0) {
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) red[par][warp][r4][mm] = acc[mm];
+        }
+        __syncthreads();
+        if (warp == 0 && lane < 4 && grow + lane < m.rows) {
+            float sa = 0.f, sb = 0.f;
+#pragma unroll
+            for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][M - 1]; }
+            gemv_store(job, mi, grow + lane, 0, sa, M == 2 ? sb : 0.f);
+        }
+        par ^= 1;
+        p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
+    }
+#undef Q4Q_LOAD
+}
+
 __global__ void embed_kernel(const lb_mat m, const int32_t* __restrict__ ids, float* __restrict__ out) {
     pdl_launch();
     pdl_wait();
@@ -677,7 +849,10 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
 // one row per block of 1024 threads: the row is read once into registers (dim <= 16384), one
 // block reduction, then written (a decode step's norm is latency-bound: one pass, wide block)
 constexpr int NORM_THREADS = 1024, NORM_PER = 16;
-__global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int dim, float eps) {
+// xq != 0 (one decode token, dim <= 256 * cap): the normalized row is also quantized to XQ for
+// the q4_k GEMVs that read it (read back after the block's barrier; full 256-blocks only)
+__global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim, float eps,
+                                                               uint8_t* __restrict__ xq, int cap) {
     __shared__ float part[32];
     pdl_launch();
     pdl_wait();
@@ -704,6 +879,10 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
     for (int k = 0; k < NORM_PER; k++) {
         int i = threadIdx.x + k * NORM_THREADS;
         if (i < dim) out[(size_t)blockIdx.x * dim + i] = v[k] * inv * w[i];
+    }
+    if (xq) {
+        __syncthreads();
+        for (int b = threadIdx.x >> 5; b < (dim >> 8); b += NORM_THREADS / 32) quant_x_block(out, b, threadIdx.x & 31, xq, cap);
     }
 }
 
@@ -874,11 +1053,14 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     *cc = p.major * 10 + p.minor;
     *total_mem = (long long)p.totalGlobalMem;
     *sms = p.multiProcessorCount;
+    g_sms = p.multiProcessorCount;
     if (!g_stream) CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
     const char* e = getenv("LOWBIT_CUDA_PDL");
     g_pdl = *cc >= 90 && !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_Q4K_SPLIT");
     g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
+    e = getenv("LOWBIT_CUDA_DP4A");
+    g_dp4a = !(e && e[0] == '0');
     return 0;
 }
 
@@ -945,8 +1127,55 @@ static cudaError_t launch_gemv(const lb_job& job, const float* x, int ldx, int w
 
 static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 4 : 1; }
 
+static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
+
+// one decode token, the q4_k matrices of a job against q8_K activations (quantized here unless
+// job.xq_ready); returns the job of the other matrices (nmat 0 if none) in *rest
+static int gemv_q4k_q8(const lb_job& job, uint64_t x, lb_job* rest) {
+    lb_job j = job;
+    *rest = job;
+    rest->nmat = 0;
+    j.nmat = 0;
+    if (job.mode == 2) {
+        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
+        j.nmat = 2;
+    } else {
+        for (int i = 0; i < job.nmat; i++) {
+            lb_job& d = job.m[i].type == T_Q4_K ? j : *rest;
+            d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
+        }
+        if (j.nmat == 0) return 0;
+    }
+    const int cols = j.m[0].cols;
+    if ((cols >> 8) > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, cols >> 8); return -1; }
+    if (!j.xq_ready && cols >= 256) {
+        cudaError_t r = launch(quant_x_kernel, dim3(((cols >> 8) + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
+        if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
+        CKL("quant_x_kernel");
+    }
+    int groups = 0;
+    for (int i = 0; i < 3; i++) { j.wcnt[i] = i < (j.mode == 2 ? 1 : j.nmat) ? (j.m[i].rows + 3) / 4 : 0; groups += j.wcnt[i]; }
+    // as many groups per block as makes ~4 blocks per SM, then blocks so every block has that many
+    const int per = (groups + 4 * g_sms - 1) / (4 * g_sms), blocks = (groups + per - 1) / per;
+    cudaError_t r = j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, dim3(blocks), dim3(32 * GEMV_WARPS), j, (const float*)x)
+                                : launch(gemv_q4k_q8_kernel<1>, dim3(blocks), dim3(32 * GEMV_WARPS), j, (const float*)x);
+    if (r != cudaSuccess) return fail("gemv_q4k_q8_kernel launch", r);
+    CKL("gemv_q4k_q8_kernel");
+    return 0;
+}
+
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
+    if (ntok == 1 && g_dp4a && job_in->xq) {
+        lb_job rest;
+        int rc = gemv_q4k_q8(*job_in, x, &rest);
+        if (rc) return rc;
+        return rest.nmat ? gemv_float(&rest, x, ldx, ntok) : 0;
+    }
+    return gemv_float(job_in, x, ldx, ntok);
+}
+
+static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     lb_job job = *job_in;
     for (int t0 = 0; t0 < ntok;) {
         int nt = ntok - t0 >= 8 ? 8 : ntok - t0 >= 4 ? 4 : ntok - t0 >= 2 ? 2 : 1;
@@ -998,9 +1227,12 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
     return 0;
 }
 
-LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps) {
+LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
     if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
-    cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps);
+    if (xq && (n != 1 || (dim >> 8) > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
+    if (!g_dp4a) xq = 0;
+    cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps,
+                           (uint8_t*)xq, cap);
     if (r != cudaSuccess) return fail("rmsnorm_kernel launch", r);
     CKL("rmsnorm_kernel");
     return 0;

@@ -136,6 +136,10 @@ class CudaTransformer:
         self.q, self.k, self.v = self.alloc(P * self.qdim * 4), self.alloc(P * self.kvdim * 4), self.alloc(P * self.kvdim * 4)
         self.att, self.g = self.alloc(P * self.qdim * 4), self.alloc(P * ffn * 4)
         self.logits = self.alloc(P * c.vocab_size * 4)
+        # one decode token's activations quantized like q8_K for the q4_k dp4a GEMVs (layout: XQ in
+        # lowbit_cuda.cu: 256 quant bytes + 16 int sums + a float scale per 256-block)
+        self.xq_cap = max(dim, self.qdim, ffn) // 256 + 1
+        self.xq = self.alloc(self.xq_cap * (256 + 64 + 4))
         self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels
         self.staging_ptr = self._host_alloc((P + 1) * 4)
         self.staging = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.staging_ptr), (P + 1) * 4), np.int32)
@@ -193,22 +197,24 @@ class CudaTransformer:
             self.logits_host_ptr = 0
 
     # ---------------------------------------------------------------- jobs
-    def _job(self, mats, ys, ldys, mode):
+    def _job(self, mats, ys, ldys, mode, xq_ready):
+        """xq_ready: in decode, x arrives already quantized in self.xq (it comes from an rmsnorm)."""
         j = self.rt.ffi.new("lb_job*")
         for i, (m, y, ld) in enumerate(zip(mats, ys, ldys)):
             j.m[i] = m.mat[0]
             j.y[i], j.ldy[i] = y, ld
         j.nmat, j.mode = len(mats), mode
+        j.xq, j.xq_cap, j.xq_ready = self.xq, self.xq_cap, int(xq_ready)
         return j
 
     def _jobs(self):
         c = self.config
         for L in self.layers:
-            L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0)
-            L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1)
-            L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2)
-            L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1)
-        self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0)
+            L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0, True)
+            L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1, False)
+            L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2, True)
+            L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1, False)
+        self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0, True)
 
     # ---------------------------------------------------------------- forward
     def new_cache(self) -> CudaKVCache:
@@ -220,10 +226,11 @@ class CudaTransformer:
         H, KVH, D, dim = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
         chk = self.rt.check
         ids, pos = self.io + 4, self.io
+        xq, cap = (self.xq, self.xq_cap) if n == 1 else (0, 0)   # decode: norms also quantize their output
         chk(lib.lb_embed(self.embed.mat, ids, n, self.x), "embed")
         for li, L in enumerate(self.layers):
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
-            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, c.rms_norm_eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
             if n == 1:   # decode: RoPE, cache store and attention in one launch
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D), "attention")
@@ -231,13 +238,14 @@ class CudaTransformer:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
             chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
-            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, c.rms_norm_eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")
             chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")
         if n_logits == 0:
             return
         first = n - n_logits
-        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, c.rms_norm_eps), "rmsnorm")
+        oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
+        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, c.rms_norm_eps, oq, ocap), "rmsnorm")
         chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
 
     def forward(self, tokens, cache: CudaKVCache, all_logits: bool = False) -> np.ndarray:

@@ -21,6 +21,10 @@ typedef struct {
     int32_t rpw[3];
     int32_t wcnt[3];
     int32_t ksplit;
+    int32_t xq_ready;
+    uint64_t xq;
+    int32_t xq_cap;
+    int32_t pad2;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
@@ -39,7 +43,7 @@ int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols)
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
-int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps);
+int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
 int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
