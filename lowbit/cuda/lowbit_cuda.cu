@@ -57,8 +57,9 @@ __host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)ca
 static char g_err[512];
 static cudaStream_t g_stream = 0;
 static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
-static bool g_dp4a = true;
-static int g_sms = 132;      // q4_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0: the float path)
+static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0: the float path)
+static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
+static int g_sms = 132;
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -834,6 +835,112 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
 #undef Q4Q_LOAD
 }
 
+// q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
+// per launch, modes 0 and 1). Lane s = (n = s/4: 128-weight half, p4 = s%4) takes 8 bytes of ql
+// (quarters 0, 2), of ql+32 (quarters 1, 3) and of qh: weights 128n + 32k + 8p4..+7, k = 0..3,
+// rebuilt as 6-bit bytes by masks and shifts; w = d sc (q - 32): the -32 term is 32 sc times the
+// x sum of the 16-weight segment, added by the even lane of the pair sharing it.
+__device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint16_t*& dp, int& mi, int& grow) {
+    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
+    mi = g < g0 ? 0 : g < g0 + g1 ? 1 : 2;
+    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
+    const lb_mat& m = job_mat(job, mi);
+    grow = 4 * gl;
+    const int rr = min(grow + (lane >> 3), m.rows - 1);
+    p0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 208;
+    dp = (const uint16_t*)((const uint8_t*)m.tail + (size_t)rr * m.tail_row) + kb0;
+}
+
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const lb_job job, const float* __restrict__ x) {
+    pdl_launch();
+    constexpr int U = 4;
+    __shared__ float red[2][GEMV_WARPS][4];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, n = s >> 2, p4 = s & 3, r4 = lane >> 3;
+    const int cols = job.m[0].cols, nb = cols >> 8;
+    const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
+    const int total = job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
+    const int cap = job.xq_cap;
+    const uint8_t* xq = (const uint8_t*)job.xq;
+    const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
+    const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
+    const int qoff = 64 * n + 8 * p4, hoff = 128 + 32 * n + 8 * p4, soff = 192 + 8 * n, sb = p4 >> 1;
+    const bool even = (p4 & 1) == 0;
+    uint2 qa[U], qb[U], qh[U], sc[U], na[U], nbq[U], nh[U], ns[U];
+    uint32_t db[U], nd[U];
+#define Q6Q_LOAD(A, B, H, S, D, P, DP, B0)                                                         \
+    _Pragma("unroll") for (int k = 0; k < U; k++) {                                                \
+        if ((B0) + k < nbs) {                                                                      \
+            const uint8_t* blk = (P) + (size_t)((B0) + k) * 208;                                   \
+            A[k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff));                             \
+            B[k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff + 32));                        \
+            H[k] = __ldcs(reinterpret_cast<const uint2*>(blk + hoff));                             \
+            S[k] = __ldg(reinterpret_cast<const uint2*>(blk + soff));                              \
+            D[k] = __ldg((DP) + (B0) + k);                                                         \
+        }                                                                                          \
+    }
+    int g = blockIdx.x, mi = 0, grow = 0;
+    const uint8_t* p0 = nullptr;
+    const uint16_t* dp = nullptr;
+    if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
+    pdl_wait();
+    int par = 0;
+    for (; g < total; g += gridDim.x) {
+        const int gn = g + gridDim.x;
+        const uint8_t* n0 = nullptr;
+        const uint16_t* ndp = nullptr;
+        int nmi = 0, ngrow = 0;
+        if (gn < total) q6k_group_ptrs(job, gn, kb0, lane, n0, ndp, nmi, ngrow);
+        float acc = 0.f;
+        for (int b0 = 0; b0 < nbs; b0 += U) {
+            if (b0 + U < nbs) { Q6Q_LOAD(na, nbq, nh, ns, nd, p0, dp, b0 + U) }
+            else if (gn < total) { Q6Q_LOAD(na, nbq, nh, ns, nd, n0, ndp, 0) }
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                if (b0 + k >= nbs) continue;
+                const int xb = kb0 + b0 + k;
+                const uint8_t* xbp = xq + 256 * (size_t)xb;
+                int tot = 0;
+#pragma unroll
+                for (int qk = 0; qk < 4; qk++) {
+                    const int seg = 2 * (2 * n + (qk >> 1)) + sb, hi = qk & 1;
+                    const uint2 xv = __ldg(reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1)));
+                    const int bs = __ldg(xbs + (xb * 8 + seg) * 2 + hi);
+                    const uint2 L = (qk & 1) ? qb[k] : qa[k];
+                    const uint32_t h0 = qh[k].x, h1 = qh[k].y;
+                    uint32_t w0, w1;
+                    if (qk == 0) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 4) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 4) & 0x30303030u); }
+                    else if (qk == 1) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 2) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 2) & 0x30303030u); }
+                    else if (qk == 2) { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | (h0 & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | (h1 & 0x30303030u); }
+                    else { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | ((h0 >> 2) & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | ((h1 >> 2) & 0x30303030u); }
+                    const uint32_t sw = (qk >> 1) ? sc[k].y : sc[k].x;
+                    const int scale = (int)(signed char)((sw >> (8 * (sb + 2 * (qk & 1)))) & 0xFF);
+                    const int dot = __dp4a((int)w0, (int)xv.x, __dp4a((int)w1, (int)xv.y, 0));
+                    tot += scale * (dot - (even ? 32 * bs : 0));
+                }
+                acc += __fmul_rn(h2f(db[k]), __ldg(xd + xb)) * (float)tot;
+            }
+#pragma unroll
+            for (int k = 0; k < U; k++) { qa[k] = na[k]; qb[k] = nbq[k]; qh[k] = nh[k]; sc[k] = ns[k]; db[k] = nd[k]; }
+        }
+        const lb_mat& m = job_mat(job, mi);
+        const int rr = min(grow + r4, m.rows - 1);
+        if (warp == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, s, 8, &acc);
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (s == 0) red[par][warp][r4] = acc;
+        __syncthreads();
+        if (warp == 0 && lane < 4 && grow + lane < m.rows) {
+            float sa = 0.f;
+#pragma unroll
+            for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][lane];
+            gemv_store(job, mi, grow + lane, 0, sa, 0.f);
+        }
+        par ^= 1;
+        p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
+    }
+#undef Q6Q_LOAD
+}
+
 __global__ void embed_kernel(const lb_mat m, const int32_t* __restrict__ ids, float* __restrict__ out) {
     pdl_launch();
     pdl_wait();
@@ -1061,6 +1168,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     e = getenv("LOWBIT_CUDA_DP4A");
     g_dp4a = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_DP4A_Q6K");
+    g_dp4a_q6k = !(e && e[0] == '0');
     return 0;
 }
 
@@ -1129,38 +1238,47 @@ static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 
 
 static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
-// one decode token, the q4_k matrices of a job against q8_K activations (quantized here unless
-// job.xq_ready); returns the job of the other matrices (nmat 0 if none) in *rest
-static int gemv_q4k_q8(const lb_job& job, uint64_t x, lb_job* rest) {
-    lb_job j = job;
-    *rest = job;
-    rest->nmat = 0;
-    j.nmat = 0;
-    if (job.mode == 2) {
-        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
-        j.nmat = 2;
-    } else {
-        for (int i = 0; i < job.nmat; i++) {
-            lb_job& d = job.m[i].type == T_Q4_K ? j : *rest;
-            d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
-        }
-        if (j.nmat == 0) return 0;
-    }
+// one decode token: the q4_k and q6_k matrices of a job against q8_K activations (quantized here
+// unless job.xq_ready), one launch per type; returns the job of the other matrices in *rest
+static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
     const int cols = j.m[0].cols;
     if ((cols >> 8) > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, cols >> 8); return -1; }
-    if (!j.xq_ready && cols >= 256) {
+    if (!j.xq_ready && !*quantized && cols >= 256) {
         cudaError_t r = launch(quant_x_kernel, dim3(((cols >> 8) + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
+        *quantized = true;
     }
     int groups = 0;
     for (int i = 0; i < 3; i++) { j.wcnt[i] = i < (j.mode == 2 ? 1 : j.nmat) ? (j.m[i].rows + 3) / 4 : 0; groups += j.wcnt[i]; }
     // as many groups per block as makes ~4 blocks per SM, then blocks so every block has that many
     const int per = (groups + 4 * g_sms - 1) / (4 * g_sms), blocks = (groups + per - 1) / per;
-    cudaError_t r = j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, dim3(blocks), dim3(32 * GEMV_WARPS), j, (const float*)x)
-                                : launch(gemv_q4k_q8_kernel<1>, dim3(blocks), dim3(32 * GEMV_WARPS), j, (const float*)x);
-    if (r != cudaSuccess) return fail("gemv_q4k_q8_kernel launch", r);
-    CKL("gemv_q4k_q8_kernel");
+    const dim3 grid(blocks), block(32 * GEMV_WARPS);
+    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)x)
+                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)x)
+                                : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)x);
+    if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
+    CKL("gemv q8-activation kernel");
+    return 0;
+}
+
+static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
+    lb_job j4 = job, j6 = job;
+    *rest = job;
+    rest->nmat = j4.nmat = j6.nmat = 0;
+    bool quantized = false;
+    if (job.mode == 2) {
+        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
+        j4.nmat = 2;
+    } else {
+        for (int i = 0; i < job.nmat; i++) {
+            const int t = job.m[i].type;
+            lb_job& d = t == T_Q4_K ? j4 : (t == T_Q6_K && g_dp4a_q6k) ? j6 : *rest;
+            d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
+        }
+    }
+    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized); if (rc) return rc; }
+    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized); if (rc) return rc; }
     return 0;
 }
 
@@ -1168,7 +1286,7 @@ static int gemv_q4k_q8(const lb_job& job, uint64_t x, lb_job* rest) {
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     if (ntok == 1 && g_dp4a && job_in->xq) {
         lb_job rest;
-        int rc = gemv_q4k_q8(*job_in, x, &rest);
+        int rc = gemv_q8act(*job_in, x, &rest);
         if (rc) return rc;
         return rest.nmat ? gemv_float(&rest, x, ldx, ntok) : 0;
     }
@@ -1275,6 +1393,7 @@ LB_API int lb_capture_end(uint64_t* exec) {
     cudaError_t r = cudaGraphInstantiate(&e, g, 0);
     cudaGraphDestroy(g);
     if (r != cudaSuccess) return fail("cudaGraphInstantiate", r);
+    CK(cudaGraphUpload(e, g_stream));   // the first launch then does not pay for the upload
     *exec = (uint64_t)e;
     return 0;
 }
