@@ -133,6 +133,31 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
     assert max(errs) < TOL_RANDOM, errs
 
 
+@needs_gpu
+def test_decode_greedy_matches_forward(tmp_path, monkeypatch):
+    """The pipelined device-argmax decode gives forward() + argmax's tokens, also when it is
+    stopped early (one step was computed ahead) and forward() continues from the cache."""
+    path = _random_model(tmp_path, "q4_k_m", from_floats=True, **TAIL)
+    _, gpu = _cpu_and_gpu(path, monkeypatch)
+    prompt = np.random.default_rng(3).integers(0, 1000, 9)
+    ref_cache = gpu.new_cache()
+    tok = int(gpu.forward(prompt, ref_cache)[-1].argmax())
+    ref = [tok]
+    for _ in range(12):
+        ref.append(int(gpu.forward([ref[-1]], ref_cache)[-1].argmax()))
+    cache = gpu.new_cache()
+    assert int(gpu.forward(prompt, cache)[-1].argmax()) == tok
+    stream = gpu.decode_greedy(tok, cache, 10)
+    got = [tok] + [next(stream) for _ in range(5)]
+    stream.close()
+    assert cache.pos == len(prompt) + 5
+    for _ in range(4):   # forward() continues where the closed stream stopped
+        got.append(int(gpu.forward([got[-1]], cache)[-1].argmax()))
+    got += list(gpu.decode_greedy(got[-1], cache, 3))
+    assert got == ref[:len(got)] and len(got) == 13
+    assert list(gpu.decode_greedy(0, gpu.new_cache(), 0)) == []
+
+
 def _shared_model(name, qtype, tmp_path_factory):
     d = os.environ.get("LOWBIT_TEST_MODELS")   # prebuilt files: NAME-QTYPE.lowbit (or NAME.lowbit)
     for fn in (f"{name}-{qtype}.lowbit", f"{name}.lowbit"):

@@ -87,11 +87,19 @@ def main():
         tc.append(time.perf_counter() - t0)
     rows.append(("host: cudaGraphLaunch call returns after", sorted(tl)[len(tl) // 2] * 1e6, None))
     rows.append(("host: logits copy to pinned memory", sorted(tc)[len(tc) // 2] * 1e6, None))
+    # the greedy step (decode step + device argmax; each replay advances the position by one)
+    cache.pos = a.pos
+    cache.graph_greedy = m._capture(cache, greedy=True)
+    rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
+    greedy = timed(rt, lambda: rt.call("lb_graph_launch", cache.graph_greedy), reps=50)
+    rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
+    rows.append(("argmax (device, next token into io)", timed(rt, lambda: rt.check(lib.lb_argmax_next(m.logits, c.vocab_size, m.argmax_state, m.io, 0), "argmax"), reps=50), None))
     print(f"| kernel (layer 0) | us | GB/s |\n|---|---|---|")
     for name, us, gbs in rows:
         print(f"| {name} | {us:.1f} | {'' if gbs is None else f'{gbs:.0f}'} |")
     print(f"| whole decode step (graph replay) | {step:.1f} | {m.weight_bytes / step / 1e3:.0f} |")
     print(f"| whole decode step via forward() (median, host loop) | {host:.1f} | {m.weight_bytes / host / 1e3:.0f} |")
+    print(f"| whole greedy step (graph replay, with device argmax) | {greedy:.1f} | {m.weight_bytes / greedy / 1e3:.0f} |")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ __host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)ca
 static char g_err[512];
 static cudaStream_t g_stream = 0;
 static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
-static bool g_dp4a = false;     // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=1 turns it on)
+static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
 static int g_sms = 132;
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
@@ -678,13 +678,23 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
 }
 
 // ------------------------------------------------------- q8_K activations and the q4_k dp4a GEMV
-// One 256-block of x (all 256 values present) -> XQ, by one warp: lane l quantizes positions
-// 8l..8l+7 with the CPU runtime's arithmetic (amax/127 divided exactly, 1/d exactly, x*inv
-// rounded to nearest even: adding 1.5*2^23 leaves the integer in the low bits).
-__device__ __forceinline__ void quant_x_block(const float* x, int b, int lane, uint8_t* xq, int cap) {
+// One 256-block of x -> XQ, by one warp: the block's first n values (n < 256: a row's tail block,
+// zero-padded like the CPU's), lane l quantizing positions 8l..8l+7 with the CPU runtime's
+// arithmetic (amax/127 divided exactly, 1/d exactly, x*inv rounded to nearest even: adding
+// 1.5*2^23 leaves the integer in the low bits). CG: read x through L2 only (written by other
+// blocks of the running grid, so L1 may hold stale lines).
+template <bool CG = false>
+__device__ __forceinline__ void quant_x_block(const float* x, int b, int n, int lane, uint8_t* xq, int cap) {
     const float* p = x + 256 * b + 8 * lane;
-    const float4 a = *reinterpret_cast<const float4*>(p), c4 = *reinterpret_cast<const float4*>(p + 4);
-    const float v[8] = {a.x, a.y, a.z, a.w, c4.x, c4.y, c4.z, c4.w};
+    float v[8];
+    if (n >= 256) {
+        const float4 a = CG ? __ldcg(reinterpret_cast<const float4*>(p)) : *reinterpret_cast<const float4*>(p);
+        const float4 c4 = CG ? __ldcg(reinterpret_cast<const float4*>(p + 4)) : *reinterpret_cast<const float4*>(p + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = c4.x; v[5] = c4.y; v[6] = c4.z; v[7] = c4.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = 8 * lane + i < n ? (CG ? __ldcg(p + i) : p[i]) : 0.f;
+    }
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
@@ -704,12 +714,52 @@ __device__ __forceinline__ void quant_x_block(const float* x, int b, int lane, u
     if (lane == 0) reinterpret_cast<float*>(xq + xq_d_off(cap))[b] = d;
 }
 
-// the full 256-blocks of one x row, one warp per block
+// quantized activation at position p (0..255) of XQ block xb, and the sum of the 16 quants j16
+__device__ __forceinline__ int xq_at(const uint8_t* xb, int p) {
+    const int w = p & 63;
+    return (int)(signed char)xb[128 * (w >> 5) + 16 * (2 * (p >> 6) + ((w >> 4) & 1)) + (p & 15)];
+}
+__device__ __forceinline__ int xq_sum16(const int* xbs, int b, int j16) {
+    return xbs[(b * 8 + 2 * (j16 >> 2) + (j16 & 1)) * 2 + ((j16 >> 1) & 1)];
+}
+
+// The tail block (cols % 256 weights) of a q4_k or q6_k row against the quantized (zero-padded)
+// last activation block, as the CPU does (integer sums, then d xd I - dmin xd M): lane s of the
+// row's 8 lanes; the result is added on lane s == 0 (the caller sums the 8 lanes).
+__device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint8_t* __restrict__ xq, int cap, int s, float* acc) {
+    const int r = m.cols & 255, b = m.cols >> 8;
+    const uint8_t* tb = (const uint8_t*)m.xtra + (size_t)row * m.xtra_row;
+    const uint8_t* xb = xq + 256 * (size_t)b;
+    const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
+    const bool q4 = m.type == T_Q4_K;
+    int I = 0, M = 0;
+    if (q4) {
+        const int nsub = (r + 31) >> 5;
+        const uint8_t *sc = tb + 4, *mn = sc + nsub, *qs = mn + nsub;
+        for (int i = s; i < r; i += 8) I += sc[i >> 5] * ((qs[i >> 1] >> (4 * (i & 1))) & 15) * xq_at(xb, i);
+        for (int j = s; j < nsub; j += 8) M += mn[j] * (xq_sum16(xbs, b, 2 * j) + xq_sum16(xbs, b, 2 * j + 1));
+    } else {
+        const int nsub = (r + 15) >> 4;
+        const signed char* sc = (const signed char*)tb + 2;
+        const uint8_t* qs = tb + 2 + nsub;
+        for (int i = s; i < r; i += 8) I += sc[i >> 4] * tail_bits(qs, i, 6) * xq_at(xb, i);
+        for (int j = s; j < nsub; j += 8) M += 32 * sc[j] * xq_sum16(xbs, b, j);
+    }
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) { I += __shfl_xor_sync(0xffffffffu, I, o); M += __shfl_xor_sync(0xffffffffu, M, o); }
+    if (s == 0) {
+        const float xd = reinterpret_cast<const float*>(xq + xq_d_off(cap))[b];
+        const float d = h2f(tb[0] | (tb[1] << 8)), dm = q4 ? h2f(tb[2] | (tb[3] << 8)) : d;
+        *acc += d * xd * (float)I - dm * xd * (float)M;
+    }
+}
+
+// the 256-blocks of one x row (the last one possibly partial), one warp per block
 __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* __restrict__ xq, int cap) {
     pdl_launch();
     pdl_wait();
     const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (b < (cols >> 8)) quant_x_block(x, b, threadIdx.x & 31, xq, cap);
+    if (b < (cols + 255) >> 8) quant_x_block(x, b, cols - 256 * b, threadIdx.x & 31, xq, cap);
 }
 
 // q4_k decode against q8_K activations with integer dot products (dp4a): per 32 weights a lane
@@ -719,7 +769,7 @@ __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* _
 // 4-row group (8 lanes per row, as dot_q4k_g8); blocks stride over the row groups of all the job's
 // matrices (groups laid end to end, counts in job.wcnt), so a block does several groups and the
 // next group's first weight loads are issued before the current group is reduced (persistent,
-// software pipelined). Tail blocks (cols % 256) go through the float path on the first warp.
+// software pipelined). Tail blocks (cols % 256) are done by the first warp (tail_dot_q8).
 template <int M>
 __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint8_t*& p1, int& mi, int& grow) {
     const int g0 = job.wcnt[0], g1 = job.wcnt[1];
@@ -812,8 +862,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
         // this group's rows: tail blocks (float x), the 8 lanes of a row, then the 4 K slices
         const lb_mat& m = job_mat(job, mi);
         const int row = grow + r4, rr = min(row, m.rows - 1);
-        if (warp == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, s, 8, &acc[0]);
-        if (M == 2 && warp == 0 && job.m[1].xtra) row_dot_tail<1>(job.m[1], rr, x, 0, s, 8, &acc[M - 1]);
+        if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc[0]);
+        if (M == 2 && warp == 0 && job.m[1].xtra) tail_dot_q8(job.m[1], rr, xq, cap, s, &acc[M - 1]);
 #pragma unroll
         for (int mm = 0; mm < M; mm++)
 #pragma unroll
@@ -924,7 +974,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
         }
         const lb_mat& m = job_mat(job, mi);
         const int rr = min(grow + r4, m.rows - 1);
-        if (warp == 0 && m.xtra) row_dot_tail<1>(m, rr, x, 0, s, 8, &acc);
+        if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc);
 #pragma unroll
         for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (s == 0) red[par][warp][r4] = acc;
@@ -957,31 +1007,34 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
 // block reduction, then written (a decode step's norm is latency-bound: one pass, wide block)
 constexpr int NORM_THREADS = 1024, NORM_PER = 16;
 // xq != 0 (one decode token, dim <= 256 * cap): the normalized row is also quantized to XQ for
-// the q4_k GEMVs that read it (read back after the block's barrier; full 256-blocks only)
+// the q4_k/q6_k GEMVs that read it (read back after the block's barrier; a tail block zero-padded)
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim, float eps,
                                                                uint8_t* __restrict__ xq, int cap) {
-    __shared__ float part[32];
+    __shared__ double part[32];
+    __shared__ float inv_s;
     pdl_launch();
     pdl_wait();
     const float* xr = x + (size_t)blockIdx.x * dim;
     float v[NORM_PER];
-    float s = 0.f;
+    double s = 0.0;   // the CPU's arithmetic: sum of squares in double, 1/sqrt in double, then float
 #pragma unroll
     for (int k = 0; k < NORM_PER; k++) {
         int i = threadIdx.x + k * NORM_THREADS;
         v[k] = i < dim ? xr[i] : 0.f;
-        s += v[k] * v[k];
+        s += (double)v[k] * v[k];
     }
-    s = warp_sum(s);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
-        float t = part[threadIdx.x];
-        t = warp_sum(t);
-        if (threadIdx.x == 0) part[0] = rsqrtf(t / dim + eps);
+        double t = part[threadIdx.x];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (threadIdx.x == 0) inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
     }
     __syncthreads();
-    float inv = part[0];
+    const float inv = inv_s;
 #pragma unroll
     for (int k = 0; k < NORM_PER; k++) {
         int i = threadIdx.x + k * NORM_THREADS;
@@ -989,7 +1042,7 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
     }
     if (xq) {
         __syncthreads();
-        for (int b = threadIdx.x >> 5; b < (dim >> 8); b += NORM_THREADS / 32) quant_x_block(out, b, threadIdx.x & 31, xq, cap);
+        for (int b = threadIdx.x >> 5; b < (dim + 255) >> 8; b += NORM_THREADS / 32) quant_x_block(out, b, dim - 256 * b, threadIdx.x & 31, xq, cap);
     }
 }
 
@@ -1120,6 +1173,51 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(const float* 
     }
 }
 
+// Greedy decoding on the device: argmax of one token's logits (the first index of the largest
+// value, as numpy's argmax), written as the next step's input (io[1] = token, io[0] = pos + 1)
+// and into host-mapped memory (out[pos], 0 = none), so the host can queue the next decode step
+// before it has read this one's token. Each block reduces its slice to a 64-bit key (ordered
+// float bits, then the inverted index) and atomicMax'es it into state[0]; the last block to
+// finish (counter state[1]) publishes the result and resets the state for the next launch.
+constexpr int ARGMAX_BLOCKS = 32, ARGMAX_THREADS = 256;
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
+    uint32_t u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (0xFFFFFFFFu - (uint32_t)i);
+}
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __restrict__ logits, int n, unsigned long long* state,
+                                                                int32_t* io, int32_t* out) {
+    __shared__ unsigned long long red[ARGMAX_THREADS / 32];
+    __shared__ bool last;
+    pdl_launch();
+    pdl_wait();
+    unsigned long long best = 0;
+    for (int i = blockIdx.x * ARGMAX_THREADS + threadIdx.x; i < n; i += ARGMAX_BLOCKS * ARGMAX_THREADS) {
+        const unsigned long long k = argmax_key(logits[i], i);
+        best = k > best ? k : best;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o); best = t > best ? t : best; }
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < ARGMAX_THREADS / 32; w++) best = red[w] > best ? red[w] : best;
+        atomicMax(state, best);
+        __threadfence();
+        last = atomicAdd(reinterpret_cast<unsigned int*>(state + 1), 1u) == ARGMAX_BLOCKS - 1;
+        if (last) {
+            __threadfence();
+            const unsigned long long k = atomicExch(state, 0ull);
+            const int tok = (int)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFu));
+            const int pos = io[0];
+            if (out) out[pos] = tok;
+            io[1] = tok;
+            io[0] = pos + 1;
+            state[1] = 0;
+        }
+    }
+}
+
 // split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
 // bytes, in order): q6_k, q2_k, q3_k repacking at load
 __global__ void repack_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint8_t* __restrict__ tail, size_t nblocks,
@@ -1167,7 +1265,7 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_Q4K_SPLIT");
     g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     e = getenv("LOWBIT_CUDA_DP4A");
-    g_dp4a = e && e[0] == '1';   // opt-in until the greedy-token disagreement on pychat q4_k_m is understood (NOTES.md v7)
+    g_dp4a = !(e && e[0] == '0');   // LOWBIT_CUDA_DP4A=0: q4_k/q6_k decode on float activations (A/B)
     e = getenv("LOWBIT_CUDA_DP4A_Q6K");
     g_dp4a_q6k = !(e && e[0] == '0');
     return 0;
@@ -1242,9 +1340,10 @@ static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 // unless job.xq_ready), one launch per type; returns the job of the other matrices in *rest
 static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
     const int cols = j.m[0].cols;
-    if ((cols >> 8) > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, cols >> 8); return -1; }
-    if (!j.xq_ready && !*quantized && cols >= 256) {
-        cudaError_t r = launch(quant_x_kernel, dim3(((cols >> 8) + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
+    const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
+    if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
+    if (!j.xq_ready && !*quantized) {
+        cudaError_t r = launch(quant_x_kernel, dim3((nbx + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
         *quantized = true;
@@ -1347,7 +1446,7 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
 
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
     if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
-    if (xq && (n != 1 || (dim >> 8) > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
+    if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
     cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps,
                            (uint8_t*)xq, cap);
@@ -1383,6 +1482,26 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     CKL("attention_kernel (fused rope)");
     return 0;
 }
+
+// state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
+LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {
+    cudaError_t r = launch(argmax_kernel, dim3(ARGMAX_BLOCKS), dim3(ARGMAX_THREADS), (const float*)logits, n, (unsigned long long*)state,
+                           (int32_t*)io, (int32_t*)out);
+    if (r != cudaSuccess) return fail("argmax_kernel launch", r);
+    CKL("argmax_kernel");
+    return 0;
+}
+// pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
+LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
+    void* p;
+    CK(cudaHostAlloc(&p, n, cudaHostAllocMapped));
+    void* d = nullptr;
+    cudaError_t r = cudaHostGetDevicePointer(&d, p, 0);
+    if (r != cudaSuccess) { cudaFreeHost(p); return fail("cudaHostGetDevicePointer", r); }
+    *host = (uint64_t)p; *dev = (uint64_t)d;
+    return 0;
+}
+LB_API int lb_event_sync(uint64_t ev) { CK(cudaEventSynchronize((cudaEvent_t)ev)); return 0; }
 
 // CUDA graphs: the decode step is captured once and replayed (positions come from device memory)
 LB_API int lb_capture_begin(void) { CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return 0; }

@@ -77,7 +77,8 @@ class CudaKVCache:
         self.layer_bytes = n_ctx * c.num_kv_heads * c.head_dim * 2
         self.k = self.rt.malloc(self.layer_bytes * c.num_layers)
         self.v = self.rt.malloc(self.layer_bytes * c.num_layers)
-        self.graph = None   # the decode step captured for this cache's buffers
+        self.graph = None         # the decode step captured for this cache's buffers
+        self.graph_greedy = None  # the same step followed by the device argmax (decode_greedy)
         self.num_layers = c.num_layers
 
     @property
@@ -86,8 +87,9 @@ class CudaKVCache:
 
     def __del__(self):
         try:
-            if self.graph:
-                self.rt.lib.lb_graph_free(self.graph)
+            for g in (self.graph, self.graph_greedy):
+                if g:
+                    self.rt.lib.lb_graph_free(g)
             self.rt.lib.lb_free(self.k)
             self.rt.lib.lb_free(self.v)
         except Exception:
@@ -146,6 +148,19 @@ class CudaTransformer:
         # one token's logits land in pinned memory: a pageable copy goes through a driver bounce buffer
         self.logits_host_ptr = self._host_alloc(c.vocab_size * 4)
         self.logits_host = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("float*", self.logits_host_ptr), c.vocab_size * 4), np.float32)
+        # greedy decoding on the device (decode_greedy): the argmax kernel's state, and the token
+        # chosen after each position, written by the kernel straight into mapped host memory
+        self.argmax_state = self.alloc(16)
+        rt.call("lb_memset", self.argmax_state, 0, 16)
+        hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
+        rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
+        self.next_host_ptr, self.next_dev = hp[0], dp[0]
+        self.next_host = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.next_host_ptr), self.n_ctx * 4), np.int32)
+        self.events = []
+        for _ in range(2):
+            ev = rt.ffi.new("uint64_t*")
+            rt.call("lb_event_new", ev)
+            self.events.append(ev[0])
         self._jobs()
         self.tokenizer = None
         if with_tokenizer:
@@ -195,6 +210,12 @@ class CudaTransformer:
         if self.logits_host_ptr:
             self.rt.lib.lb_host_free(self.logits_host_ptr)
             self.logits_host_ptr = 0
+        if self.next_host_ptr:
+            self.rt.lib.lb_host_free(self.next_host_ptr)
+            self.next_host_ptr = 0
+        for ev in self.events:
+            self.rt.lib.lb_event_free(ev)
+        self.events = []
 
     # ---------------------------------------------------------------- jobs
     def _job(self, mats, ys, ldys, mode, xq_ready):
@@ -248,6 +269,50 @@ class CudaTransformer:
         chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, c.rms_norm_eps, oq, ocap), "rmsnorm")
         chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
 
+    def _capture(self, cache, greedy):
+        """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the
+        argmax kernel, which writes the next step's token and position into self.io."""
+        self.rt.call("lb_capture_begin")
+        try:
+            self._enqueue(1, cache, 1)
+            if greedy:
+                self.rt.call("lb_argmax_next", self.logits, self.config.vocab_size, self.argmax_state, self.io, self.next_dev)
+        finally:
+            g = self.rt.ffi.new("uint64_t*")
+            self.rt.call("lb_capture_end", g)
+        return g[0]
+
+    def decode_greedy(self, tok: int, cache: CudaKVCache, max_steps: int):
+        """Greedy decoding from token `tok`: yields the next token ids (at most max_steps, and no
+        further than the context allows), the same ids as forward([tok]) + argmax per step. The
+        argmax runs on the device and feeds the next step there, so the host queues step k+1
+        before it reads step k's token: the GPU never waits for Python. The one step computed
+        ahead only writes cache positions past cache.pos (overwritten by the next forward)."""
+        steps = min(int(max_steps), cache.n_ctx - cache.pos)
+        if steps <= 0:
+            return
+        if not 0 <= tok < self.config.vocab_size:
+            raise ValueError(f"token id out of range 0..{self.config.vocab_size - 1}")
+        rt, lib = self.rt, self.rt.lib
+        if cache.graph_greedy is None:
+            cache.graph_greedy = self._capture(cache, greedy=True)
+        pos0 = cache.pos
+        self.staging[0], self.staging[1] = pos0, tok
+        rt.call("lb_htod_async", self.io, rt.ffi.cast("void*", self.staging_ptr), 8)
+        g, ev, chk = cache.graph_greedy, self.events, rt.check
+        chk(lib.lb_graph_launch(g), "graph launch")
+        chk(lib.lb_event_record(ev[0]), "event record")
+        try:
+            for k in range(steps):
+                if k + 1 < steps:
+                    chk(lib.lb_graph_launch(g), "graph launch")
+                    chk(lib.lb_event_record(ev[(k + 1) & 1]), "event record")
+                chk(lib.lb_event_sync(ev[k & 1]), "decode step")
+                cache.pos = pos0 + k + 1
+                yield int(self.next_host[pos0 + k])
+        finally:
+            lib.lb_sync()   # nothing left in flight that still writes self.io
+
     def forward(self, tokens, cache: CudaKVCache, all_logits: bool = False) -> np.ndarray:
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -269,13 +334,7 @@ class CudaTransformer:
             self.rt.call("lb_htod_async", self.io, self.rt.ffi.cast("void*", self.staging_ptr), (m + 1) * 4)
             if m == 1 and n_logits == 1:
                 if cache.graph is None:   # capture the decode step once per cache
-                    self.rt.call("lb_capture_begin")
-                    try:
-                        self._enqueue(1, cache, 1)
-                    finally:
-                        g = self.rt.ffi.new("uint64_t*")
-                        self.rt.call("lb_capture_end", g)
-                    cache.graph = g[0]
+                    cache.graph = self._capture(cache, greedy=False)
                 self.rt.call("lb_graph_launch", cache.graph)
             else:
                 self._enqueue(m, cache, n_logits)

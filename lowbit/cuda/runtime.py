@@ -57,6 +57,9 @@ int lb_event_new(uint64_t* ev);
 int lb_event_record(uint64_t ev);
 int lb_event_ms(uint64_t a, uint64_t b, float* ms);
 int lb_event_free(uint64_t ev);
+int lb_event_sync(uint64_t ev);
+int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out);
+int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n);
 int lb_bench_d2d(size_t bytes, int iters, float* ms_per_copy);
 """
 
