@@ -134,6 +134,24 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
 
 
 @needs_gpu
+def test_long_context_decode_matches_cpu(tmp_path, monkeypatch):
+    """Decode attention past one tile of positions (1024: the online softmax across tiles)."""
+    path = _random_model(tmp_path, "q4_k_m", from_floats=True, ctx=1200, layers=1, vocab=300)
+    cpu, gpu = _cpu_and_gpu(path, monkeypatch)
+    prompt = np.random.default_rng(4).integers(0, 300, 1030)
+    cc, gc = cpu.new_cache(), gpu.new_cache()
+    ref, got = cpu.forward(prompt, cc), gpu.forward(prompt, gc)
+    errs = [rel_err(got, ref)]
+    tok = int(ref[-1].argmax())
+    for _ in range(3):
+        ref, got = cpu.forward([tok], cc), gpu.forward([tok], gc)
+        errs.append(rel_err(got, ref))
+        tok = int(ref[-1].argmax())
+    print(f"long context: rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
+    assert max(errs) < TOL_RANDOM, errs
+
+
+@needs_gpu
 def test_decode_greedy_matches_forward(tmp_path, monkeypatch):
     """The pipelined device-argmax decode gives forward() + argmax's tokens, also when it is
     stopped early (one step was computed ahead) and forward() continues from the cache."""

@@ -51,6 +51,10 @@ def main():
     gemv("gate/up+swiglu", L["gu"], m.h, dim, L["gate"].nbytes + L["up"].nbytes)
     gemv("down (+residual)", L["dn"], m.g, c.intermediate_size, L["down"].nbytes)
     gemv("output", m.out_job, m.h, dim, m.output.nbytes)
+    for name, job, x, ldx, nb, nw in (("wo + next rmsnorm (decode)", L["o"], m.att, m.qdim, L["wo"].nbytes, L["ffn_norm"]),
+                                      ("down + next rmsnorm (decode)", L["dn"], m.g, c.intermediate_size, L["down"].nbytes, L["attn_norm"])):
+        us = timed(rt, lambda: rt.check(lib.lb_gemv_norm(job, x, ldx, 1, nw, m.h, c.rms_norm_eps, m.norm_count), name))
+        rows.append((name, us, nb / us / 1e3))
     if len(m.layers) > 1:   # q4_k_m: layer 1's v and down are q4_k where layer 0's are q6_k
         L1 = m.layers[1]
         gemv("layer 1 qkv", L1["qkv"], m.h, dim, L1["wq"].nbytes + L1["wk"].nbytes + L1["wv"].nbytes)
@@ -59,8 +63,10 @@ def main():
                      ("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps, 0, 0)),
                      ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
                      (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D)),
+                     (f"rope+store+attention+quantize (decode, fused) @pos {a.pos}",
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, m.xq, m.xq_cap, m.att_count)),
                      (f"rope+store+attention (decode, fused) @pos {a.pos}",
-                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D))):
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, 0, 0, 0))):
         rows.append((name, timed(rt, lambda: rt.check(fn(), name)), None))
     # the whole captured decode step, replayed
     m.forward([1], cache)
@@ -93,6 +99,23 @@ def main():
     rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
     greedy = timed(rt, lambda: rt.call("lb_graph_launch", cache.graph_greedy), reps=50)
     rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
+    # one replay at a time on an idle GPU (events around each launch): the step's own GPU time,
+    # without the overlap back-to-back replays may get
+    def isolated(graph, reset):
+        e0, e1, ms = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*"), rt.ffi.new("float*")
+        rt.call("lb_event_new", e0); rt.call("lb_event_new", e1)
+        ts = []
+        for _ in range(20):
+            if reset:
+                rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
+            rt.call("lb_sync")
+            rt.call("lb_event_record", e0[0]); rt.call("lb_graph_launch", graph); rt.call("lb_event_record", e1[0])
+            rt.call("lb_event_ms", e0[0], e1[0], ms)
+            ts.append(ms[0] * 1e3)
+        rt.call("lb_event_free", e0[0]); rt.call("lb_event_free", e1[0])
+        return sorted(ts)[len(ts) // 2]
+    iso_plain, iso_greedy = isolated(cache.graph, True), isolated(cache.graph_greedy, True)
+    rt.call("lb_htod_async", m.io, rt.ffi.cast("void*", m.staging_ptr), 8)
     rows.append(("argmax (device, next token into io)", timed(rt, lambda: rt.check(lib.lb_argmax_next(m.logits, c.vocab_size, m.argmax_state, m.io, 0), "argmax"), reps=50), None))
     print(f"| kernel (layer 0) | us | GB/s |\n|---|---|---|")
     for name, us, gbs in rows:
@@ -100,6 +123,8 @@ def main():
     print(f"| whole decode step (graph replay) | {step:.1f} | {m.weight_bytes / step / 1e3:.0f} |")
     print(f"| whole decode step via forward() (median, host loop) | {host:.1f} | {m.weight_bytes / host / 1e3:.0f} |")
     print(f"| whole greedy step (graph replay, with device argmax) | {greedy:.1f} | {m.weight_bytes / greedy / 1e3:.0f} |")
+    print(f"| one decode step alone (events around one replay, median) | {iso_plain:.1f} | {m.weight_bytes / iso_plain / 1e3:.0f} |")
+    print(f"| one greedy step alone (events around one replay, median) | {iso_greedy:.1f} | {m.weight_bytes / iso_greedy / 1e3:.0f} |")
 
 
 if __name__ == "__main__":

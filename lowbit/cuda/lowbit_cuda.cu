@@ -44,6 +44,11 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t pad2;
+    uint64_t norm_w;               // decode, residual jobs (mode 1): then RMSNorm y[0] with these weights into
+    uint64_t norm_out;             // norm_out (float) and xq (set by lb_gemv_norm; done by the grid's last block)
+    uint64_t norm_count;           // zeroed device counter of finished blocks
+    float norm_eps;
+    int32_t pad3;
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -683,10 +688,9 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
 // arithmetic (amax/127 divided exactly, 1/d exactly, x*inv rounded to nearest even: adding
 // 1.5*2^23 leaves the integer in the low bits). CG: read x through L2 only (written by other
 // blocks of the running grid, so L1 may hold stale lines).
-template <bool CG = false>
-__device__ __forceinline__ void quant_x_block(const float* x, int b, int n, int lane, uint8_t* xq, int cap) {
+template <bool CG>
+__device__ __forceinline__ void load8(const float* x, int b, int n, int lane, float* v) {   // x[256b + 8lane..+7], 0 past n
     const float* p = x + 256 * b + 8 * lane;
-    float v[8];
     if (n >= 256) {
         const float4 a = CG ? __ldcg(reinterpret_cast<const float4*>(p)) : *reinterpret_cast<const float4*>(p);
         const float4 c4 = CG ? __ldcg(reinterpret_cast<const float4*>(p + 4)) : *reinterpret_cast<const float4*>(p + 4);
@@ -695,6 +699,16 @@ __device__ __forceinline__ void quant_x_block(const float* x, int b, int n, int 
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = 8 * lane + i < n ? (CG ? __ldcg(p + i) : p[i]) : 0.f;
     }
+}
+__device__ __forceinline__ void quant_x_vals(const float* v, int b, int lane, uint8_t* xq, int cap);
+template <bool CG = false>
+__device__ __forceinline__ void quant_x_block(const float* x, int b, int n, int lane, uint8_t* xq, int cap) {
+    float v[8];
+    load8<CG>(x, b, n, lane, v);
+    quant_x_vals(v, b, lane, xq, cap);
+}
+// the quantization of one block whose values lane l holds at positions 8l..8l+7 (zeros past the row)
+__device__ __forceinline__ void quant_x_vals(const float* v, int b, int lane, uint8_t* xq, int cap) {
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
@@ -752,6 +766,55 @@ __device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint
         const float d = h2f(tb[0] | (tb[1] << 8)), dm = q4 ? h2f(tb[2] | (tb[3] << 8)) : d;
         *acc += d * xd * (float)I - dm * xd * (float)M;
     }
+}
+
+// RMSNorm of the residual row the grid just finished (job.y[0], job.m[0].rows values) by the
+// grid's last block (GEMV_WARPS warps): the CPU's arithmetic (as rmsnorm_kernel), the float row
+// into job.norm_out and its q8_K blocks into job.xq for the next GEMVs. Saves a launch per norm.
+__device__ __noinline__ void norm_by_last_block(const float* x, int dim, const float* w, float* out, float eps, uint8_t* xq, int cap,
+                                               unsigned int* count) {
+    __shared__ double part[GEMV_WARPS];
+    __shared__ float inv_s;
+    __shared__ bool last;
+    __threadfence();   // this block's stores of the residual, before it counts as done
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nblk = (dim + 255) >> 8;
+    double s = 0.0;
+#pragma unroll 4
+    for (int b = warp; b < nblk; b += GEMV_WARPS) {
+        float v[8];
+        load8<true>(x, b, dim - 256 * b, lane, v);
+#pragma unroll
+        for (int i = 0; i < 8; i++) s += (double)v[i] * v[i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
+        inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
+    }
+    __syncthreads();
+    const float inv = inv_s;
+    for (int b = warp; b < nblk; b += GEMV_WARPS) {
+        const int n = dim - 256 * b;
+        float v[8], g[8];
+        load8<true>(x, b, n, lane, v);
+        load8<false>(w, b, n, lane, g);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            v[i] = v[i] * inv * g[i];
+            if (8 * lane + i < n) out[256 * b + 8 * lane + i] = v[i];
+        }
+        quant_x_vals(v, b, lane, xq, cap);
+    }
+    if (threadIdx.x == 0) *count = 0;
 }
 
 // the 256-blocks of one x row (the last one possibly partial), one warp per block
@@ -882,6 +945,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
         par ^= 1;
         p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
     }
+    if (M == 1 && job.norm_w) norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
+                                         (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q4Q_LOAD
 }
 
@@ -988,7 +1053,37 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
         par ^= 1;
         p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
     }
+    if (job.norm_w) norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
+                                         (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q6Q_LOAD
+}
+
+// Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
+// computes what the CPU does (which quantizes every q8_0 / k-quant matmul input): blocks of bs =
+// 32 (q8_0) or 256 (k-quants, the last one zero-padded), d = amax/127, x = rint(x/d) * d. One
+// warp per block, grid (blocks, tokens).
+__global__ void actq_kernel(float* x, int ldx, int cols, int bs) {
+    pdl_launch();
+    pdl_wait();
+    const int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31, per = bs >> 5;
+    const int c0 = warp * bs;
+    if (c0 >= cols) return;
+    float* p = x + (size_t)blockIdx.y * ldx + c0;
+    float v[8], m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int c = lane * per + i;
+        v[i] = i < per && c0 + c < cols ? p[c] : 0.f;
+        m = fmaxf(m, fabsf(v[i]));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const float d = m / 127.f, inv = d != 0.f ? 1.f / d : 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int c = lane * per + i;
+        if (i < per && c0 + c < cols) p[c] = __fmul_rn((float)__float2int_rn(__fmul_rn(v[i], inv)), d);
+    }
 }
 
 __global__ void embed_kernel(const lb_mat m, const int32_t* __restrict__ ids, float* __restrict__ out) {
@@ -1218,6 +1313,121 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
     }
 }
 
+// One decode token's attention (RoPE, cache store and attention fused), one block per head:
+// scores with a thread per position (its whole fp16 key row in 16-byte loads, all in flight at
+// once), the softmax in shared memory, then P.V with a warp per position stride and lanes over
+// the head's dims; positions in tiles of AD_TILE with an online softmax across tiles. The q head
+// and this token's k are rotated here; the first head of each kv group stores k and v in the
+// cache (other heads use kcur/vcur for the newest position and only read older ones from the
+// cache). xq != 0: the last block to finish quantizes the whole output row for wo (q8_K, XQ).
+constexpr int AD_THREADS = 512, AD_WARPS = AD_THREADS / 32, AD_TILE = 1024;
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { float t = __shfl_xor_sync(0xffffffffu, v, o); v = is_max ? fmaxf(v, t) : v + t; }
+    __syncthreads();   // wred free (an earlier reduction may still be reading it)
+    if (lane == 0) wred[warp] = v;
+    __syncthreads();
+    float r = wred[0];
+    for (int w = 1; w < AD_WARPS; w++) r = is_max ? fmaxf(r, wred[w]) : r + wred[w];
+    return r;
+}
+__global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                                 float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                                 const float* __restrict__ kf, const float* __restrict__ vf,
+                                                                 const float* __restrict__ cosT, const float* __restrict__ sinT,
+                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter) {
+    __shared__ __align__(16) float qs[256];
+    __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
+    __shared__ __half kcur[256], vcur[256];
+    __shared__ bool last;
+    pdl_launch();
+    pdl_wait();
+    const int h = blockIdx.x, kvh = h / (H / KVH), tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int len = *pos0p + 1, half_d = D / 2;
+    const float scale = rsqrtf((float)D);
+    {
+        const float* qrow = q + (size_t)h * D;
+        const float* cs = cosT + (size_t)(len - 1) * half_d;
+        const float* sn = sinT + (size_t)(len - 1) * half_d;
+        const bool store = h % (H / KVH) == 0;
+        for (int i = tid; i < D; i += AD_THREADS) {
+            const bool first = i < half_d;
+            const int ii = first ? i : i - half_d, pi = first ? i + half_d : i - half_d;
+            const float c = cs[ii], sg = first ? -sn[ii] : sn[ii];
+            qs[i] = (qrow[i] * c + qrow[pi] * sg) * scale;
+            const __half kh = __float2half(kf[kvh * D + i] * c + kf[kvh * D + pi] * sg), vh = __float2half(vf[kvh * D + i]);
+            kcur[i] = kh; vcur[i] = vh;
+            if (store) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kh; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vh; }
+        }
+    }
+    __syncthreads();
+    float M = -INFINITY, L = 0.f, acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[e] = 0.f;
+    for (int t0 = 0; t0 < len; t0 += AD_TILE) {
+        const int n = min(AD_TILE, len - t0);
+        float lmax = -INFINITY;
+        for (int jj = tid; jj < n; jj += AD_THREADS) {
+            const int j = t0 + jj;
+            float s = 0.f;
+            if (j == len - 1) {
+                for (int i = 0; i < D; i++) s += qs[i] * __half2float(kcur[i]);
+            } else if ((D & 7) == 0) {
+                const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + kvh) * D);
+#pragma unroll 4
+                for (int i8 = 0; i8 < D / 8; i8++) {
+                    const uint4 u = kr[i8];
+                    const float4 qa = *reinterpret_cast<const float4*>(qs + 8 * i8), qb = *reinterpret_cast<const float4*>(qs + 8 * i8 + 4);
+                    s += qa.x * h2f(u.x) + qa.y * h2f(u.x >> 16) + qa.z * h2f(u.y) + qa.w * h2f(u.y >> 16)
+                       + qb.x * h2f(u.z) + qb.y * h2f(u.z >> 16) + qb.z * h2f(u.w) + qb.w * h2f(u.w >> 16);
+                }
+            } else {
+                const __half* kr = kc + ((size_t)j * KVH + kvh) * D;
+                for (int i = 0; i < D; i++) s += qs[i] * __half2float(kr[i]);
+            }
+            sc[jj] = s;
+            lmax = fmaxf(lmax, s);
+        }
+        const float Mn = fmaxf(M, block_reduce(lmax, true, wred)), corr = __expf(M - Mn);
+        float lsum = 0.f;
+        for (int jj = tid; jj < n; jj += AD_THREADS) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
+        L = L * corr + block_reduce(lsum, false, wred);   // (its barriers also publish sc)
+        M = Mn;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[e] *= corr;
+#pragma unroll 4
+        for (int jj = warp; jj < n; jj += AD_WARPS) {
+            const int j = t0 + jj;
+            const float p = sc[jj];
+            const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+#pragma unroll
+            for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) acc[e] += p * __half2float(vr[i]); }
+        }
+        __syncthreads();   // sc is rewritten by the next tile
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) red[warp][i] = acc[e]; }
+    __syncthreads();
+    for (int i = tid; i < D; i += AD_THREADS) {
+        float o = 0.f;
+        for (int w = 0; w < AD_WARPS; w++) o += red[w][i];
+        out[(size_t)h * D + i] = o / L;
+    }
+    if (xq) {
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            const int cols = H * D;
+            for (int b = warp; b < (cols + 255) >> 8; b += AD_WARPS) quant_x_block<true>(out, b, cols - 256 * b, lane, xq, cap);
+            if (tid == 0) *counter = 0;
+        }
+    }
+}
+
 // split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
 // bytes, in order): q6_k, q2_k, q3_k repacking at load
 __global__ void repack_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint8_t* __restrict__ tail, size_t nblocks,
@@ -1381,6 +1591,28 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     return 0;
 }
 
+LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
+LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok);
+
+// a residual GEMV (mode 1: y[0] += W x), then RMSNorm of y[0] with weights w into out (and, in
+// decode, its q8_K blocks into job.xq): one launch when the job is one dp4a decode kernel (its
+// last block does the norm), else lb_gemv + lb_rmsnorm. count: a zeroed device counter.
+LB_API int lb_gemv_norm(const lb_job* job_in, uint64_t x, int ldx, int ntok, uint64_t w, uint64_t out, float eps, uint64_t count) {
+    const lb_job& jb = *job_in;
+    const int t = jb.m[0].type, dim = jb.m[0].rows;
+    if (ntok == 1 && g_dp4a && jb.xq && count && jb.mode == 1 && jb.nmat == 1 && (t == T_Q4_K || (t == T_Q6_K && g_dp4a_q6k))
+        && (dim + 255) >> 8 <= jb.xq_cap && (jb.m[0].cols + 255) >> 8 <= jb.xq_cap) {
+        lb_job j = jb;
+        j.norm_w = w; j.norm_out = out; j.norm_eps = eps; j.norm_count = count;
+        bool quantized = false;
+        return launch_q8act(j, x, t, &quantized);
+    }
+    int rc = lb_gemv(job_in, x, ldx, ntok);
+    if (rc) return rc;
+    const bool q = ntok == 1 && jb.xq;
+    return lb_rmsnorm(jb.y[0], w, out, ntok, dim, eps, q ? jb.xq : 0, q ? jb.xq_cap : 0);
+}
+
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     if (ntok == 1 && g_dp4a && job_in->xq) {
@@ -1388,6 +1620,19 @@ LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
         int rc = gemv_q8act(*job_in, x, &rest);
         if (rc) return rc;
         return rest.nmat ? gemv_float(&rest, x, ldx, ntok) : 0;
+    }
+    if (ntok > 1) {   // a prompt pass: the CPU's activation rounding first (in place: x is this job's own input)
+        int bs = 0;
+        for (int i = 0; i < job_in->nmat; i++) {
+            const int t = job_in->m[i].type, b = t == T_Q8_0 ? 32 : (t >= T_Q4_K && t <= T_Q5_K) ? 256 : -1;
+            bs = i == 0 || bs == b ? b : -1;
+        }
+        if (bs > 0) {
+            const int cols = job_in->m[0].cols, wpb = 4, nblk = (cols + bs - 1) / bs;
+            cudaError_t r = launch(actq_kernel, dim3((nblk + wpb - 1) / wpb, ntok), dim3(32 * wpb), (float*)x, ldx, cols, bs);
+            if (r != cudaSuccess) return fail("actq_kernel launch", r);
+            CKL("actq_kernel");
+        }
     }
     return gemv_float(job_in, x, ldx, ntok);
 }
@@ -1472,36 +1717,20 @@ LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint
     return 0;
 }
 
-// one decode token: RoPE on q and k, the k/v cache store and attention in one launch
+// one decode token: RoPE on q and k, the k/v cache store and attention in one launch; with xq
+// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter)
 LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                             uint64_t out, uint64_t pos0, int H, int KVH, int D) {
+                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count) {
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
-    cudaError_t r = launch(attention_kernel, dim3(H, 1), dim3(32 * ATT_WARPS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
-                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT);
-    if (r != cudaSuccess) return fail("attention_kernel (fused rope) launch", r);
-    CKL("attention_kernel (fused rope)");
+    if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
+    if (!g_dp4a || !count) xq = 0;
+    cudaError_t r = launch(attn_decode_kernel, dim3(H), dim3(AD_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
+                           (uint8_t*)xq, cap, (unsigned int*)count);
+    if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
+    CKL("attn_decode_kernel");
     return 0;
 }
-
-// state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
-LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {
-    cudaError_t r = launch(argmax_kernel, dim3(ARGMAX_BLOCKS), dim3(ARGMAX_THREADS), (const float*)logits, n, (unsigned long long*)state,
-                           (int32_t*)io, (int32_t*)out);
-    if (r != cudaSuccess) return fail("argmax_kernel launch", r);
-    CKL("argmax_kernel");
-    return 0;
-}
-// pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
-LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
-    void* p;
-    CK(cudaHostAlloc(&p, n, cudaHostAllocMapped));
-    void* d = nullptr;
-    cudaError_t r = cudaHostGetDevicePointer(&d, p, 0);
-    if (r != cudaSuccess) { cudaFreeHost(p); return fail("cudaHostGetDevicePointer", r); }
-    *host = (uint64_t)p; *dev = (uint64_t)d;
-    return 0;
-}
-LB_API int lb_event_sync(uint64_t ev) { CK(cudaEventSynchronize((cudaEvent_t)ev)); return 0; }
 
 // CUDA graphs: the decode step is captured once and replayed (positions come from device memory)
 LB_API int lb_capture_begin(void) { CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return 0; }

@@ -25,6 +25,11 @@ typedef struct {
     uint64_t xq;
     int32_t xq_cap;
     int32_t pad2;
+    uint64_t norm_w;
+    uint64_t norm_out;
+    uint64_t norm_count;
+    float norm_eps;
+    int32_t pad3;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
@@ -41,6 +46,7 @@ int lb_sync(void);
 int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len);
 int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols);
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
+int lb_gemv_norm(const lb_job* job, uint64_t x, int ldx, int ntok, uint64_t w, uint64_t out, float eps, uint64_t count);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
 int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
@@ -48,7 +54,7 @@ int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                      uint64_t out, uint64_t pos0, int H, int KVH, int D);
+                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count);
 int lb_capture_begin(void);
 int lb_capture_end(uint64_t* exec);
 int lb_graph_launch(uint64_t exec);
