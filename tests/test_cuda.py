@@ -209,6 +209,18 @@ def test_shared_model_matches_cpu(name, qtype, tmp_path_factory):
     assert len(b) > 0 and a[:4] == b[:4]
 
 
+def test_every_declared_function_is_exported():
+    """Each C function the cffi declarations name is defined (LB_API) in lowbit_cuda.cu: a missing
+    one only fails at first use on a GPU machine."""
+    import re
+    from lowbit.cuda.runtime import CDEF
+    src = (ROOT / "lowbit" / "cuda" / "lowbit_cuda.cu").read_text()
+    declared = re.findall(r"^\S.*?\b(lb_\w+)\(", CDEF, re.M)
+    defined = set(re.findall(r"^LB_API [^(]*?\b(lb_\w+)\(", src, re.M))
+    assert len(declared) > 20
+    assert [f for f in declared if f not in defined] == []
+
+
 def test_cuda_request_falls_back_with_a_message(tmp_path, monkeypatch, capsys):
     from lowbit import api
     monkeypatch.setattr(lbcuda, "available", lambda: (False, "no CUDA GPU found (test)"))

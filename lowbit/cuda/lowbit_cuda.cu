@@ -1732,6 +1732,26 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     return 0;
 }
 
+// state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
+LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {
+    cudaError_t r = launch(argmax_kernel, dim3(ARGMAX_BLOCKS), dim3(ARGMAX_THREADS), (const float*)logits, n, (unsigned long long*)state,
+                           (int32_t*)io, (int32_t*)out);
+    if (r != cudaSuccess) return fail("argmax_kernel launch", r);
+    CKL("argmax_kernel");
+    return 0;
+}
+// pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
+LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
+    void* p;
+    CK(cudaHostAlloc(&p, n, cudaHostAllocMapped));
+    void* d = nullptr;
+    cudaError_t r = cudaHostGetDevicePointer(&d, p, 0);
+    if (r != cudaSuccess) { cudaFreeHost(p); return fail("cudaHostGetDevicePointer", r); }
+    *host = (uint64_t)p; *dev = (uint64_t)d;
+    return 0;
+}
+LB_API int lb_event_sync(uint64_t ev) { CK(cudaEventSynchronize((cudaEvent_t)ev)); return 0; }
+
 // CUDA graphs: the decode step is captured once and replayed (positions come from device memory)
 LB_API int lb_capture_begin(void) { CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return 0; }
 LB_API int lb_capture_end(uint64_t* exec) {
