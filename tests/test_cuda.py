@@ -94,6 +94,7 @@ CASES = {
     "q8_0-tied": dict(tied=True),
     "f16-scalar": dict(dim=68, heads=2, kv_heads=1, ffn=172),   # rows not a multiple of 16 bytes
     "f32-hd34": dict(dim=68, heads=2, kv_heads=1, ffn=172),     # head_dim not a multiple of 32
+    "q4_k_m-hd128": dict(heads=2, kv_heads=1),                 # head_dim 128 (the decode attention's fast path)
 }
 
 
@@ -135,8 +136,8 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
 
 @needs_gpu
 def test_long_context_decode_matches_cpu(tmp_path, monkeypatch):
-    """Decode attention past one tile of positions (1024: the online softmax across tiles)."""
-    path = _random_model(tmp_path, "q4_k_m", from_floats=True, ctx=1200, layers=1, vocab=300)
+    """Decode attention past one tile of positions (1024: the online softmax across tiles), head_dim 128."""
+    path = _random_model(tmp_path, "q4_k_m", from_floats=True, ctx=1200, layers=1, vocab=300, heads=2, kv_heads=1)
     cpu, gpu = _cpu_and_gpu(path, monkeypatch)
     prompt = np.random.default_rng(4).integers(0, 300, 1030)
     cc, gc = cpu.new_cache(), gpu.new_cache()

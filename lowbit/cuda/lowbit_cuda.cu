@@ -44,9 +44,8 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t pad2;
-    uint64_t norm_w;               // decode, residual jobs (mode 1): then RMSNorm y[0] with these weights into
-    uint64_t norm_out;             // norm_out (float) and xq (set by lb_gemv_norm; done by the grid's last block)
-    uint64_t norm_count;           // zeroed device counter of finished blocks
+    uint64_t norm_w;               // decode, set by lb_gemv_normed: x = RMSNorm(norm_x) * norm_w, computed and
+    uint64_t norm_x;               // quantized by every block itself into shared memory (no rmsnorm launch)
     float norm_eps;
     int32_t pad3;
 } lb_job;
@@ -768,26 +767,20 @@ __device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint
     }
 }
 
-// RMSNorm of the residual row the grid just finished (job.y[0], job.m[0].rows values) by the
-// grid's last block (GEMV_WARPS warps): the CPU's arithmetic (as rmsnorm_kernel), the float row
-// into job.norm_out and its q8_K blocks into job.xq for the next GEMVs. Saves a launch per norm.
-__device__ __noinline__ void norm_by_last_block(const float* x, int dim, const float* w, float* out, float eps, uint8_t* xq, int cap,
-                                               unsigned int* count) {
-    __shared__ double part[GEMV_WARPS];
-    __shared__ float inv_s;
-    __shared__ bool last;
-    __threadfence();   // this block's stores of the residual, before it counts as done
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nblk = (dim + 255) >> 8;
+// Decode GEMVs on RMSNorm(job.norm_x) * job.norm_w (lb_gemv_normed): every block normalizes the
+// row itself (the CPU's arithmetic: double sum of squares, 1/sqrt in double) and quantizes it into
+// shared memory (XQ layout, capacity SXQ_CAP blocks); warp w only the 256-blocks of its K slice,
+// which are the only ones it reads (warp 0 also the tail block), so one barrier (the sum of
+// squares) suffices. The norm runs while the block's first weight loads are in flight.
+constexpr int SXQ_CAP = 64, SXQ_BYTES = SXQ_CAP * (256 + 64 + 4);
+__device__ __forceinline__ void norm_quant_slice(const float* x, const float* w, float eps, int cols, int kb0, int nbs, uint8_t* sxq, double* part) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nb = cols >> 8;
+    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);   // the tail block last
     double s = 0.0;
-#pragma unroll 4
-    for (int b = warp; b < nblk; b += GEMV_WARPS) {
+    for (int k = 0; k < nk; k++) {
+        const int b = k < nbs ? kb0 + k : nb;
         float v[8];
-        load8<true>(x, b, dim - 256 * b, lane, v);
+        load8<true>(x, b, cols - 256 * b, lane, v);
 #pragma unroll
         for (int i = 0; i < 8; i++) s += (double)v[i] * v[i];
     }
@@ -795,26 +788,20 @@ __device__ __noinline__ void norm_by_last_block(const float* x, int dim, const f
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) part[warp] = s;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
-        inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
-    }
-    __syncthreads();
-    const float inv = inv_s;
-    for (int b = warp; b < nblk; b += GEMV_WARPS) {
-        const int n = dim - 256 * b;
+    double t = 0.0;
+#pragma unroll
+    for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
+    const float inv = (float)(1.0 / sqrt(t / cols + (double)eps));
+    for (int k = 0; k < nk; k++) {
+        const int b = k < nbs ? kb0 + k : nb, n = cols - 256 * b;
         float v[8], g[8];
         load8<true>(x, b, n, lane, v);
         load8<false>(w, b, n, lane, g);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            v[i] = v[i] * inv * g[i];
-            if (8 * lane + i < n) out[256 * b + 8 * lane + i] = v[i];
-        }
-        quant_x_vals(v, b, lane, xq, cap);
+        for (int i = 0; i < 8; i++) v[i] = v[i] * inv * g[i];
+        quant_x_vals(v, b, lane, sxq, SXQ_CAP);
     }
-    if (threadIdx.x == 0) *count = 0;
+    __syncwarp();
 }
 
 // the 256-blocks of one x row (the last one possibly partial), one warp per block
@@ -855,8 +842,11 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = M == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
-    const int cap = job.xq_cap;
-    const uint8_t* xq = (const uint8_t*)job.xq;
+    __shared__ __align__(16) uint8_t sxq[SXQ_BYTES];
+    __shared__ double part[GEMV_WARPS];
+    const bool normed = job.norm_w != 0;
+    const int cap = normed ? SXQ_CAP : job.xq_cap;
+    const uint8_t* xq = normed ? sxq : (const uint8_t*)job.xq;   // generic loads: shared or global
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
     const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
     // scale/min selection for sub-blocks 2c (low nibbles) and 2c+1 (high nibbles), as dot_q4k_g8
@@ -878,6 +868,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     const uint8_t *p0 = nullptr, *p1 = nullptr;
     if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
     pdl_wait();
+    if (normed) norm_quant_slice((const float*)job.norm_x, (const float*)job.norm_w, job.norm_eps, cols, kb0, nbs, sxq, part);
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
@@ -894,10 +885,10 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
             for (int k = 0; k < U; k++) {
                 if (b0 + k >= nbs) continue;
                 const int xb = kb0 + b0 + k;
-                const uint4 xl = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s));
-                const uint4 xh = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s));
-                const int2 bs = __ldg(reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2));
-                const float dx = __ldg(xd + xb);
+                const uint4 xl = *reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s);
+                const uint4 xh = *reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s);
+                const int2 bs = *reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2);
+                const float dx = xd[xb];
 #pragma unroll
                 for (int mm = 0; mm < M; mm++) {
                     const uint32_t y = hd[mm][k].y, z = hd[mm][k].z, w = hd[mm][k].w;
@@ -945,8 +936,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
         par ^= 1;
         p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
     }
-    if (M == 1 && job.norm_w) norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
-                                         (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q4Q_LOAD
 }
 
@@ -974,8 +963,11 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
-    const int cap = job.xq_cap;
-    const uint8_t* xq = (const uint8_t*)job.xq;
+    __shared__ __align__(16) uint8_t sxq[SXQ_BYTES];
+    __shared__ double part[GEMV_WARPS];
+    const bool normed = job.norm_w != 0;
+    const int cap = normed ? SXQ_CAP : job.xq_cap;
+    const uint8_t* xq = normed ? sxq : (const uint8_t*)job.xq;   // generic loads: shared or global
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
     const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
     const int qoff = 64 * n + 8 * p4, hoff = 128 + 32 * n + 8 * p4, soff = 192 + 8 * n, sb = p4 >> 1;
@@ -998,6 +990,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const uint16_t* dp = nullptr;
     if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
     pdl_wait();
+    if (normed) norm_quant_slice((const float*)job.norm_x, (const float*)job.norm_w, job.norm_eps, cols, kb0, nbs, sxq, part);
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
@@ -1018,8 +1011,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
 #pragma unroll
                 for (int qk = 0; qk < 4; qk++) {
                     const int seg = 2 * (2 * n + (qk >> 1)) + sb, hi = qk & 1;
-                    const uint2 xv = __ldg(reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1)));
-                    const int bs = __ldg(xbs + (xb * 8 + seg) * 2 + hi);
+                    const uint2 xv = *reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1));
+                    const int bs = xbs[(xb * 8 + seg) * 2 + hi];
                     const uint2 L = (qk & 1) ? qb[k] : qa[k];
                     const uint32_t h0 = qh[k].x, h1 = qh[k].y;
                     uint32_t w0, w1;
@@ -1032,7 +1025,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
                     const int dot = __dp4a((int)w0, (int)xv.x, __dp4a((int)w1, (int)xv.y, 0));
                     tot += scale * (dot - (even ? 32 * bs : 0));
                 }
-                acc += __fmul_rn(h2f(db[k]), __ldg(xd + xb)) * (float)tot;
+                acc += __fmul_rn(h2f(db[k]), xd[xb]) * (float)tot;
             }
 #pragma unroll
             for (int k = 0; k < U; k++) { qa[k] = na[k]; qb[k] = nbq[k]; qh[k] = nh[k]; sc[k] = ns[k]; db[k] = nd[k]; }
@@ -1053,8 +1046,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
         par ^= 1;
         p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
     }
-    if (job.norm_w) norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
-                                         (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q6Q_LOAD
 }
 
@@ -1339,7 +1330,7 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
                                                                  uint8_t* __restrict__ xq, int cap, unsigned int* counter) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
-    __shared__ __half kcur[256], vcur[256];
+    __shared__ __align__(16) __half kcur[256], vcur[256];
     __shared__ bool last;
     pdl_launch();
     pdl_wait();
@@ -1396,18 +1387,45 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
         M = Mn;
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[e] *= corr;
-#pragma unroll 4
-        for (int jj = warp; jj < n; jj += AD_WARPS) {
-            const int j = t0 + jj;
-            const float p = sc[jj];
-            const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+        if (D == 128) {   // lane: dims 4 lane..+3 (8-byte loads), 8 positions' loads in flight per warp
+            for (int j0 = warp; j0 < n; j0 += 8 * AD_WARPS) {
+                uint2 vv[8];
+                float pp[8];
 #pragma unroll
-            for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) acc[e] += p * __half2float(vr[i]); }
+                for (int u = 0; u < 8; u++) {
+                    const int jj = j0 + u * AD_WARPS, j = t0 + jj;
+                    pp[u] = 0.f; vv[u] = make_uint2(0, 0);
+                    if (jj < n) {
+                        pp[u] = sc[jj];
+                        const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+                        vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    acc[0] += pp[u] * h2f(vv[u].x); acc[1] += pp[u] * h2f(vv[u].x >> 16);
+                    acc[2] += pp[u] * h2f(vv[u].y); acc[3] += pp[u] * h2f(vv[u].y >> 16);
+                }
+            }
+        } else {
+#pragma unroll 4
+            for (int jj = warp; jj < n; jj += AD_WARPS) {
+                const int j = t0 + jj;
+                const float p = sc[jj];
+                const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+#pragma unroll
+                for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) acc[e] += p * __half2float(vr[i]); }
+            }
         }
         __syncthreads();   // sc is rewritten by the next tile
     }
+    if (D == 128) {
 #pragma unroll
-    for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) red[warp][i] = acc[e]; }
+        for (int e = 0; e < 4; e++) red[warp][4 * lane + e] = acc[e];
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) red[warp][i] = acc[e]; }
+    }
     __syncthreads();
     for (int i = tid; i < D; i += AD_THREADS) {
         float o = 0.f;
@@ -1594,23 +1612,29 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
-// a residual GEMV (mode 1: y[0] += W x), then RMSNorm of y[0] with weights w into out (and, in
-// decode, its q8_K blocks into job.xq): one launch when the job is one dp4a decode kernel (its
-// last block does the norm), else lb_gemv + lb_rmsnorm. count: a zeroed device counter.
-LB_API int lb_gemv_norm(const lb_job* job_in, uint64_t x, int ldx, int ntok, uint64_t w, uint64_t out, float eps, uint64_t count) {
+// y = W RMSNorm(x) (w: the norm weights; out: the normalized rows, written when a separate
+// rmsnorm runs). One decode token whose matrices all take the dp4a kernels: no rmsnorm launch,
+// the GEMV blocks normalize x themselves; otherwise lb_rmsnorm (quantizing for decode) + lb_gemv.
+LB_API int lb_gemv_normed(const lb_job* job_in, uint64_t x, uint64_t w, uint64_t out, int dim, float eps, int ntok) {
     const lb_job& jb = *job_in;
-    const int t = jb.m[0].type, dim = jb.m[0].rows;
-    if (ntok == 1 && g_dp4a && jb.xq && count && jb.mode == 1 && jb.nmat == 1 && (t == T_Q4_K || (t == T_Q6_K && g_dp4a_q6k))
-        && (dim + 255) >> 8 <= jb.xq_cap && (jb.m[0].cols + 255) >> 8 <= jb.xq_cap) {
-        lb_job j = jb;
-        j.norm_w = w; j.norm_out = out; j.norm_eps = eps; j.norm_count = count;
-        bool quantized = false;
-        return launch_q8act(j, x, t, &quantized);
+    bool fuse = ntok == 1 && g_dp4a && jb.xq && jb.m[0].cols == dim && dim <= SXQ_CAP * 256;
+    for (int i = 0; fuse && i < jb.nmat; i++) {
+        const int t = jb.m[i].type;
+        fuse = jb.mode == 2 ? t == T_Q4_K && jb.m[i].cols == dim : t == T_Q4_K || (t == T_Q6_K && g_dp4a_q6k);
     }
-    int rc = lb_gemv(job_in, x, ldx, ntok);
-    if (rc) return rc;
+    if (fuse) {
+        lb_job j = jb;
+        j.norm_w = w; j.norm_x = x; j.norm_eps = eps; j.xq_ready = 1;
+        lb_job rest;
+        int rc = gemv_q8act(j, x, &rest);
+        if (rc) return rc;
+        if (rest.nmat) { snprintf(g_err, sizeof g_err, "lb_gemv_normed: a matrix left for the float path"); return -1; }
+        return 0;
+    }
     const bool q = ntok == 1 && jb.xq;
-    return lb_rmsnorm(jb.y[0], w, out, ntok, dim, eps, q ? jb.xq : 0, q ? jb.xq_cap : 0);
+    int rc = lb_rmsnorm(x, w, out, ntok, dim, eps, q ? jb.xq : 0, q ? jb.xq_cap : 0);
+    if (rc) return rc;
+    return lb_gemv(job_in, out, dim, ntok);
 }
 
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass

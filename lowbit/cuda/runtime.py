@@ -26,8 +26,7 @@ typedef struct {
     int32_t xq_cap;
     int32_t pad2;
     uint64_t norm_w;
-    uint64_t norm_out;
-    uint64_t norm_count;
+    uint64_t norm_x;
     float norm_eps;
     int32_t pad3;
 } lb_job;
@@ -46,7 +45,7 @@ int lb_sync(void);
 int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len);
 int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols);
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
-int lb_gemv_norm(const lb_job* job, uint64_t x, int ldx, int ntok, uint64_t w, uint64_t out, float eps, uint64_t count);
+int lb_gemv_normed(const lb_job* job, uint64_t x, uint64_t w, uint64_t out, int dim, float eps, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
 int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
