@@ -771,16 +771,34 @@ __device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint
 // row itself (the CPU's arithmetic: double sum of squares, 1/sqrt in double) and quantizes it into
 // shared memory (XQ layout, capacity SXQ_CAP blocks); warp w only the 256-blocks of its K slice,
 // which are the only ones it reads (warp 0 also the tail block), so one barrier (the sum of
-// squares) suffices. The norm runs while the block's first weight loads are in flight.
-constexpr int SXQ_CAP = 64, SXQ_BYTES = SXQ_CAP * (256 + 64 + 4);
-__device__ __forceinline__ void norm_quant_slice(const float* x, const float* w, float eps, int cols, int kb0, int nbs, uint8_t* sxq, double* part) {
+// squares) suffices. Lane l stages floats 8l..8l+7 of each of its blocks with cp.async (no
+// registers held): the norm weights before the wait for the previous kernel, x right after it;
+// all of it while the block's first weight loads are in flight. Rows up to SXQ_CAP blocks.
+constexpr int SXQ_CAP = 17, SXQ_BYTES = SXQ_CAP * (256 + 64 + 4);
+struct NormStage { float x[SXQ_CAP * 256], w[SXQ_CAP * 256]; };
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, int valid_floats, bool l2_only) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int nbytes = valid_floats <= 0 ? 0 : valid_floats >= 4 ? 16 : 4 * valid_floats;   // the rest is zero-filled
+    if (l2_only) asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(nbytes) : "memory");
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(nbytes) : "memory");
+}
+// stage floats 8 lane..+7 of the warp's blocks (its K slice, then the tail block on warp 0)
+__device__ __forceinline__ void norm_stage(const float* src, float* dst, int cols, int kb0, int nbs, bool l2_only) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nb = cols >> 8;
-    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);   // the tail block last
+    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);
+    for (int k = 0; k < nk; k++) {
+        const int b = k < nbs ? kb0 + k : nb, p = 256 * b + 8 * lane, n = cols - p;
+        cp_async16(dst + p, n > 0 ? src + p : src, n, l2_only);
+        cp_async16(dst + p + 4, n > 4 ? src + p + 4 : src, n - 4, l2_only);
+    }
+}
+__device__ __forceinline__ void norm_quant_slice(const NormStage& st, float eps, int cols, int kb0, int nbs, uint8_t* sxq, double* part) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nb = cols >> 8;
+    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);
+    asm volatile("cp.async.wait_all;\n" ::: "memory");   // this lane's own staged values
     double s = 0.0;
     for (int k = 0; k < nk; k++) {
-        const int b = k < nbs ? kb0 + k : nb;
-        float v[8];
-        load8<true>(x, b, cols - 256 * b, lane, v);
+        const float* v = st.x + 256 * (k < nbs ? kb0 + k : nb) + 8 * lane;
 #pragma unroll
         for (int i = 0; i < 8; i++) s += (double)v[i] * v[i];
     }
@@ -793,12 +811,10 @@ __device__ __forceinline__ void norm_quant_slice(const float* x, const float* w,
     for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
     const float inv = (float)(1.0 / sqrt(t / cols + (double)eps));
     for (int k = 0; k < nk; k++) {
-        const int b = k < nbs ? kb0 + k : nb, n = cols - 256 * b;
-        float v[8], g[8];
-        load8<true>(x, b, n, lane, v);
-        load8<false>(w, b, n, lane, g);
+        const int b = k < nbs ? kb0 + k : nb, o = 256 * b + 8 * lane;
+        float v[8];
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = v[i] * inv * g[i];
+        for (int i = 0; i < 8; i++) v[i] = st.x[o + i] * inv * st.w[o + i];
         quant_x_vals(v, b, lane, sxq, SXQ_CAP);
     }
     __syncwarp();
@@ -843,6 +859,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = M == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
     __shared__ __align__(16) uint8_t sxq[SXQ_BYTES];
+    __shared__ __align__(16) NormStage stage;
     __shared__ double part[GEMV_WARPS];
     const bool normed = job.norm_w != 0;
     const int cap = normed ? SXQ_CAP : job.xq_cap;
@@ -867,8 +884,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     int g = blockIdx.x, mi = 0, grow = 0;
     const uint8_t *p0 = nullptr, *p1 = nullptr;
     if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
+    if (normed) norm_stage((const float*)job.norm_w, stage.w, cols, kb0, nbs, false);   // constant: before the wait
     pdl_wait();
-    if (normed) norm_quant_slice((const float*)job.norm_x, (const float*)job.norm_w, job.norm_eps, cols, kb0, nbs, sxq, part);
+    if (normed) {
+        norm_stage((const float*)job.norm_x, stage.x, cols, kb0, nbs, true);
+        norm_quant_slice(stage, job.norm_eps, cols, kb0, nbs, sxq, part);
+    }
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
@@ -964,6 +985,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
     __shared__ __align__(16) uint8_t sxq[SXQ_BYTES];
+    __shared__ __align__(16) NormStage stage;
     __shared__ double part[GEMV_WARPS];
     const bool normed = job.norm_w != 0;
     const int cap = normed ? SXQ_CAP : job.xq_cap;
@@ -989,8 +1011,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const uint8_t* p0 = nullptr;
     const uint16_t* dp = nullptr;
     if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
+    if (normed) norm_stage((const float*)job.norm_w, stage.w, cols, kb0, nbs, false);   // constant: before the wait
     pdl_wait();
-    if (normed) norm_quant_slice((const float*)job.norm_x, (const float*)job.norm_w, job.norm_eps, cols, kb0, nbs, sxq, part);
+    if (normed) {
+        norm_stage((const float*)job.norm_x, stage.x, cols, kb0, nbs, true);
+        norm_quant_slice(stage, job.norm_eps, cols, kb0, nbs, sxq, part);
+    }
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
