@@ -51,15 +51,6 @@ def main():
     gemv("gate/up+swiglu", L["gu"], m.h, dim, L["gate"].nbytes + L["up"].nbytes)
     gemv("down (+residual)", L["dn"], m.g, c.intermediate_size, L["down"].nbytes)
     gemv("output", m.out_job, m.h, dim, m.output.nbytes)
-    for name, job, nb, nw in (("rmsnorm (in the GEMV blocks) + qkv", L["qkv"], L["wq"].nbytes + L["wk"].nbytes + L["wv"].nbytes, L["attn_norm"]),
-                              ("rmsnorm (in the GEMV blocks) + gate/up", L["gu"], L["gate"].nbytes + L["up"].nbytes, L["ffn_norm"])):
-        us = timed(rt, lambda: rt.check(lib.lb_gemv_normed(job, m.x, nw, m.h, dim, c.rms_norm_eps, 1, 0), name))
-        rows.append((name + f" [LOWBIT_CUDA_NORM={os.environ.get('LOWBIT_CUDA_NORM', 'last')}]", us, nb / us / 1e3))
-    done = rt.ffi.new("int*")
-    for name, job, x, ldx, nb, nw in (("wo + next rmsnorm", L["o"], m.att, m.qdim, L["wo"].nbytes, L["ffn_norm"]),
-                                      ("down + next rmsnorm", L["dn"], m.g, c.intermediate_size, L["down"].nbytes, L["attn_norm"])):
-        us = timed(rt, lambda: rt.check(lib.lb_gemv_norm(job, x, ldx, 1, nw, m.h, c.rms_norm_eps, m.norm_count, done), name))
-        rows.append((name + (" (by its last block)" if done[0] else " (not fused)"), us, nb / us / 1e3))
     if len(m.layers) > 1:   # q4_k_m: layer 1's v and down are q4_k where layer 0's are q6_k
         L1 = m.layers[1]
         gemv("layer 1 qkv", L1["qkv"], m.h, dim, L1["wq"].nbytes + L1["wk"].nbytes + L1["wv"].nbytes)

@@ -44,12 +44,6 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t pad2;
-    uint64_t norm_w;               // decode RMSNorm fused into a GEMV (weights; LOWBIT_CUDA_NORM picks how):
-    uint64_t norm_x;               //  "block": lb_gemv_normed, every block normalizes norm_x itself (shared memory)
-    uint64_t norm_out;             //  "last": lb_gemv_norm, the residual GEMV's last block normalizes y[0] into
-    uint64_t norm_count;           //  norm_out and xq (norm_count: a zeroed counter of finished blocks)
-    float norm_eps;
-    int32_t norm_last;             //  1: "last" (else "block")
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -66,7 +60,6 @@ static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PD
 static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
 static int g_sms = 132;
-static int g_norm = 2;          // decode RMSNorm: 0 own kernel, 1 in the consuming GEMV's blocks, 2 by the residual GEMV's last block (LOWBIT_CUDA_NORM=kernel|block|last)
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -770,125 +763,6 @@ __device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint
     }
 }
 
-// Decode GEMVs on RMSNorm(job.norm_x) * job.norm_w (lb_gemv_normed): every block normalizes the
-// row itself (the CPU's arithmetic: double sum of squares, 1/sqrt in double) and quantizes it into
-// shared memory (XQ layout, capacity SXQ_CAP blocks); warp w only the 256-blocks of its K slice,
-// which are the only ones it reads (warp 0 also the tail block), so one barrier (the sum of
-// squares) suffices. Lane l stages floats 8l..8l+7 of each of its blocks with cp.async (no
-// registers held): the norm weights before the wait for the previous kernel, x right after it;
-// all of it while the block's first weight loads are in flight. Rows up to SXQ_CAP blocks.
-constexpr int SXQ_CAP = 17, SXQ_BYTES = (SXQ_CAP * (256 + 64 + 4) + 15) / 16 * 16;
-struct NormStage { float x[SXQ_CAP * 256], w[SXQ_CAP * 256]; };
-constexpr int NORM_STAGE_BYTES = 2 * SXQ_CAP * 256 * 4;   // sizeof(NormStage)
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, int valid_floats, bool l2_only) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int nbytes = valid_floats <= 0 ? 0 : valid_floats >= 4 ? 16 : 4 * valid_floats;   // the rest is zero-filled
-    if (l2_only) asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(nbytes) : "memory");
-    else asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(nbytes) : "memory");
-}
-// stage floats 8 lane..+7 of the warp's blocks (its K slice, then the tail block on warp 0)
-__device__ __forceinline__ void norm_stage(const float* src, float* dst, int cols, int kb0, int nbs, bool l2_only) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nb = cols >> 8;
-    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);
-    for (int k = 0; k < nk; k++) {
-        const int b = k < nbs ? kb0 + k : nb, p = 256 * b + 8 * lane, n = cols - p;
-        cp_async16(dst + p, n > 0 ? src + p : src, n, l2_only);
-        cp_async16(dst + p + 4, n > 4 ? src + p + 4 : src, n - 4, l2_only);
-    }
-}
-__device__ __forceinline__ void norm_quant_slice(const NormStage& st, float eps, int cols, int kb0, int nbs, uint8_t* sxq, double* part) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nb = cols >> 8;
-    const int nk = nbs + (warp == 0 && (cols & 255) ? 1 : 0);
-    asm volatile("cp.async.wait_all;\n" ::: "memory");   // this lane's own staged values
-    double s = 0.0;
-    for (int k = 0; k < nk; k++) {
-        const float* v = st.x + 256 * (k < nbs ? kb0 + k : nb) + 8 * lane;
-#pragma unroll
-        for (int i = 0; i < 8; i++) s += (double)v[i] * v[i];
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) part[warp] = s;
-    __syncthreads();
-    double t = 0.0;
-#pragma unroll
-    for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
-    const float inv = (float)(1.0 / sqrt(t / cols + (double)eps));
-    for (int k = 0; k < nk; k++) {
-        const int b = k < nbs ? kb0 + k : nb, o = 256 * b + 8 * lane;
-        float v[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = st.x[o + i] * inv * st.w[o + i];
-        quant_x_vals(v, b, lane, sxq, SXQ_CAP);
-    }
-    __syncwarp();
-}
-
-// RMSNorm of the residual row the grid just finished (y[0]: dim values) by the grid's last block
-// (LOWBIT_CUDA_NORM=last): the CPU's arithmetic (as rmsnorm_kernel), the float row into out and
-// its q8_K blocks into xq for the next GEMVs: one launch less per norm. Warp w takes 256-blocks
-// w, w + 4, ... (lane l: floats 8l..8l+7 of each), rows of up to 16 blocks held in registers.
-__device__ __noinline__ void norm_by_last_block(const float* x, int dim, const float* w, float* out, float eps, uint8_t* xq, int cap,
-                                               unsigned int* count) {
-    __shared__ double part[GEMV_WARPS];
-    __shared__ bool last;
-    __threadfence();   // this block's stores of the residual, before it counts as done
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nblk = (dim + 255) >> 8;
-    constexpr int K = 4;   // blocks per warp per chunk
-    float v[K][8], g[K][8];
-    double s = 0.0;
-    for (int c0 = 0; c0 < nblk; c0 += K * GEMV_WARPS) {
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            const int b = c0 + warp + GEMV_WARPS * k;
-            if (b < nblk) { load8<true>(x, b, dim - 256 * b, lane, v[k]); load8<false>(w, b, dim - 256 * b, lane, g[k]); }
-            else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[k][i] = g[k][i] = 0.f;
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < K; k++)
-#pragma unroll
-            for (int i = 0; i < 8; i++) s += (double)v[k][i] * v[k][i];
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) part[warp] = s;
-    __syncthreads();
-    double t = 0.0;
-#pragma unroll
-    for (int i = 0; i < GEMV_WARPS; i++) t += part[i];
-    const float inv = (float)(1.0 / sqrt(t / dim + (double)eps));
-    const bool held = nblk <= K * GEMV_WARPS;   // one chunk: its values are still in registers
-    for (int c0 = 0; c0 < nblk; c0 += K * GEMV_WARPS) {
-        if (!held) {
-#pragma unroll
-            for (int k = 0; k < K; k++) {
-                const int b = c0 + warp + GEMV_WARPS * k;
-                if (b < nblk) { load8<true>(x, b, dim - 256 * b, lane, v[k]); load8<false>(w, b, dim - 256 * b, lane, g[k]); }
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            const int b = c0 + warp + GEMV_WARPS * k;
-            if (b >= nblk) continue;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                v[k][i] = v[k][i] * inv * g[k][i];
-                if (256 * b + 8 * lane + i < dim) out[256 * b + 8 * lane + i] = v[k][i];
-            }
-            quant_x_vals(v[k], b, lane, xq, cap);
-        }
-    }
-    if (threadIdx.x == 0) *count = 0;
-}
-
 // the 256-blocks of one x row (the last one possibly partial), one warp per block
 __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* __restrict__ xq, int cap) {
     pdl_launch();
@@ -927,13 +801,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = M == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
-    extern __shared__ __align__(16) uint8_t dsm[];   // in-block norm only (launched with SXQ_BYTES + NormStage)
-    uint8_t* sxq = dsm;
-    NormStage& stage = *reinterpret_cast<NormStage*>(dsm + SXQ_BYTES);
-    __shared__ double part[GEMV_WARPS];
-    const bool normed = job.norm_w != 0 && !job.norm_last;
-    const int cap = normed ? SXQ_CAP : job.xq_cap;
-    const uint8_t* xq = normed ? sxq : (const uint8_t*)job.xq;   // generic loads: shared or global
+    const int cap = job.xq_cap;
+    const uint8_t* xq = (const uint8_t*)job.xq;
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
     const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
     // scale/min selection for sub-blocks 2c (low nibbles) and 2c+1 (high nibbles), as dot_q4k_g8
@@ -954,12 +823,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     int g = blockIdx.x, mi = 0, grow = 0;
     const uint8_t *p0 = nullptr, *p1 = nullptr;
     if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
-    if (normed) norm_stage((const float*)job.norm_w, stage.w, cols, kb0, nbs, false);   // constant: before the wait
     pdl_wait();
-    if (normed) {
-        norm_stage((const float*)job.norm_x, stage.x, cols, kb0, nbs, true);
-        norm_quant_slice(stage, job.norm_eps, cols, kb0, nbs, sxq, part);
-    }
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
@@ -976,10 +840,10 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
             for (int k = 0; k < U; k++) {
                 if (b0 + k >= nbs) continue;
                 const int xb = kb0 + b0 + k;
-                const uint4 xl = *reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s);
-                const uint4 xh = *reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s);
-                const int2 bs = *reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2);
-                const float dx = xd[xb];
+                const uint4 xl = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s));
+                const uint4 xh = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s));
+                const int2 bs = __ldg(reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2));
+                const float dx = __ldg(xd + xb);
 #pragma unroll
                 for (int mm = 0; mm < M; mm++) {
                     const uint32_t y = hd[mm][k].y, z = hd[mm][k].z, w = hd[mm][k].w;
@@ -1027,9 +891,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
         par ^= 1;
         p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
     }
-    if (M == 1 && job.norm_w && job.norm_last)
-        norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
-                           (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q4Q_LOAD
 }
 
@@ -1057,13 +918,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
     const int total = job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
-    extern __shared__ __align__(16) uint8_t dsm[];   // in-block norm only (launched with SXQ_BYTES + NormStage)
-    uint8_t* sxq = dsm;
-    NormStage& stage = *reinterpret_cast<NormStage*>(dsm + SXQ_BYTES);
-    __shared__ double part[GEMV_WARPS];
-    const bool normed = job.norm_w != 0 && !job.norm_last;
-    const int cap = normed ? SXQ_CAP : job.xq_cap;
-    const uint8_t* xq = normed ? sxq : (const uint8_t*)job.xq;   // generic loads: shared or global
+    const int cap = job.xq_cap;
+    const uint8_t* xq = (const uint8_t*)job.xq;
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
     const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
     const int qoff = 64 * n + 8 * p4, hoff = 128 + 32 * n + 8 * p4, soff = 192 + 8 * n, sb = p4 >> 1;
@@ -1085,12 +941,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
     const uint8_t* p0 = nullptr;
     const uint16_t* dp = nullptr;
     if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
-    if (normed) norm_stage((const float*)job.norm_w, stage.w, cols, kb0, nbs, false);   // constant: before the wait
     pdl_wait();
-    if (normed) {
-        norm_stage((const float*)job.norm_x, stage.x, cols, kb0, nbs, true);
-        norm_quant_slice(stage, job.norm_eps, cols, kb0, nbs, sxq, part);
-    }
     int par = 0;
     for (; g < total; g += gridDim.x) {
         const int gn = g + gridDim.x;
@@ -1111,8 +962,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
 #pragma unroll
                 for (int qk = 0; qk < 4; qk++) {
                     const int seg = 2 * (2 * n + (qk >> 1)) + sb, hi = qk & 1;
-                    const uint2 xv = *reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1));
-                    const int bs = xbs[(xb * 8 + seg) * 2 + hi];
+                    const uint2 xv = __ldg(reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1)));
+                    const int bs = __ldg(xbs + (xb * 8 + seg) * 2 + hi);
                     const uint2 L = (qk & 1) ? qb[k] : qa[k];
                     const uint32_t h0 = qh[k].x, h1 = qh[k].y;
                     uint32_t w0, w1;
@@ -1125,7 +976,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
                     const int dot = __dp4a((int)w0, (int)xv.x, __dp4a((int)w1, (int)xv.y, 0));
                     tot += scale * (dot - (even ? 32 * bs : 0));
                 }
-                acc += __fmul_rn(h2f(db[k]), xd[xb]) * (float)tot;
+                acc += __fmul_rn(h2f(db[k]), __ldg(xd + xb)) * (float)tot;
             }
 #pragma unroll
             for (int k = 0; k < U; k++) { qa[k] = na[k]; qb[k] = nbq[k]; qh[k] = nh[k]; sc[k] = ns[k]; db[k] = nd[k]; }
@@ -1146,9 +997,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
         par ^= 1;
         p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
     }
-    if (job.norm_w && job.norm_last)
-        norm_by_last_block((const float*)job.y[0], job.m[0].rows, (const float*)job.norm_w, (float*)job.norm_out, job.norm_eps,
-                           (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.norm_count);
 #undef Q6Q_LOAD
 }
 
@@ -1597,8 +1445,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     e = getenv("LOWBIT_CUDA_DP4A");
     g_dp4a = !(e && e[0] == '0');   // LOWBIT_CUDA_DP4A=0: q4_k/q6_k decode on float activations (A/B)
-    e = getenv("LOWBIT_CUDA_NORM");
-    if (e) g_norm = !strcmp(e, "kernel") ? 0 : !strcmp(e, "block") ? 1 : 2;
     e = getenv("LOWBIT_CUDA_DP4A_Q6K");
     g_dp4a_q6k = !(e && e[0] == '0');
     return 0;
@@ -1688,10 +1534,9 @@ static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
     // as many groups per block as makes ~4 blocks per SM, then blocks so every block has that many
     const int per = (groups + 4 * g_sms - 1) / (4 * g_sms), blocks = (groups + per - 1) / per;
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    const size_t smem = j.norm_w && !j.norm_last ? SXQ_BYTES + NORM_STAGE_BYTES : 0;
-    cudaError_t r = type == T_Q6_K ? launch_smem(gemv_q6k_q8_kernel, grid, block, smem, j, (const float*)x)
-                  : j.mode == 2 ? launch_smem(gemv_q4k_q8_kernel<2>, grid, block, smem, j, (const float*)x)
-                                : launch_smem(gemv_q4k_q8_kernel<1>, grid, block, smem, j, (const float*)x);
+    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)x)
+                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)x)
+                                : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)x);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
     CKL("gemv q8-activation kernel");
     return 0;
@@ -1715,55 +1560,6 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized); if (rc) return rc; }
     return 0;
-}
-
-LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
-LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok);
-
-// y = W RMSNorm(x) (w: the norm weights; out: the normalized rows, written when a separate
-// rmsnorm runs). One decode token whose matrices all take the dp4a kernels: no rmsnorm launch,
-// the GEMV blocks normalize x themselves; otherwise lb_rmsnorm (quantizing for decode) + lb_gemv.
-// done: the residual GEMV before already normalized x into out and xq (lb_gemv_norm said so).
-LB_API int lb_gemv_normed(const lb_job* job_in, uint64_t x, uint64_t w, uint64_t out, int dim, float eps, int ntok, int done) {
-    const lb_job& jb = *job_in;
-    if (done) return lb_gemv(job_in, out, dim, ntok);
-    bool fuse = g_norm == 1 && ntok == 1 && g_dp4a && jb.xq && jb.m[0].cols == dim && dim <= SXQ_CAP * 256;
-    for (int i = 0; fuse && i < jb.nmat; i++) {
-        const int t = jb.m[i].type;
-        fuse = jb.mode == 2 ? t == T_Q4_K && jb.m[i].cols == dim : t == T_Q4_K || (t == T_Q6_K && g_dp4a_q6k);
-    }
-    if (fuse) {
-        lb_job j = jb;
-        j.norm_w = w; j.norm_x = x; j.norm_eps = eps; j.xq_ready = 1; j.norm_last = 0;
-        lb_job rest;
-        int rc = gemv_q8act(j, x, &rest);
-        if (rc) return rc;
-        if (rest.nmat) { snprintf(g_err, sizeof g_err, "lb_gemv_normed: a matrix left for the float path"); return -1; }
-        return 0;
-    }
-    const bool q = ntok == 1 && jb.xq;
-    int rc = lb_rmsnorm(x, w, out, ntok, dim, eps, q ? jb.xq : 0, q ? jb.xq_cap : 0);
-    if (rc) return rc;
-    return lb_gemv(job_in, out, dim, ntok);
-}
-
-// a residual GEMV (mode 1: y[0] += W x) whose last block then normalizes y[0] (weights w) into out
-// and xq for the next GEMVs (LOWBIT_CUDA_NORM=last, one decode token, a job that is one dp4a
-// launch); *done tells the caller whether it did (else the norm is still to do: lb_gemv_normed).
-LB_API int lb_gemv_norm(const lb_job* job_in, uint64_t x, int ldx, int ntok, uint64_t w, uint64_t out, float eps, uint64_t count, int* done) {
-    const lb_job& jb = *job_in;
-    const int t = jb.m[0].type, dim = jb.m[0].rows;
-    *done = 0;
-    if (g_norm == 2 && ntok == 1 && g_dp4a && jb.xq && count && jb.mode == 1 && jb.nmat == 1 && (t == T_Q4_K || (t == T_Q6_K && g_dp4a_q6k))
-        && (dim + 255) >> 8 <= jb.xq_cap && (jb.m[0].cols + 255) >> 8 <= jb.xq_cap) {
-        lb_job j = jb;
-        j.norm_w = w; j.norm_out = out; j.norm_eps = eps; j.norm_count = count; j.norm_last = 1;
-        bool quantized = false;
-        int rc = launch_q8act(j, x, t, &quantized);
-        if (rc == 0) *done = 1;
-        return rc;
-    }
-    return lb_gemv(job_in, x, ldx, ntok);
 }
 
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass

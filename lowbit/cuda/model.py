@@ -153,9 +153,7 @@ class CudaTransformer:
         self.argmax_state = self.alloc(16)
         rt.call("lb_memset", self.argmax_state, 0, 16)
         self.att_count = self.alloc(16)   # decode attention: blocks done (the last one quantizes for wo)
-        self.norm_count = self.alloc(16)  # residual GEMVs: blocks done (the last one does the next RMSNorm)
         rt.call("lb_memset", self.att_count, 0, 16)
-        rt.call("lb_memset", self.norm_count, 0, 16)
         hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
         rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
         self.next_host_ptr, self.next_dev = hp[0], dp[0]
@@ -252,32 +250,28 @@ class CudaTransformer:
         chk = self.rt.check
         ids, pos = self.io + 4, self.io
         chk(lib.lb_embed(self.embed.mat, ids, n, self.x), "embed")
-        eps, done = c.rms_norm_eps, self.rt.ffi.new("int*")
-        # each RMSNorm: done by the residual GEMV before it (lb_gemv_norm sets done[0]), else by
-        # lb_gemv_normed (in decode inside the consuming GEMV's blocks, or its own kernel)
-        done[0] = 0
+        eps = c.rms_norm_eps
+        xq, cap = (self.xq, self.xq_cap) if n == 1 else (0, 0)   # decode: norms also quantize their output
         for li, L in enumerate(self.layers):
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
-            chk(lib.lb_gemv_normed(L["qkv"], self.x, L["attn_norm"], self.h, dim, eps, n, done[0]), "rmsnorm + gemv qkv")
+            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
+            chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
             if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
                                           self.xq, self.xq_cap, self.att_count), "attention")
             else:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
-            chk(lib.lb_gemv_norm(L["o"], self.att, self.qdim, n, L["ffn_norm"], self.h, eps, self.norm_count, done), "gemv o")
-            chk(lib.lb_gemv_normed(L["gu"], self.x, L["ffn_norm"], self.h, dim, eps, n, done[0]), "rmsnorm + gemv gate/up")
-            nw = self.layers[li + 1]["attn_norm"] if li + 1 < len(self.layers) else self.output_norm
-            if li + 1 == len(self.layers) and (n_logits == 0 or n_logits != n):
-                chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")   # the output norm is on other rows
-                done[0] = 0
-            else:
-                chk(lib.lb_gemv_norm(L["dn"], self.g, c.intermediate_size, n, nw, self.h, eps, self.norm_count, done), "gemv down")
+            chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
+            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
+            chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")
+            chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")
         if n_logits == 0:
             return
         first = n - n_logits
-        chk(lib.lb_gemv_normed(self.out_job, self.x + first * dim * 4, self.output_norm, self.h, dim, eps, n_logits, done[0]),
-            "rmsnorm + gemv output")
+        oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
+        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, eps, oq, ocap), "rmsnorm")
+        chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
 
     def _capture(self, cache, greedy):
         """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the
