@@ -44,6 +44,8 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t pad2;
+    uint64_t yq;                   // decode, mode 2: also quantize y0 (XQ layout, capacity xq_cap) for the next GEMV,
+    uint64_t yq_count;             // each 256-block by the warp that completes it (yq_count: zeroed counter per block)
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -60,6 +62,7 @@ static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PD
 static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
 static int g_sms = 132;
+static uint64_t g_yq_done = 0;  // the XQ buffer the previous lb_gemv call's kernel quantized its output into (job.yq), else 0
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -888,6 +891,18 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
             for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][M - 1]; }
             gemv_store(job, mi, grow + lane, 0, sa, M == 2 ? sb : 0.f);
         }
+        if (M == 2 && job.yq && warp == 0) {   // the down GEMV's input, quantized as its 256-blocks complete
+            const int rb = grow >> 8, rows = job.m[0].rows, need = (min(256, rows - 256 * rb) + 3) >> 2;
+            __threadfence();   // lanes 0-3 stored their rows
+            unsigned int old = 0;
+            if (lane == 0) old = atomicAdd((unsigned int*)job.yq_count + rb, 1u);
+            old = __shfl_sync(0xffffffffu, old, 0);
+            if (old == (unsigned int)need - 1) {
+                __threadfence();
+                quant_x_block<true>((const float*)job.y[0], rb, rows - 256 * rb, lane, (uint8_t*)job.yq, job.xq_cap);
+                if (lane == 0) ((unsigned int*)job.yq_count)[rb] = 0;
+            }
+        }
         par ^= 1;
         p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
     }
@@ -1040,46 +1055,66 @@ __global__ void dequant_kernel(const lb_mat m, float* __restrict__ out) {
     for (int c = threadIdx.x; c < m.cols; c += blockDim.x) out[(size_t)row * m.cols + c] = dequant_one(m, row, c);
 }
 
-// one row per block of 1024 threads: the row is read once into registers (dim <= 16384), one
-// block reduction, then written (a decode step's norm is latency-bound: one pass, wide block)
-constexpr int NORM_THREADS = 1024, NORM_PER = 16;
-// xq != 0 (one decode token, dim <= 256 * cap): the normalized row is also quantized to XQ for
-// the q4_k/q6_k GEMVs that read it (read back after the block's barrier; a tail block zero-padded)
+// One row per block of 1024 threads, in registers: warp w holds the row's 256-blocks w and w + 32
+// (lane l: floats 8l..8l+7 of each, dim <= 16384), so the quantization for the decode GEMVs
+// (xq != 0) works on the values in registers, without reading the output back. The norm weights
+// are loaded before the wait for the previous kernel. The CPU runtime's arithmetic: the sum of
+// squares in double, 1/sqrt(ss/dim + eps) in double rounded to float, then x * inv * w in float.
+constexpr int NORM_THREADS = 1024, NORM_R = 2, NORM_MAX = NORM_THREADS / 32 * 256 * NORM_R;
+__device__ __forceinline__ void norm_load8(const float* p, int n, bool vec, float* v) {   // p[0..7], 0 past n
+    if (vec && n >= 8) {
+        const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = i < n ? p[i] : 0.f;
+    }
+}
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim, float eps,
                                                                uint8_t* __restrict__ xq, int cap) {
-    __shared__ double part[32];
-    __shared__ float inv_s;
+    __shared__ double part[NORM_THREADS / 32];
     pdl_launch();
-    pdl_wait();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nblk = (dim + 255) >> 8;
+    const bool vec = (dim & 3) == 0;   // rows 16-byte aligned
     const float* xr = x + (size_t)blockIdx.x * dim;
-    float v[NORM_PER];
-    double s = 0.0;   // the CPU's arithmetic: sum of squares in double, 1/sqrt in double, then float
+    float* orow = out + (size_t)blockIdx.x * dim;
+    float v[NORM_R][8], g[NORM_R][8];
 #pragma unroll
-    for (int k = 0; k < NORM_PER; k++) {
-        int i = threadIdx.x + k * NORM_THREADS;
-        v[k] = i < dim ? xr[i] : 0.f;
-        s += (double)v[k] * v[k];
+    for (int r = 0; r < NORM_R; r++) {
+        const int o = 256 * (warp + 32 * r) + 8 * lane;
+        norm_load8(w + o, dim - o, vec, g[r]);
+    }
+    pdl_wait();
+    double s = 0.0;
+#pragma unroll
+    for (int r = 0; r < NORM_R; r++) {
+        const int o = 256 * (warp + 32 * r) + 8 * lane;
+        norm_load8(xr + o, dim - o, vec, v[r]);
+#pragma unroll
+        for (int i = 0; i < 8; i++) s += (double)v[r][i] * v[r][i];
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    if (lane == 0) part[warp] = s;
     __syncthreads();
-    if (threadIdx.x < 32) {
-        double t = part[threadIdx.x];
+    double t = 0.0;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (threadIdx.x == 0) inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
-    }
-    __syncthreads();
-    const float inv = inv_s;
+    for (int i = 0; i < NORM_THREADS / 32; i++) t += part[i];
+    const float inv = (float)(1.0 / sqrt(t / dim + (double)eps));
 #pragma unroll
-    for (int k = 0; k < NORM_PER; k++) {
-        int i = threadIdx.x + k * NORM_THREADS;
-        if (i < dim) out[(size_t)blockIdx.x * dim + i] = v[k] * inv * w[i];
-    }
-    if (xq) {
-        __syncthreads();
-        for (int b = threadIdx.x >> 5; b < (dim + 255) >> 8; b += NORM_THREADS / 32) quant_x_block(out, b, dim - 256 * b, threadIdx.x & 31, xq, cap);
+    for (int r = 0; r < NORM_R; r++) {
+        const int b = warp + 32 * r, o = 256 * b + 8 * lane;
+        if (b >= nblk) continue;   // (warp-uniform)
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[r][i] = v[r][i] * inv * g[r][i];
+        if (vec && dim - o >= 8) {
+            *reinterpret_cast<float4*>(orow + o) = make_float4(v[r][0], v[r][1], v[r][2], v[r][3]);
+            *reinterpret_cast<float4*>(orow + o + 4) = make_float4(v[r][4], v[r][5], v[r][6], v[r][7]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) if (o + i < dim) orow[o + i] = v[r][i];
+        }
+        if (xq) quant_x_vals(v[r], b, lane, xq, cap);
     }
 }
 
@@ -1519,11 +1554,11 @@ static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
 // one decode token: the q4_k and q6_k matrices of a job against q8_K activations (quantized here
 // unless job.xq_ready), one launch per type; returns the job of the other matrices in *rest
-static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
+static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized, uint64_t yq_done) {
     const int cols = j.m[0].cols;
     const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
     if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
-    if (!j.xq_ready && !*quantized) {
+    if (!j.xq_ready && !*quantized && j.xq != yq_done) {
         cudaError_t r = launch(quant_x_kernel, dim3((nbx + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
@@ -1542,14 +1577,19 @@ static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
     return 0;
 }
 
-static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
+static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest, uint64_t yq_done) {
     lb_job j4 = job, j6 = job;
     *rest = job;
     rest->nmat = j4.nmat = j6.nmat = 0;
+    j6.yq = 0;
     bool quantized = false;
     if (job.mode == 2) {
-        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
+        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols || (job.m[0].rows + 255) >> 8 > job.xq_cap) {
+            *rest = job;
+            return 0;
+        }
         j4.nmat = 2;
+        if (job.yq) g_yq_done = job.yq;   // the next lb_gemv may read it as its quantized input
     } else {
         for (int i = 0; i < job.nmat; i++) {
             const int t = job.m[i].type;
@@ -1557,16 +1597,19 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
-    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized); if (rc) return rc; }
-    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized); if (rc) return rc; }
+    if (job.mode != 2) j4.yq = 0;
+    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized, yq_done); if (rc) return rc; }
+    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized, yq_done); if (rc) return rc; }
     return 0;
 }
 
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
+    const uint64_t yq_done = g_yq_done;   // set by the previous call only
+    g_yq_done = 0;
     if (ntok == 1 && g_dp4a && job_in->xq) {
         lb_job rest;
-        int rc = gemv_q8act(*job_in, x, &rest);
+        int rc = gemv_q8act(*job_in, x, &rest, yq_done);
         if (rc) return rc;
         return rest.nmat ? gemv_float(&rest, x, ldx, ntok) : 0;
     }
@@ -1639,7 +1682,7 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
 }
 
 LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
-    if (dim > NORM_THREADS * NORM_PER) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_THREADS * NORM_PER); return -1; }
+    if (dim > NORM_MAX) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_MAX); return -1; }
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
     cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps,
