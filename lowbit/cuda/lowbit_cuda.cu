@@ -44,8 +44,6 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t pad2;
-    uint64_t yq;                   // decode, mode 2: also quantize y0 (XQ layout, capacity xq_cap) for the next GEMV,
-    uint64_t yq_count;             // each 256-block by the warp that completes it (yq_count: zeroed counter per block)
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -62,7 +60,7 @@ static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PD
 static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
 static int g_sms = 132;
-static uint64_t g_yq_done = 0;  // the XQ buffer the previous lb_gemv call's kernel quantized its output into (job.yq), else 0
+static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (LOWBIT_CUDA_BPSM, 1..8)
 static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -891,18 +889,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
             for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][M - 1]; }
             gemv_store(job, mi, grow + lane, 0, sa, M == 2 ? sb : 0.f);
         }
-        if (M == 2 && job.yq && warp == 0) {   // the down GEMV's input, quantized as its 256-blocks complete
-            const int rb = grow >> 8, rows = job.m[0].rows, need = (min(256, rows - 256 * rb) + 3) >> 2;
-            __threadfence();   // lanes 0-3 stored their rows
-            unsigned int old = 0;
-            if (lane == 0) old = atomicAdd((unsigned int*)job.yq_count + rb, 1u);
-            old = __shfl_sync(0xffffffffu, old, 0);
-            if (old == (unsigned int)need - 1) {
-                __threadfence();
-                quant_x_block<true>((const float*)job.y[0], rb, rows - 256 * rb, lane, (uint8_t*)job.yq, job.xq_cap);
-                if (lane == 0) ((unsigned int*)job.yq_count)[rb] = 0;
-            }
-        }
         par ^= 1;
         p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
     }
@@ -1480,6 +1466,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     e = getenv("LOWBIT_CUDA_DP4A");
     g_dp4a = !(e && e[0] == '0');   // LOWBIT_CUDA_DP4A=0: q4_k/q6_k decode on float activations (A/B)
+    e = getenv("LOWBIT_CUDA_BPSM");
+    if (e && atoi(e) >= 1 && atoi(e) <= 8) g_bpsm = atoi(e);
     e = getenv("LOWBIT_CUDA_DP4A_Q6K");
     g_dp4a_q6k = !(e && e[0] == '0');
     return 0;
@@ -1554,11 +1542,11 @@ static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
 // one decode token: the q4_k and q6_k matrices of a job against q8_K activations (quantized here
 // unless job.xq_ready), one launch per type; returns the job of the other matrices in *rest
-static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized, uint64_t yq_done) {
+static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
     const int cols = j.m[0].cols;
     const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
     if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
-    if (!j.xq_ready && !*quantized && j.xq != yq_done) {
+    if (!j.xq_ready && !*quantized) {
         cudaError_t r = launch(quant_x_kernel, dim3((nbx + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
@@ -1566,8 +1554,8 @@ static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized, uint64_
     }
     int groups = 0;
     for (int i = 0; i < 3; i++) { j.wcnt[i] = i < (j.mode == 2 ? 1 : j.nmat) ? (j.m[i].rows + 3) / 4 : 0; groups += j.wcnt[i]; }
-    // as many groups per block as makes ~4 blocks per SM, then blocks so every block has that many
-    const int per = (groups + 4 * g_sms - 1) / (4 * g_sms), blocks = (groups + per - 1) / per;
+    // as many groups per block as makes ~g_bpsm blocks per SM, then blocks so every block has that many
+    const int per = (groups + g_bpsm * g_sms - 1) / (g_bpsm * g_sms), blocks = (groups + per - 1) / per;
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
     cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)x)
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)x)
@@ -1577,19 +1565,14 @@ static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized, uint64_
     return 0;
 }
 
-static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest, uint64_t yq_done) {
+static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     lb_job j4 = job, j6 = job;
     *rest = job;
     rest->nmat = j4.nmat = j6.nmat = 0;
-    j6.yq = 0;
     bool quantized = false;
     if (job.mode == 2) {
-        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols || (job.m[0].rows + 255) >> 8 > job.xq_cap) {
-            *rest = job;
-            return 0;
-        }
+        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
         j4.nmat = 2;
-        if (job.yq) g_yq_done = job.yq;   // the next lb_gemv may read it as its quantized input
     } else {
         for (int i = 0; i < job.nmat; i++) {
             const int t = job.m[i].type;
@@ -1597,19 +1580,16 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest, uint64_t yq_d
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
-    if (job.mode != 2) j4.yq = 0;
-    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized, yq_done); if (rc) return rc; }
-    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized, yq_done); if (rc) return rc; }
+    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized); if (rc) return rc; }
+    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized); if (rc) return rc; }
     return 0;
 }
 
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
-    const uint64_t yq_done = g_yq_done;   // set by the previous call only
-    g_yq_done = 0;
     if (ntok == 1 && g_dp4a && job_in->xq) {
         lb_job rest;
-        int rc = gemv_q8act(*job_in, x, &rest, yq_done);
+        int rc = gemv_q8act(*job_in, x, &rest);
         if (rc) return rc;
         return rest.nmat ? gemv_float(&rest, x, ldx, ntok) : 0;
     }

@@ -142,10 +142,6 @@ class CudaTransformer:
         # lowbit_cuda.cu: 256 quant bytes + 16 int sums + a float scale per 256-block)
         self.xq_cap = max(dim, self.qdim, ffn) // 256 + 1
         self.xq = self.alloc(self.xq_cap * (256 + 64 + 4))
-        # the down GEMV's input, quantized by the gate/up kernel as its 256-blocks complete (counters per block)
-        self.xq2 = self.alloc(self.xq_cap * (256 + 64 + 4))
-        self.yq_count = self.alloc(self.xq_cap * 4)
-        rt.call("lb_memset", self.yq_count, 0, self.xq_cap * 4)
         self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels
         self.staging_ptr = self._host_alloc((P + 1) * 4)
         self.staging = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.staging_ptr), (P + 1) * 4), np.int32)
@@ -232,7 +228,6 @@ class CudaTransformer:
             j.y[i], j.ldy[i] = y, ld
         j.nmat, j.mode = len(mats), mode
         j.xq, j.xq_cap, j.xq_ready = self.xq, self.xq_cap, int(xq_ready)
-        j.yq = j.yq_count = 0
         return j
 
     def _jobs(self):
@@ -241,9 +236,7 @@ class CudaTransformer:
             L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0, True)
             L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1, True)   # decode: attention quantized it
             L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2, True)
-            L["gu"].yq, L["gu"].yq_count = self.xq2, self.yq_count
             L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1, False)
-            L["dn"].xq = self.xq2   # quantized by the gate/up kernel when it ran the dp4a path (else by lb_gemv)
         self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0, True)
 
     # ---------------------------------------------------------------- forward

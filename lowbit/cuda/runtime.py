@@ -25,8 +25,6 @@ typedef struct {
     uint64_t xq;
     int32_t xq_cap;
     int32_t pad2;
-    uint64_t yq;
-    uint64_t yq_count;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
