@@ -43,10 +43,11 @@ def plain_table(ck, names):
             print(f"| {n} {list(w.shape)} | {t} | {e[0]:.4f} | {e[1]:.4f} | {100 * (1 - e[1] / e[0]):.1f}% |", flush=True)
 
 
-def mix_table(ck, qtype, mix, imatrix_path, row_step):
+def mix_table(ck, qtype, mix, imatrix_path, row_step, eval_imatrix_path=None):
     from converters.recipes import assign_types
     from lowbit import imatrix as imx
     ims = imx.load(imatrix_path)
+    evs = imx.load(eval_imatrix_path) if eval_imatrix_path else ims
     shapes = {n: tuple(ck.names[n][0].shape(ck.names[n][1])) for n in ck.ordered_names()}
     types = assign_types(mix, shapes, ck.config.num_layers, ck.config.tie_word_embeddings)
     names = [n for n, t in types.items() if t == qtype]
@@ -55,8 +56,8 @@ def mix_table(ck, qtype, mix, imatrix_path, row_step):
     for wm in os.environ.get("WMODES", "").split(","):
         if wm:
             quantizers[f"w{wm}"] = kquants.make_quantizer(qtype, True, int(wm))
-    print(f"{len(names)} tensors of {qtype} in {mix}; rows 0::{row_step}; error weighted by the imatrix "
-          f"(uniform where it has no vector)\n")
+    print(f"{len(names)} tensors of {qtype} in {mix}; rows 0::{row_step}; error weighted by the "
+          f"{'--eval-imatrix' if eval_imatrix_path else 'imatrix'} (uniform where it has no vector)\n")
     print("| tensor | " + " | ".join(f"{k} | {k} +im" for k in quantizers) + " |")
     print("|---" * (1 + 2 * len(quantizers)) + "|")
     tot = np.zeros(2 * len(quantizers))
@@ -64,7 +65,7 @@ def mix_table(ck, qtype, mix, imatrix_path, row_step):
     times = np.zeros(2 * len(quantizers))
     for n in names:
         w = np.ascontiguousarray(ck.tensor(n)[::row_step])
-        im = ims.get(n)
+        im, ev = ims.get(n), evs.get(n)
         errs = []
         for k, (label, q) in enumerate(quantizers.items()):
             for j, v in enumerate((None, im)):
@@ -74,7 +75,7 @@ def mix_table(ck, qtype, mix, imatrix_path, row_step):
                 t = time.perf_counter()
                 raw = q(w, v)
                 times[2 * k + j] += time.perf_counter() - t
-                errs.append(rel_err(qt.dequantize(raw, w.shape), w, im))
+                errs.append(rel_err(qt.dequantize(raw, w.shape), w, ev))
         tot += np.nan_to_num(np.square(errs))
         cnt += ~np.isnan(errs)
         print(f"| {n} | " + " | ".join(f"{e:.5f}" for e in errs) + " |", flush=True)
@@ -90,13 +91,15 @@ def main():
     ap.add_argument("--type", help="measure every tensor of this type in --mix (needs --imatrix)")
     ap.add_argument("--mix", default="q3_k_m")
     ap.add_argument("--imatrix", help="importance matrix file of --model (tools/quality_table.py makes one)")
+    ap.add_argument("--eval-imatrix", help="weigh the errors by this importance matrix instead (one made from "
+                                           "the evaluation text: an estimate that does not favour --imatrix)")
     ap.add_argument("--row-step", type=int, default=4, help="use every Nth row of each tensor (speed)")
     a = ap.parse_args()
     ck = Checkpoint(os.path.join(SHARED, "models", a.model))
     if a.type:
         if not a.imatrix:
             ap.error("--type needs --imatrix")
-        mix_table(ck, a.type, a.mix, a.imatrix, a.row_step)
+        mix_table(ck, a.type, a.mix, a.imatrix, a.row_step, a.eval_imatrix)
     else:
         plain_table(ck, a.tensors or ["token_embd.weight", "blk.3.attn_v.weight", "blk.3.ffn_up.weight",
                                       "blk.3.ffn_down.weight"])

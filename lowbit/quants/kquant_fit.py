@@ -90,34 +90,9 @@ def fit_affine(x, w, lo, n, nmax, search):
 
 
 @njit(cache=True)
-def _sym_refine(x, w, lo, n, qmin, qmax, L, slx, sl2):
-    """Coordinate descent on the integer levels L[lo:lo+n] (signed) for the least-squares scale
-    slx / sl2: move one level at a time to the one nearest x / scale, kept if it raises
-    slx^2 / sl2 (= lowers the weighted error at the refitted scale). Returns (slx, sl2)."""
-    for _ in range(6):
-        changed = 0
-        for i in range(lo, lo + n):
-            if w[i] <= 0.0 or sl2 <= 0.0 or slx == 0.0:
-                continue
-            q = min(max(np.rint(x[i] * sl2 / slx), qmin), qmax)
-            if q == L[i]:
-                continue
-            nlx = slx + w[i] * x[i] * (q - L[i])
-            nl2 = sl2 + w[i] * (q * q - L[i] * L[i])
-            if nl2 > 0.0 and nlx * nlx * sl2 > slx * slx * nl2:
-                slx, sl2, L[i] = nlx, nl2, q
-                changed += 1
-        if changed == 0:
-            break
-    return slx, sl2
-
-
-@njit(cache=True)
-def fit_symmetric(x, w, lo, n, qmin, qmax, search, L):
-    """Signed scale s so that x ~ s * L with integer L in qmin..qmax (qmin = -qmax - 1). Plain:
-    the value of largest magnitude maps to qmin, the side with one more level. Searched: the
-    weighted least-squares scale of the best level assignment among a grid of inverse scales
-    (both signs), each refined by coordinate descent on the levels; L[lo:lo+n] is scratch."""
+def fit_symmetric(x, w, lo, n, qmin, qmax, search):
+    """Signed scale s so that x ~ s * L with integer L in qmin..qmax (qmin = -qmax - 1): the value
+    of largest magnitude maps near qmin, the side with one more level."""
     amax, maxv = 0.0, 0.0
     for i in range(lo, lo + n):
         if abs(x[i]) > amax:
@@ -128,24 +103,16 @@ def fit_symmetric(x, w, lo, n, qmin, qmax, search, L):
     if not search:
         return maxv / -nm
     best, best_s = -1.0, maxv / -nm
-    for side in range(2):
-        # side 0: the largest value near qmin; side 1: near qmax (the other sign of the scale)
-        top = nm if side == 0 else qmax
-        sign = -1.0 if side == 0 else 1.0
-        for k in range(-8, 9):
-            iscale = sign * (top + 0.1 * k) / maxv
-            slx, sl2 = 0.0, 0.0
-            for i in range(lo, lo + n):
-                q = min(max(np.rint(iscale * x[i]), qmin), qmax)
-                L[i] = q
-                slx += w[i] * q * x[i]
-                sl2 += w[i] * q * q
-            if sl2 <= 0.0:
-                continue
-            slx, sl2 = _sym_refine(x, w, lo, n, qmin, qmax, L, slx, sl2)
-            if sl2 > 0.0 and slx * slx > best * sl2:
-                best = slx * slx / sl2
-                best_s = slx / sl2
+    for k in range(-12, 13):
+        iscale = -(nm + 0.1 * k) / maxv
+        slx, sl2 = 0.0, 0.0
+        for i in range(lo, lo + n):
+            q = min(max(np.rint(iscale * x[i]), qmin), qmax)
+            slx += w[i] * q * x[i]
+            sl2 += w[i] * q * q
+        if sl2 > 0.0 and slx * slx > best * sl2:
+            best = slx * slx / sl2
+            best_s = slx / sl2
     return best_s
 
 
@@ -239,37 +206,21 @@ def fit_affine_block(x, w, nsub, S, nmax, scmax, search, sc, m, L, scales, mins)
 
 
 @njit(cache=True)
-def _sym_best_sc(x, w, lo, n, d, s, qmin, qmax, scmin, scmax):
-    """(error, sc) of the best integer sub-block scale near s / d, levels rounded at d * sc."""
-    r = _q_scale(s, d, scmin, scmax)
-    best, bs = np.inf, r
-    for a in range(max(r - 1, scmin), min(r + 1, scmax) + 1):
-        e = sub_err_sym(x, w, lo, n, np.float32(d * a), qmin, qmax, x, False)
-        if e < best:
-            best, bs = e, a
-    return best, bs
-
-
-@njit(cache=True)
 def _sym_total(x, w, nsub, S, qmin, qmax, scmin, scmax, scales, d):
     err = 0.0
     for j in range(nsub):
-        err += _sym_best_sc(x, w, j * S, S, d, scales[j], qmin, qmax, scmin, scmax)[0]
+        sc = _q_scale(scales[j], d, scmin, scmax)
+        err += sub_err_sym(x, w, j * S, S, np.float32(d * sc), qmin, qmax, x, False)
     return err
 
 
 @njit(cache=True)
 def fit_symmetric_block(x, w, nsub, S, qmin, qmax, scmin, scmax, search, sc, L, scales):
     """Symmetric super-block (q3_k, q6_k). Fills sc[j] (scmin..scmax, signed), L (q - qmin);
-    returns the fp16 bits of d. Weight = d*sc*(L + qmin).
-
-    Searched: every sub-block gets its own best scale; then d is chosen on a fine grid below and
-    above the max-based value by the whole block's weighted error, each sub-block taking the best
-    of the integer scales next to its own (the levels are simply rounded: for a fixed scale that
-    is optimal), and finally d is refitted by least squares over the chosen levels."""
+    returns the fp16 bits of d. Weight = d*sc*(L + qmin)."""
     amax, maxs = 0.0, 0.0
     for j in range(nsub):
-        s = fit_symmetric(x, w, j * S, S, qmin, qmax, search, L)
+        s = fit_symmetric(x, w, j * S, S, qmin, qmax, search)
         scales[j] = s
         if abs(s) > amax:
             amax, maxs = abs(s), s
@@ -277,17 +228,20 @@ def fit_symmetric_block(x, w, nsub, S, qmin, qmax, scmin, scmax, search, sc, L, 
     d = f16_round(d0)
     if search and amax > 0.0:
         best = _sym_total(x, w, nsub, S, qmin, qmax, scmin, scmax, scales, d)
-        for k in range(-20, 11):
-            if k == 0:
-                continue
-            dc = f16_round(d0 * (1.0 + 0.01 * k))
+        for c in range(1, CAND.shape[0]):
+            dc = f16_round(d0 * CAND[c])
             e = _sym_total(x, w, nsub, S, qmin, qmax, scmin, scmax, scales, dc)
             if e < best:
                 best, d = e, dc
     for j in range(nsub):
+        s0 = _q_scale(scales[j], d, scmin, scmax)
+        bs = s0
         if search:
-            sc[j] = _sym_best_sc(x, w, j * S, S, d, scales[j], qmin, qmax, scmin, scmax)[1]
-        else:
-            sc[j] = _q_scale(scales[j], d, scmin, scmax)
-        sub_err_sym(x, w, j * S, S, np.float32(d * sc[j]), qmin, qmax, L, True)
+            best = np.inf
+            for a in range(max(s0 - 1, scmin), min(s0 + 1, scmax) + 1):
+                e = sub_err_sym(x, w, j * S, S, np.float32(d * a), qmin, qmax, L, False)
+                if e < best:
+                    best, bs = e, a
+        sc[j] = bs
+        sub_err_sym(x, w, j * S, S, np.float32(d * bs), qmin, qmax, L, True)
     return f16_bits(d)
