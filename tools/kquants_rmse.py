@@ -53,9 +53,6 @@ def mix_table(ck, qtype, mix, imatrix_path, row_step, eval_imatrix_path=None):
     names = [n for n, t in types.items() if t == qtype]
     qt = quants.get(qtype)
     quantizers = {"min/max": kquants.baseline_quantizer(qtype), "searched": qt.quantize}
-    for wm in os.environ.get("WMODES", "").split(","):
-        if wm:
-            quantizers[f"w{wm}"] = kquants.make_quantizer(qtype, True, int(wm))
     print(f"{len(names)} tensors of {qtype} in {mix}; rows 0::{row_step}; error weighted by the "
           f"{'--eval-imatrix' if eval_imatrix_path else 'imatrix'} (uniform where it has no vector)\n")
     print("| tensor | " + " | ".join(f"{k} | {k} +im" for k in quantizers) + " |")
