@@ -175,7 +175,12 @@ def test_llama_cpp_logits_match_lowbit(exported, model, qtype):
     if summary["requantized"]:
         assert rms < 0.35 and agree >= 0.9, (rms, agree)
     else:
-        assert diff.max() < 0.5 and rms < 0.1 and agree == 1.0, (diff.max(), rms, agree)
+        # same weights: the top token must agree wherever our top two logits are further apart than
+        # the two runtimes' logits differ (closer pairs may swap: llama.cpp rounds activations to 8 bits)
+        top2 = np.sort(ours, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > diff.max(axis=1)
+        agree_clear = float(np.mean(ours.argmax(1)[clear] == theirs.argmax(1)[clear]))
+        assert diff.max() < 0.5 and rms < 0.1 and agree >= 0.95 and agree_clear == 1.0, (diff.max(), rms, agree)
 
 
 @pytest.mark.parametrize("model,text", [("pychat-30m", "pychat-eval.txt"), ("stories260K", "tinystories-sample.txt")])
