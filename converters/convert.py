@@ -1,5 +1,6 @@
 """Hugging Face checkpoint folder -> lowbit file."""
 import datetime
+import math
 import os
 import sys
 import time
@@ -77,7 +78,12 @@ def load_imatrix(path, shapes: dict) -> dict:
             _, covs = imx.load_full(path)     # validates shapes, symmetry and membership
         except FormatError as e:
             raise ConvertError(f"importance matrix {e}") from None
-    return {"vectors": vectors, "covariances": covs, "file": os.path.basename(str(path)), "sha256": h.hexdigest()}
+    sens = meta.get("sensitivity", {}) if isinstance(meta, dict) else {}
+    if not isinstance(sens, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for k, v in sens.items()):
+        raise ConvertError(f"{path}: metadata.imatrix.sensitivity must map weight names to finite numbers >= 0")
+    return {"vectors": vectors, "covariances": covs, "sensitivity": sens, "file": os.path.basename(str(path)), "sha256": h.hexdigest()}
 
 
 def tokenizer_metadata(ck: Checkpoint, blobs: dict) -> dict:
@@ -166,7 +172,8 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                     fixed[name] = typ
                     break
         measured = tbm.measure(names, shapes, ck.tensor, im["vectors"], covs, ck.config.tie_word_embeddings,
-                               use_gptq=bool(covs), fixed=fixed, log=log if progress else None)
+                               use_gptq=bool(covs), fixed=fixed, sensitivity=im["sensitivity"],
+                               log=log if progress else None)
         n_weights = sum(int(np.prod(shapes[n])) for n in names)
         # bytes that are not 2-D weights: vectors, tokenizer blobs, and a generous header estimate
         other = sum(4 * int(np.prod(shapes[n])) for n in names if len(shapes[n]) != 2)
@@ -234,9 +241,12 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                        "gptq": ({"tensors": n_gptq, "damp": DEFAULT_DAMP, "method": "GPTQ error feedback, "
                                  "super-block scales fitted on the error-updated weights"} if n_gptq else None),
                        "target_bpw": ({"target": tb["target"], "candidates": list(tbm.CANDIDATES),
-                                       "error": "sum over weights of tr(E H E^T) (squared layer output error per "
-                                                "calibration token)" if covs else
-                                                "sum over weights of sum(E^2 * imatrix)",
+                                       "error": ("estimated KL divergence: " if im["sensitivity"] else "") +
+                                                ("sum over weights of tr(E H E^T) (squared layer output error "
+                                                 "per calibration token)" if covs else
+                                                 "sum over weights of sum(E^2 * imatrix)") +
+                                                (" x the weight's measured sensitivity" if im["sensitivity"]
+                                                 else ""),
                                        **tbm.summary(tb["measured"], {n: t for n, t in types.items()
                                                                       if n in tb["measured"]})}
                                       if tb else None),

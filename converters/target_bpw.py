@@ -7,7 +7,11 @@ calibration token, tr(E H E^T) with E = W - dequant(Q) (gptq.output_error), so e
 tensors are in comparable units (squared error of what the layer writes, per token). The token
 embedding lookup has no input activations: its error is the mean squared error of one looked-up
 row (sum(E^2) / vocab: a uniform token distribution); a tied embedding adds it to its
-output-projection error.
+output-projection error. Squared errors of different places cost the network very differently
+(an error in the logits is spread over the whole vocabulary; one in an early layer is amplified),
+so when the imatrix file has measured sensitivities (KL divergence per unit of output error,
+from noise injected at each weight's output) every error is multiplied by its weight's: the
+allocation then minimizes an estimate of the total KL divergence.
 
 Allocation: per tensor, the lower convex hull of its (bytes, error) points; then greedy marginal
 gain over hull steps (largest error reduction per byte first) while the file stays under budget,
@@ -17,6 +21,7 @@ import heapq
 import numpy as np
 
 from lowbit import quants
+from lowbit.imatrix import LOOKUP
 from lowbit.errors import ConvertError
 
 from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky, output_error
@@ -25,11 +30,13 @@ CANDIDATES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
 
 
 def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
-            candidates=CANDIDATES, fixed: dict = None, log=None) -> dict:
+            candidates=CANDIDATES, fixed: dict = None, sensitivity: dict = None, log=None) -> dict:
     """{name: {type: (bytes, error, packed uint8[rows, row_bytes])}} for every 2-D weight in
     `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
-    one type (overrides)."""
+    one type (overrides); `sensitivity` {weight name or LOOKUP: KL divergence per unit of output
+    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence."""
     fixed = fixed or {}
+    sens = sensitivity or {}
     out = {}
     U_for = {}
     for k, name in enumerate(names):
@@ -55,11 +62,11 @@ def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gp
             else:
                 raw = qt.quantize(w, im)
             if name == "token_embd.weight":
-                e = output_error(t, w, raw) / rows          # the lookup: one row per token
+                e = output_error(t, w, raw) / rows * sens.get(LOOKUP, 1.0)     # the lookup: one row per token
                 if tied:
-                    e += output_error(t, w, raw, H, im)
+                    e += output_error(t, w, raw, H, im) * sens.get(name, 1.0)
             else:
-                e = output_error(t, w, raw, H, im)
+                e = output_error(t, w, raw, H, im) * sens.get(name, 1.0)
             res[t] = (int(raw.nbytes), e, raw)
         out[name] = res
         if log:

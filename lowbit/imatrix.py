@@ -84,7 +84,78 @@ def covariance_groups(transformer) -> dict:
     return groups
 
 
-def compute(model, text_path, n_ctx: int = 512, n_chunks: int = None, log=print, hessian: bool = False):
+class Noisy:
+    """Stands in for a Linear: adds Gaussian noise of `rel` times each token's output RMS to the
+    output and counts the noise energy per token."""
+
+    def __init__(self, linear, rel, rng):
+        self.linear, self.rel, self.rng = linear, rel, rng
+        self.energy, self.count = 0.0, 0
+
+    def __call__(self, x):
+        return self.add(self.linear(x))
+
+    def add(self, y):
+        rms = np.sqrt((y.astype(np.float64) ** 2).mean(axis=1, keepdims=True))
+        noise = self.rng.standard_normal(y.shape) * (self.rel * rms)
+        self.energy += float((noise * noise).sum())
+        self.count += y.shape[0]
+        return (y + noise).astype(np.float32)
+
+    def __getattr__(self, attr):
+        return getattr(self.linear, attr)
+
+
+LOOKUP = "token_embd.lookup"     # sensitivity key of the embedding lookup (its output: the residual stream)
+
+
+def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> dict:
+    """{weight name: mean KL(clean || noisy) per unit of per-token output noise energy} for every
+    linear layer and the output projection, plus LOOKUP for the embedding rows: how much one unit
+    of squared output error of that weight costs in KL divergence of the next-token distribution
+    (noise of `rel` x output RMS, small enough for the quadratic regime)."""
+    from .perplexity import log_softmax
+    t = model.transformer
+    saved_native = getattr(t, "native", None)
+    t.native = None
+    rng = np.random.default_rng(seed)
+    out = {}
+    try:
+        clean = [log_softmax(t.forward(ch, t.new_cache(), all_logits=True)) for ch in chunks]
+
+        def kld_with(noisy):
+            kl, n = 0.0, 0
+            for ch, lp in zip(chunks, clean):
+                lq = log_softmax(t.forward(ch, t.new_cache(), all_logits=True))
+                kl += float(np.maximum((np.exp(lp) * (lp - lq)).sum(axis=1), 0.0).sum())
+                n += lp.shape[0]
+            return (kl / n) / max(noisy.energy / max(noisy.count, 1), 1e-30)
+
+        targets = [(L, attr) for L in t.layers for attr in LINEARS] + [(t, "output")]
+        for obj, attr in targets:
+            lin = getattr(obj, attr)
+            noisy = Noisy(lin, rel, rng)
+            setattr(obj, attr, noisy)
+            try:
+                out[lin.name] = kld_with(noisy)
+            finally:
+                setattr(obj, attr, lin)
+            log(".", end="")
+        noisy = Noisy(None, rel, rng)
+        orig = t.embed
+        t.embed = lambda tokens: noisy.add(orig(tokens))
+        try:
+            out[LOOKUP] = kld_with(noisy)
+        finally:
+            del t.embed
+        log("")
+    finally:
+        t.native = saved_native
+    return out
+
+
+def compute(model, text_path, n_ctx: int = 512, n_chunks: int = None, log=print, hessian: bool = False,
+            sensitivity_chunks: int = 4):
     """{weight name: float32[in_features]} mean squared inputs, and run statistics. With
     `hessian`, info["covariances"] = {cov tensor name: float32[k, k]} and info["groups"] =
     {cov tensor name: [weight names]}."""
@@ -113,6 +184,12 @@ def compute(model, text_path, n_ctx: int = 512, n_chunks: int = None, log=print,
             c = o.sum_xx / max(o.count, 1)
             covs[cname] = (0.5 * (c + c.T)).astype(np.float32)
         info["covariances"], info["groups"] = covs, groups
+        if sensitivity_chunks:
+            ts = time.perf_counter()
+            log(f"sensitivity: noise on each weight's output, {min(sensitivity_chunks, len(chunks))} chunks")
+            info["sensitivity"] = sensitivities(model, chunks[:sensitivity_chunks], log=log)
+            info["sensitivity_chunks"] = int(min(sensitivity_chunks, len(chunks)))
+            info["seconds"] += time.perf_counter() - ts
     return stats, info
 
 
@@ -124,6 +201,9 @@ def save(path, stats: dict, source_model: str, text: str, info: dict):
     covs = info.get("covariances")
     if covs:
         meta["imatrix"]["covariances"] = {c: list(info["groups"][c]) for c in sorted(covs)}
+    if info.get("sensitivity"):
+        meta["imatrix"]["sensitivity"] = {k: float(v) for k, v in sorted(info["sensitivity"].items())}
+        meta["imatrix"]["sensitivity_chunks"] = info["sensitivity_chunks"]
         specs += [TensorSpec(c, "f32", tuple(m.shape), (lambda m=m: np.ascontiguousarray(m, np.float32)))
                   for c, m in sorted(covs.items())]
     write_lowbit(path, meta, specs)
