@@ -177,7 +177,10 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
         n_weights = sum(int(np.prod(shapes[n])) for n in names)
         # bytes that are not 2-D weights: vectors, tokenizer blobs, and a generous header estimate
         other = sum(4 * int(np.prod(shapes[n])) for n in names if len(shapes[n]) != 2)
-        other += sum(len(d) for d in blobs.values()) + 64 * (len(names) + len(blobs)) + 64 * 1024
+        other += sum(len(d) for d in blobs.values()) + 64 * (len(names) + len(blobs))
+        import json    # header: metadata (recipe lists every tensor) and the tensor table
+        other += len(json.dumps(tokenizer_metadata(ck, blobs))) + len(json.dumps(ck.config.to_json()))
+        other += 300 * (len(names) + len(blobs)) + 8192
         budget = int(float(target_bpw) * n_weights / 8) - other
         wanted = {n: ("f32" if len(shapes[n]) == 1 else None) for n in names}
         wanted.update(tbm.allocate(measured, budget))
@@ -241,7 +244,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                        "gptq": ({"tensors": n_gptq, "damp": DEFAULT_DAMP, "method": "GPTQ error feedback, "
                                  "super-block scales fitted on the error-updated weights"} if n_gptq else None),
                        "target_bpw": ({"target": tb["target"], "candidates": list(tbm.CANDIDATES),
-                                       "error": ("estimated KL divergence: " if im["sensitivity"] else "") +
+                                       "error_measure": ("estimated KL divergence: " if im["sensitivity"] else "") +
                                                 ("sum over weights of tr(E H E^T) (squared layer output error "
                                                  "per calibration token)" if covs else
                                                  "sum over weights of sum(E^2 * imatrix)") +
