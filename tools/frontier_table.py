@@ -30,7 +30,7 @@ from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached
 
 DEFAULT_POINTS = {
     "pycode-30m": "q2_k,q2_k+gptq,bpw2.87,q3_k+gptq,bpw3.48,q4_k_m+gptq,bpw5.05",
-    "pychat-30m": "q2_k,q2_k+gptq,q3_k_s+gptq,q3_k_m,q3_k_m+gptq,bpw3.5,bpw4.25,bpw5.0,bpw7.1",
+    "pychat-30m": "q3_k_s+gptq,q3_k_m,q3_k_m+gptq,bpw3.5,bpw4.25,bpw5.0",
 }
 LLAMACPP_TYPES = ("IQ2_XS", "IQ3_XXS", "Q4_K_M")
 
