@@ -203,3 +203,19 @@ def test_convert_uses_gptq_with_tail_blocks_end_to_end(stories, tmp_path):
     m = lowbit.load(a)
     out = "".join(m.generate("Once upon a time", max_tokens=12, temperature=0))
     assert isinstance(out, str) and len(out) > 0
+
+
+def test_cli_imatrix_hessian(stories, tmp_path):
+    import subprocess
+    import sys
+    out = str(tmp_path / "cli.imatrix")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "imatrix", stories["f32"], "--text", STORIES_TEXT,
+                        "-o", out, "-c", "64", "--chunks", "2", "--hessian", "-q"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "covariance matrices" in p.stderr
+    meta = LowbitFile(out).metadata["imatrix"]
+    assert meta["sensitivity_chunks"] == 2 and len(meta["covariances"]) == 4 * 5 + 1
+    vectors, covs = imatrix.load_full(out)
+    assert set(covs) == set(vectors)
