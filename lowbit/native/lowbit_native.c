@@ -631,9 +631,10 @@ static void dot4_q4k_tail(const uint8_t *const w[4], int rem, const int8_t *x, f
 /* q4_k: qs bytes 0..63 hold weights 0..31 | 64..95 as low nibbles and 32..63 | 96..127 as high
    nibbles (bytes 64..127 likewise for 128..255), so xp is the activation block with its 32-weight
    sub-blocks in the order 0 2 1 3 4 6 5 7 (quantize_row_qk writes it): no shuffles in the loop. */
-static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
-                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
-    (void)xq;
+static inline __attribute__((always_inline)) void dot4_q45k_512(const uint8_t *const w[4], const int8_t *xp, const float *xd,
+                                                                const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs,
+                                                                float out[4], const int five) {
+    const int BB = five ? 176 : 144, QS = five ? 48 : 16;   /* block bytes, offset of qs */
     const __m512i m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
     /* The 4 rows' 16-byte block heads (d, dmin, 12 scale bytes K0..K11 at bytes 4..15), one per
        128-bit lane, unpacked together into bytes 0-7: the 8 6-bit scales, bytes 8-15: the 8 mins:
@@ -651,6 +652,10 @@ static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8
         0xffffff##a, 0xffffff##a)
     const __m512i sctl[4] = {SC_CTL(00, 02), SC_CTL(01, 03), SC_CTL(04, 06), SC_CTL(05, 07)};
 #undef SC_CTL
+    const __m512i hbit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(4), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(2), _mm256_set1_epi8(8), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(16), _mm256_set1_epi8(64), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(32), _mm256_set1_epi8((char)128), 1)};
     /* mins: the unpacked heads widened to 16 bits (2 rows per vector), times the activation's sums
        per 32 in words 8-15 of each row (words 0-7, the scales, meet zeros) */
     const __m512i dmin01 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);   /* in dd below */
@@ -662,10 +667,10 @@ static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8
         const int8_t *x = xp + b * QKK;
         const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
                                _mm512_loadu_si512(x + 192)};
-        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 144)));
-        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * 144)), 1);
-        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * 144)), 2);
-        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * 144)), 3);
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * BB)));
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * BB)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * BB)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * BB)), 3);
         __m512i X = _mm512_shuffle_epi8(H, ctl_lo);
         X = _mm512_mask_blend_epi8(0xf000f000f000f000ULL, X, _mm512_srli_epi16(X, 4));
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(_mm512_shuffle_epi8(H, ctl_hi), 2), keep_hi);
@@ -684,17 +689,19 @@ static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8
         accm23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv23), _mm512_permutexvar_ps(dmin23, ddz), accm23);
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
-            const uint8_t *p = w[r] + b * 144;
+            const uint8_t *p = w[r] + b * BB;
             const __m512i sr = _mm512_shuffle_i32x4(SM, SM, 0x55 * r);
-            const __m512i q0 = _mm512_loadu_si512(p + 16), q1 = _mm512_loadu_si512(p + 80);
-            __m512i acc = _mm512_dpwssd_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_and_si512(q0, m4), xv[0]),
-                                              _mm512_shuffle_epi8(sr, sctl[0]));
-            acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4), xv[1]),
-                                      _mm512_shuffle_epi8(sr, sctl[1]));
-            acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, _mm512_and_si512(q1, m4), xv[2]),
-                                      _mm512_shuffle_epi8(sr, sctl[2]));
-            acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4), xv[3]),
-                                      _mm512_shuffle_epi8(sr, sctl[3]));
+            const __m512i q0 = _mm512_loadu_si512(p + QS), q1 = _mm512_loadu_si512(p + QS + 64);
+            __m512i u[4] = {_mm512_and_si512(q0, m4), _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4),
+                            _mm512_and_si512(q1, m4), _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4)};
+            if (five) {   /* q5_k: bit 4 of sub-block j's quants is bit j of qh[l] (same pairs as the scales) */
+                const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
+                for (int v = 0; v < 4; v++)
+                    u[v] = _mm512_mask_add_epi8(u[v], _mm512_test_epi8_mask(qh, hbit[v]), u[v], _mm512_set1_epi8(16));
+            }
+            __m512i acc = zero;
+            for (int v = 0; v < 4; v++)
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u[v], xv[v]), _mm512_shuffle_epi8(sr, sctl[v]));
             accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), ddz), accf[r]);
         }
     }
@@ -707,6 +714,19 @@ static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8
         for (int j = 0; j < 8; j++) s += m[8 * r + j];
         out[r] = _mm512_reduce_add_ps(accf[r]) - s;
     }
+}
+
+static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    dot4_q45k_512(w, xp, xd, bs, nb, pf, pfs, out, 0);
+}
+
+/* q5_k: q4_k's layout (qs at 48) plus a fifth bit per weight in qh[32] */
+static void dot4_q5k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    dot4_q45k_512(w, xp, xd, bs, nb, pf, pfs, out, 1);
 }
 
 /* q6_k: ql bytes 64h..64h+63 hold weights 128h + 0..63 as low nibbles and 128h + 64..127 as high
@@ -766,6 +786,7 @@ static dot4k_fn kq_direct(int kind) {
 #if defined(LB_AVX512) || defined(LB_AVX2)
 #if defined(LB_AVX512)
     if (kind == 4) return dot4_q4k_512;
+    if (kind == 5) return dot4_q5k_512;
     if (kind == 6) return dot4_q6k_512;
 #endif
     if (kind == 4) return dot4_q4k;
