@@ -304,7 +304,7 @@ static void kq_dequant_row(int kind, const uint8_t *p, int64_t cols, float *out)
 
 /* Activations for k-quants: blocks of 256 (the last one zero-padded), scale amax/127, and the sum
    of each 16 quants (the min term). */
-static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, int16_t *bs, int8_t *qp) {
+static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, int16_t *bs, int8_t *qp, int8_t *qp2) {
     for (int64_t b = 0; b * QKK < cols; b++) {
         const int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
         const float *xb = x + b * QKK;
@@ -325,9 +325,13 @@ static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, 
                 _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtsepi32_epi8(qi));
                 bs[b * 16 + j] = (int16_t)_mm512_reduce_add_epi32(qi);
             }
-            if (qp)   /* q4_k's nibble order: 32-weight sub-blocks 0 2 1 3 4 6 5 7 (see dot4_q4k_512) */
+            /* the decode kernels' orders of the 32-weight units: q4_k/q5_k 0 2 1 3 4 6 5 7 (see
+               dot4_q45k_512), q2_k/q3_k 0 4 1 5 2 6 3 7 (see dot4_q2k_512) */
+            if (qp)
                 for (int j = 0; j < 8; j++)
                     memcpy(qp + b * QKK + 32 * j, q + 32 * ((j & 4) | ((j & 1) << 1) | ((j >> 1) & 1)), 32);
+            if (qp2)
+                for (int j = 0; j < 8; j++) memcpy(qp2 + b * QKK + 32 * j, q + 32 * ((j >> 1) + 4 * (j & 1)), 32);
             continue;
         }
 #endif
@@ -729,6 +733,153 @@ static void dot4_q5k_512(const uint8_t *const w[4], const int8_t *xq, const int8
     dot4_q45k_512(w, xp, xd, bs, nb, pf, pfs, out, 1);
 }
 
+/* q2_k and q3_k: qs bytes 0..31 hold weights 32j + l at bit pair j (j = 0..3), bytes 32..63 weights
+   128 + 32j + l, so one 64-byte load gives 4 vectors of 64 weights, vector j meeting the activation
+   block with its 32-weight units in the order 0 4 1 5 2 6 3 7 (xp; quantize_row_qk writes it).
+   Sub-blocks are 16 weights: vector j's 128-bit lanes hold sub-blocks 2j, 2j + 1, 8 + 2j, 9 + 2j. */
+static void dot4_q2k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    const __m512i m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    /* scale vector j of a row (its scale lane broadcast to all 4): dword = (scale byte of the lane's
+       sub-block, 0, 0, 0) */
+#define SC_CTL2(j) _mm512_set_epi32(0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, \
+        0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, \
+        0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, \
+        0xffffff00 + 2 * j, 0xffffff00 + 2 * j, 0xffffff00 + 2 * j, 0xffffff00 + 2 * j)
+    const __m512i sctl[4] = {SC_CTL2(0), SC_CTL2(1), SC_CTL2(2), SC_CTL2(3)};
+#undef SC_CTL2
+    const __m512i dsel = _mm512_setr_epi32(3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15);
+    const __m512i dmin01 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m512i dmin23 = _mm512_add_epi32(dmin01, _mm512_set1_epi32(4));
+    __m512 accf[4], accm01 = _mm512_setzero_ps(), accm23 = _mm512_setzero_ps();
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xp + b * QKK;
+        const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                               _mm512_loadu_si512(x + 192)};
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 84)));   /* scales */
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * 84)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * 84)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * 84)), 3);
+        __m512i T = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 84 + 68)));   /* d, dmin at 12 */
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[1] + b * 84 + 68)), 1);
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[2] + b * 84 + 68)), 2);
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[3] + b * 84 + 68)), 3);
+        const __m512i SC = _mm512_and_si512(H, m4), MN = _mm512_and_si512(_mm512_srli_epi16(H, 4), m4);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(dsel, T))),
+                                        _mm256_set1_ps(xd[b]));   /* [d0 dm0 d1 dm1 ...] */
+        const __m512 ddz = _mm512_castps256_ps512(dd);
+        const __m512i BS = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bs + b * 16)));
+        const __m512i mv01 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(MN)), BS);
+        const __m512i mv23 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(MN, 1)), BS);
+        accm01 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv01), _mm512_permutexvar_ps(dmin01, ddz), accm01);
+        accm23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv23), _mm512_permutexvar_ps(dmin23, ddz), accm23);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m512i q = _mm512_loadu_si512(w[r] + b * 84 + 16);
+            const __m512i sr = _mm512_shuffle_i32x4(SC, SC, 0x55 * r);
+            __m512i acc = zero;
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i u = _mm512_and_si512(j ? _mm512_srli_epi16(q, 2 * j) : q, m3);
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u, xv[j]), _mm512_shuffle_epi8(sr, sctl[j]));
+            }
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), ddz), accf[r]);
+        }
+    }
+    float m[32];
+    _mm512_storeu_ps(m, accm01);
+    _mm512_storeu_ps(m + 16, accm23);
+    for (int r = 0; r < 4; r++) {
+        float s = 0;
+        for (int j = 0; j < 8; j++) s += m[8 * r + j];
+        out[r] = _mm512_reduce_add_ps(accf[r]) - s;
+    }
+}
+
+/* q3_k: q2_k's quants plus a third bit (hmask[l], bit j for bytes 0..31, bit 4 + j for 32..63),
+   q = u - 4; 16 signed 6-bit scales (stored + 32) in 12 bytes. Each row's 16 bytes from offset 94
+   (two quant bytes, the 12 scale bytes, d) sit in one 128-bit lane and are unpacked together:
+     lo4(j) = j < 8 ? s[j] & 15 : s[j - 8] >> 4,  hi2(j) = (s[8 + j % 4] >> 2 * (j / 4)) & 3. */
+static void dot4_q3k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    const __m512i m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    const __m512i ctl_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+    const __m512i ctl_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+    const __m512i hshift = _mm512_broadcast_i32x4(_mm_setr_epi16(0, 0, 2, 2, 4, 4, 6, 6));
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i dsel = _mm512_set1_epi64(0x001f0017000f0007LL);   /* words 7, 15, 23, 31: the 4 rows' d */
+    const __m512i d01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i d23 = _mm512_add_epi32(d01, _mm512_set1_epi32(2));
+    /* scale vector j (from a row's 16 sign-extended words): lane i takes sub-block
+       (i < 8 ? 2j : 8 + 2j) + (i / 4) % 2, in word 2i (odd words 0) */
+#define SIDX3(j) {2*j, 0, 2*j, 0, 2*j, 0, 2*j, 0, 2*j+1, 0, 2*j+1, 0, 2*j+1, 0, 2*j+1, 0, \
+                  8+2*j, 0, 8+2*j, 0, 8+2*j, 0, 8+2*j, 0, 9+2*j, 0, 9+2*j, 0, 9+2*j, 0, 9+2*j, 0}
+    static const int16_t S[4][32] __attribute__((aligned(64))) = {SIDX3(0), SIDX3(1), SIDX3(2), SIDX3(3)};
+#undef SIDX3
+    const __m512i sidx[4] = {_mm512_load_si512(S[0]), _mm512_load_si512(S[1]), _mm512_load_si512(S[2]), _mm512_load_si512(S[3])};
+    const __m512i sixteen = _mm512_set1_epi16(16);
+    const __mmask32 even = 0x55555555u;
+    /* the third bit of vector j: hmask bit j (lanes 0-31), bit 4 + j (lanes 32-63) */
+    const __m512i hbit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(16), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(2), _mm256_set1_epi8(32), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(4), _mm256_set1_epi8(64), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(8), _mm256_set1_epi8((char)128), 1)};
+    __m512 accf[4], acco01 = _mm512_setzero_ps(), acco23 = _mm512_setzero_ps();
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xp + b * QKK;
+        const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                               _mm512_loadu_si512(x + 192)};
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 110 + 94)));
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * 110 + 94)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * 110 + 94)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * 110 + 94)), 3);
+        __m512i L = _mm512_shuffle_epi8(H, ctl_lo);
+        L = _mm512_mask_blend_epi8(0xff00ff00ff00ff00ULL, L, _mm512_srli_epi16(L, 4));
+        const __m512i hi = _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(_mm512_shuffle_epi8(H, ctl_hi), hshift), 4), m30);
+        const __m512i SCU = _mm512_ternarylogic_epi32(L, m4, hi, 0xea);   /* (L & 15) | hi: scale + 32 */
+        /* signed scales as words, 2 rows per vector */
+        const __m512i W01 = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(SCU)), _mm512_set1_epi16(32));
+        const __m512i W23 = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(SCU, 1)), _mm512_set1_epi16(32));
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(dsel, H))), _mm_set1_ps(xd[b]));
+        const __m512 ddz = _mm512_castps128_ps512(dd);   /* [d0 d1 d2 d3] */
+        /* the offset: q = u - 4, so 4 * sum(scale * bsum) per row, 2 rows per vector */
+        const __m512i BS = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bs + b * 16)));
+        acco01 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(W01, BS)), _mm512_permutexvar_ps(d01, ddz), acco01);
+        acco23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(W23, BS)), _mm512_permutexvar_ps(d23, ddz), acco23);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * 110;
+            const __m512i q = _mm512_loadu_si512(p + 32);
+            const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+            const __m512i Wr = r < 2 ? W01 : W23;
+            const __m512i off = (r & 1) ? sixteen : zero;
+            __m512i acc = zero;
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i u = _mm512_and_si512(j ? _mm512_srli_epi16(q, 2 * j) : q, m3);
+                u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(hm, hbit[j]), u, _mm512_set1_epi8(4));
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u, xv[j]),
+                                          _mm512_maskz_permutexvar_epi16(even, _mm512_add_epi16(sidx[j], off), Wr));
+            }
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(r), ddz), accf[r]);
+        }
+    }
+    float m[32];
+    _mm512_storeu_ps(m, acco01);
+    _mm512_storeu_ps(m + 16, acco23);
+    for (int r = 0; r < 4; r++) {
+        float s = 0;
+        for (int j = 0; j < 8; j++) s += m[8 * r + j];
+        out[r] = _mm512_reduce_add_ps(accf[r]) - 4.f * s;
+    }
+}
+
 /* q6_k: ql bytes 64h..64h+63 hold weights 128h + 0..63 as low nibbles and 128h + 64..127 as high
    nibbles (the activation's own order); their 2 high bits come from qh byte l (of 32h..32h+31) at
    bit pairs 0, 1 (low, bytes < 32 / >= 32) and 2, 3 (high), i.e. bits 0-1, 2-3, 4-5, 6-7. */
@@ -785,6 +936,8 @@ typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const int8
 static dot4k_fn kq_direct(int kind) {
 #if defined(LB_AVX512) || defined(LB_AVX2)
 #if defined(LB_AVX512)
+    if (kind == 2) return dot4_q2k_512;
+    if (kind == 3) return dot4_q3k_512;
     if (kind == 4) return dot4_q4k_512;
     if (kind == 5) return dot4_q5k_512;
     if (kind == 6) return dot4_q6k_512;
@@ -1239,7 +1392,7 @@ typedef struct {              /* one matmul inside a step: y[n, rows] (+)= x W^T
     const int8_t *kq;         /* 8-bit activations in blocks of 256 with sums per 16 (k-quants) */
     const float *kd;
     const int16_t *ks;
-    const int8_t *kp;         /* the same, sub-blocks in q4_k's nibble order (AVX-512 only, else NULL) */
+    const int8_t *kp, *kp2;   /* the same in q4_k's and q2_k's quant orders (AVX-512 only, else NULL) */
     float *y;
     int64_t ldy;              /* row stride of y */
     int accumulate;
@@ -1265,7 +1418,7 @@ static int kbufs_reserve(int64_t cols) {
 }
 
 /* Quantize n activation rows for the formats `fmt` (bit 1 << ACT_Q8, 1 << ACT_QK) needs. */
-typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; int8_t *kp; } act_bufs;
+typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; int8_t *kp, *kp2; } act_bufs;
 
 /* Epilogue of every tile: add the bias, then store or accumulate the nr outputs of token t. */
 static inline void store_rows(const mm_job *J, int64_t t, int64_t r0, int64_t nr, const float *o) {
@@ -1321,7 +1474,8 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     for (int64_t t = 0; t < n; t++) {
                         float o[4], ot[4];
                         const int8_t *xq = J->kq + t * nb * QKK;
-                        const int8_t *xp = J->kp ? J->kp + t * nb * QKK : NULL;
+                        const int8_t *kp = kind <= 3 ? J->kp2 : J->kp;
+                        const int8_t *xp = kp ? kp + t * nb * QKK : NULL;
                         const float *xd = J->kd + t * nb;
                         const int16_t *xs = J->ks + t * nb * 16;
                         direct(rows, xq, xp, xd, xs, nfull, t ? rows[0] : pf, pfs, o);
@@ -1415,7 +1569,7 @@ static void quantize_act(const float *x, int64_t t, int64_t cols, int fmt, const
     const int64_t nb = (cols + QKK - 1) / QKK;
     if (fmt & (1 << ACT_Q8)) quantize_row_q8(x + t * cols, cols, B->xq + t * cols, B->xd + t * (cols / QK));
     if (fmt & (1 << ACT_QK)) quantize_row_qk(x + t * cols, cols, B->kq + t * nb * QKK, B->kd + t * nb, B->ks + t * nb * 16,
-                                               B->kp ? B->kp + t * nb * QKK : NULL);
+                                               B->kp ? B->kp + t * nb * QKK : NULL, B->kp2 ? B->kp2 + t * nb * QKK : NULL);
 }
 
 static void quantize_rows(const float *x, int64_t n, int64_t cols, int fmt, const act_bufs *B, int ith, int nth) {
@@ -1450,25 +1604,26 @@ static void matmul_work(void *p, int ith, int nth) {
 static size_t act_bufs_carve(char *s, int64_t n, int64_t cols, act_bufs *B) {
     const int64_t nb = (cols + QKK - 1) / QKK;
 #if defined(LB_AVX512)
-    const size_t perm = (size_t)(n * nb * QKK);   /* q4_k's permuted copy (decode kernel) */
+    const size_t perm = (size_t)(n * nb * QKK);   /* each permuted copy (decode kernels) */
 #else
     const size_t perm = 0;
 #endif
-    size_t sizes[6] = {(size_t)(n * cols), (size_t)(n * (cols / QK + 1) * 4), (size_t)(n * nb * QKK),
-                       (size_t)(n * nb * 4), (size_t)(n * nb * 16 * 2), perm};
+    size_t sizes[7] = {(size_t)(n * cols), (size_t)(n * (cols / QK + 1) * 4), (size_t)(n * nb * QKK),
+                       (size_t)(n * nb * 4), (size_t)(n * nb * 16 * 2), perm, perm};
     size_t total = 0;
-    char *ptrs[6];
-    for (int i = 0; i < 6; i++) { ptrs[i] = s ? s + total : NULL; total += (sizes[i] + 63) / 64 * 64; }
+    char *ptrs[7];
+    for (int i = 0; i < 7; i++) { ptrs[i] = s ? s + total : NULL; total += (sizes[i] + 63) / 64 * 64; }
     if (B) {
         B->xq = (int8_t *)ptrs[0]; B->xd = (float *)ptrs[1];
         B->kq = (int8_t *)ptrs[2]; B->kd = (float *)ptrs[3]; B->ks = (int16_t *)ptrs[4];
         B->kp = perm ? (int8_t *)ptrs[5] : NULL;
+        B->kp2 = perm ? (int8_t *)ptrs[6] : NULL;
     }
     return total;
 }
 
 static mm_job make_job(const lb_weight *w, const float *x, const act_bufs *B, float *y, int64_t ldy, int accumulate) {
-    mm_job j = {w, x, B->xq, B->xd, B->kq, B->kd, B->ks, B->kp, y, ldy, accumulate};
+    mm_job j = {w, x, B->xq, B->xd, B->kq, B->kd, B->ks, B->kp, B->kp2, y, ldy, accumulate};
     return j;
 }
 
