@@ -1434,6 +1434,33 @@ static inline void store_rows(const mm_job *J, int64_t t, int64_t r0, int64_t nr
 
 /* Split the 4-row tiles of up to 3 matmuls (same input) over the threads; each tile meets every
    token while its weight rows are hot in L1. */
+static void prefetch_bytes(const uint8_t *p, int64_t bytes) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
+/* Decoding: the first PF_BYTES of this thread's share of job `from` onwards (the decode kernels
+   prefetch ahead inside a job, not into its first tiles). layer_work calls it before the serial
+   steps (norm, quantization) that precede a matmul, so those bytes arrive meanwhile. */
+static void matmuls_prefetch(const mm_job *jobs, int njobs, int from, int64_t n, int ith, int nth) {
+    if (n > 2) return;
+    int64_t tiles[3], total = 0;
+    for (int j = 0; j < njobs; j++) { tiles[j] = (jobs[j].w->rows + 3) / 4; total += tiles[j]; }
+    int64_t lo = split_lo(total, ith, nth), hi = split_lo(total, ith + 1, nth), base = 0;
+    for (int j = 0; j < njobs; j++) {
+        int64_t a = lo > base ? lo - base : 0, b = hi - base < tiles[j] ? hi - base : tiles[j];
+        base += tiles[j];
+        if (j < from || a >= b || !kq_kind(jobs[j].w->type)) continue;
+        const int64_t rb = lb_row_bytes(jobs[j].w->type, jobs[j].w->cols);
+        const int64_t bytes = 4 * rb * (b - a) < PF_BYTES ? 4 * rb * (b - a) : PF_BYTES;
+        prefetch_bytes(jobs[j].w->data + 4 * a * rb, bytes);
+        return;
+    }
+}
+
 static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) {
     int64_t tiles[3], total = 0;
     for (int j = 0; j < njobs; j++) { tiles[j] = (jobs[j].w->rows + 3) / 4; total += tiles[j]; }
@@ -1445,6 +1472,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
         int64_t a = lo > base ? lo - base : 0, b = hi - base < tiles[j] ? hi - base : tiles[j];
         base += tiles[j];
         if (a >= b) continue;
+        if (j + 1 < njobs) matmuls_prefetch(jobs, njobs, j + 1, n, ith, nth);   /* the next job's first tiles */
         const int64_t rb = lb_row_bytes(W->type, W->cols), k = W->cols;
         const int kind = kq_kind(W->type);
         if (kind) {   /* unpack the tile's 4 rows once, then run every token against them */
@@ -1818,13 +1846,18 @@ static void layer_work(void *p, int ith, int nth) {
     const int64_t n = A->n, dim = L->dim, H = L->n_heads, KVH = L->n_kv_heads, D = L->head_dim, ffn = L->ffn;
     const int64_t qd = H * D, kvd = KVH * D, half = D / 2;
 
-    /* attention block */
-    rmsnorm_rows(A->x, L->attn_norm, L->eps, n, dim, A->h, ith, nth);
     const act_bufs *B = &A->bufs;
+    const mm_job qkv[3] = {make_job(&L->wq, A->h, B, A->q, qd, 0), make_job(&L->wk, A->h, B, A->k, kvd, 0),
+                           make_job(&L->wv, A->h, B, A->v, kvd, 0)};
+    const mm_job o = make_job(&L->wo, A->att, B, A->x, dim, 1);
+    const mm_job gu[2] = {make_job(&L->w_gate, A->h, B, A->gate, ffn, 0), make_job(&L->w_up, A->h, B, A->up, ffn, 0)};
+    const mm_job dn = make_job(&L->w_down, A->gate, B, A->x, dim, 1);
+
+    /* attention block */
+    matmuls_prefetch(qkv, 3, 0, n, ith, nth);
+    rmsnorm_rows(A->x, L->attn_norm, L->eps, n, dim, A->h, ith, nth);
     quantize_rows(A->h, n, dim, act_formats(&L->wq, &L->wk, &L->wv), B, ith, nth);
     barrier(nth);
-    mm_job qkv[3] = {make_job(&L->wq, A->h, B, A->q, qd, 0), make_job(&L->wk, A->h, B, A->k, kvd, 0),
-                     make_job(&L->wv, A->h, B, A->v, kvd, 0)};
     matmuls(qkv, 3, n, ith, nth);
     barrier(nth);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
@@ -1835,22 +1868,23 @@ static void layer_work(void *p, int ith, int nth) {
         memcpy(A->vc + pos * kvd, A->v + t * kvd, kvd * 4);
     }
     barrier(nth);
+    matmuls_prefetch(&o, 1, 0, n, ith, nth);
     attention_rows(A, ith, nth);
     barrier(nth);
     if (act_formats(&L->wo, NULL, NULL)) {
         quantize_rows(A->att, n, qd, act_formats(&L->wo, NULL, NULL), B, ith, nth);
         barrier(nth);
     }
-    mm_job o = make_job(&L->wo, A->att, B, A->x, dim, 1);
     matmuls(&o, 1, n, ith, nth);
     barrier(nth);
 
     /* feed-forward block (SwiGLU) */
+    matmuls_prefetch(gu, 2, 0, n, ith, nth);
     rmsnorm_rows(A->x, L->ffn_norm, L->eps, n, dim, A->h, ith, nth);
     quantize_rows(A->h, n, dim, act_formats(&L->w_gate, &L->w_up, NULL), B, ith, nth);
     barrier(nth);
-    mm_job gu[2] = {make_job(&L->w_gate, A->h, B, A->gate, ffn, 0), make_job(&L->w_up, A->h, B, A->up, ffn, 0)};
     matmuls(gu, 2, n, ith, nth);
+    matmuls_prefetch(&dn, 1, 0, n, ith, nth);
     barrier(nth);
     int dq = act_formats(&L->w_down, NULL, NULL);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
@@ -1859,7 +1893,6 @@ static void layer_work(void *p, int ith, int nth) {
         if (dq) quantize_act(A->gate, t, ffn, dq, B);
     }
     barrier(nth);
-    mm_job dn = make_job(&L->w_down, A->gate, B, A->x, dim, 1);
     matmuls(&dn, 1, n, ith, nth);
 }
 
