@@ -419,8 +419,9 @@ static void dot4_kq(const kq_row R[4], const int8_t *xq, const float *xd, const 
 }
 
 
-/* Decoding (one or two tokens): q4_k and q6_k super-blocks go straight from the map into the
-   integer dot (GGML's AVX2 scheme, 256-bit), without the unpacked copy. */
+/* Decoding (one or two tokens): whole super-blocks go straight from the map into the integer dot,
+   without the unpacked copy: q4_k and q6_k in GGML's AVX2 scheme (256-bit) here, every k-quant in
+   the AVX-512 kernels below (dot4_*_512), which kq_direct() prefers. */
 #if defined(LB_AVX512) || defined(LB_AVX2)
 #if defined(LB_AVX512)
 #define MADD_ACC(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
