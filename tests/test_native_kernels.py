@@ -91,8 +91,9 @@ def test_bias_and_accumulate(level, n):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("type_name", KQUANTS)
 def test_kquant_whole_and_tail_blocks(level, type_name):
-    """Row lengths with and without a tail block; 1-2 tokens take the decode kernels (q4_k, q6_k
-    straight from the map), more tokens the unpacked-tile kernels. Embedding rows are bit-exact."""
+    """Row lengths with and without a tail block; 1-2 tokens take the decode kernels (whole blocks
+    straight from the map: every k-quant on AVX-512, q4_k and q6_k on AVX2), more tokens the
+    unpacked-tile kernels. Embedding rows are bit-exact."""
     ffi, lib = native.library(level)
     for cols in (256, 384, 512, 172, 1280, 428):   # 428: a whole block and a 172-weight tail
         for n in (1, 2, 5, 10):   # 5, 10: prompt tiles of 4 tokens, then 1 or 2
@@ -111,8 +112,11 @@ def test_kquant_whole_and_tail_blocks(level, type_name):
 
 
 def test_kquant_rows_split_over_threads_agree():
-    for type_name, n in (("q4_k", 1), ("q6_k", 2), ("q3_k", 4)):
-        qt, raw, wd, x = _case(type_name, 203, 384, n, seed=7)
+    # 1280 columns: 5 whole blocks per row, many 4-row tiles per thread (the decode kernels prefetch
+    # the next tile), the last one partial; 384: a whole block and a tail
+    for type_name, n, cols in (("q4_k", 1, 384), ("q6_k", 2, 384), ("q3_k", 4, 384), ("q2_k", 1, 1280),
+                               ("q3_k", 1, 1280), ("q4_k", 2, 1280), ("q5_k", 1, 1280), ("q6_k", 1, 1280)):
+        qt, raw, wd, x = _case(type_name, 203, cols, n, seed=7)
         kern = native.NativeMatmul(type_name)
         outs = []
         try:
@@ -124,6 +128,7 @@ def test_kquant_rows_split_over_threads_agree():
         finally:
             native.set_threads(native.default_threads())
         assert all(np.array_equal(outs[0], o) for o in outs[1:]), type_name
+        _check(outs[0], _act(type_name, x), wd, 1e-5, f"{type_name} cols={cols} n={n}")
 
 
 def test_thread_count_does_not_change_results():

@@ -10,6 +10,10 @@ fallback types for rows that are not a multiple of 256 (pychat-30m's 384-wide on
 
   python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q8_0 -p 128 -n 64 -t 2 -r 3
   python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q4_k_m -p 128 -n 64 -t 2 -r 3
+
+--cpu-time (with -t 1) times both runtimes in this process's CPU time instead of the wall clock:
+tokens per CPU-second, which other processes taking the core away do not change (a check of the
+kernels' efficiency on a busy shared machine; memory-bandwidth contention still shows).
 """
 import argparse
 import os
@@ -69,26 +73,43 @@ def quantize_gguf(src, out, ftype=15):
     os.replace(out + ".tmp", out)
 
 
+CLOCK = time.perf_counter
+
+
 def bench_lowbit(model, n_prompt, n_gen):
-    from lowbit.commands.bench import measure
-    r = measure(model, n_prompt, n_gen, 1)
-    return r["pp"][0], r["tg"][0]
+    """lowbit bench's measurement (lowbit.commands.bench.measure with one repetition: an untimed
+    round, then a timed one), on CLOCK."""
+    t = model.transformer
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        cache = t.new_cache()
+        ids = rng.integers(0, t.config.vocab_size, n_prompt)
+        t0 = CLOCK()
+        t.forward(ids, cache)
+        pp = n_prompt / (CLOCK() - t0)
+        cache = t.new_cache()
+        tok = int(rng.integers(0, t.config.vocab_size))
+        t0 = CLOCK()
+        for _ in range(n_gen):
+            t.forward([tok], cache)
+        tg = n_gen / (CLOCK() - t0)
+    return pp, tg
 
 
 def bench_llama(llm, vocab, n_prompt, n_gen, rng):
     ids = [int(i) for i in rng.integers(0, vocab, n_prompt)]
     llm.reset()
     llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     llm.eval(ids)
-    pp = n_prompt / (time.perf_counter() - t0)
+    pp = n_prompt / (CLOCK() - t0)
     llm.reset()
     llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
     tok = int(rng.integers(0, vocab))
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(n_gen):
         llm.eval([tok])
-    tg = n_gen / (time.perf_counter() - t0)
+    tg = n_gen / (CLOCK() - t0)
     return pp, tg
 
 
@@ -101,7 +122,13 @@ def main(argv=None):
     ap.add_argument("-t", type=int, default=2)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/lowbit-sbs")
+    ap.add_argument("--cpu-time", action="store_true", help="time in process CPU time (needs -t 1)")
     args = ap.parse_args(argv)
+    if args.cpu_time:
+        if args.t != 1:
+            ap.error("--cpu-time needs -t 1 (idle pool threads spinning would count)")
+        global CLOCK
+        CLOCK = time.process_time
 
     os.makedirs(args.workdir, exist_ok=True)
     name = os.path.basename(os.path.normpath(args.checkpoint))
@@ -146,7 +173,7 @@ def main(argv=None):
             res[who]["pp"].append(pp)
             res[who]["tg"].append(tg)
     load = os.getloadavg()[0]
-    print(f"{name} {args.type}, {args.t} threads, median of {args.r} alternating runs "
+    print(f"{name} {args.type}, {args.t} threads, {'CPU' if args.cpu_time else 'wall-clock'} time, median of {args.r} alternating runs "
           f"(1-min load average {load0:.1f} before, {load:.1f} after)")
     print("| runtime | file MiB | load s | RSS after load MiB | pp t/s | tg t/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

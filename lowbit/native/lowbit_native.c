@@ -83,6 +83,7 @@ static inline float bf16_to_f32(uint16_t h) {
 }
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 /* ---------------------------------------------------------------- k-quants (q2_k .. q6_k)
 
@@ -98,6 +99,7 @@ static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] <
    the min term is sum(mn * bsum) per 16. Tail blocks unpack to the same form, zero-padded to 256. */
 
 #define QKK 256
+#define PF_BYTES 16384   /* decode kernels: software prefetch distance (see PF_BLOCK) */
 
 static int kq_kind(int type) { return type >= LB_Q2_K && type <= LB_Q6_K ? type - LB_Q2_K + 2 : 0; }
 
@@ -303,7 +305,7 @@ static void kq_dequant_row(int kind, const uint8_t *p, int64_t cols, float *out)
 
 /* Activations for k-quants: blocks of 256 (the last one zero-padded), scale amax/127, and the sum
    of each 16 quants (the min term). */
-static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, int16_t *bs) {
+static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, int16_t *bs, int8_t *qp, int8_t *qp2) {
     for (int64_t b = 0; b * QKK < cols; b++) {
         const int64_t n = cols - b * QKK < QKK ? cols - b * QKK : QKK;
         const float *xb = x + b * QKK;
@@ -324,6 +326,13 @@ static void quantize_row_qk(const float *x, int64_t cols, int8_t *qs, float *d, 
                 _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtsepi32_epi8(qi));
                 bs[b * 16 + j] = (int16_t)_mm512_reduce_add_epi32(qi);
             }
+            /* the decode kernels' orders of the 32-weight units: q4_k/q5_k 0 2 1 3 4 6 5 7 (see
+               dot4_q45k_512), q2_k/q3_k 0 4 1 5 2 6 3 7 (see dot4_q2k_512) */
+            if (qp)
+                for (int j = 0; j < 8; j++)
+                    memcpy(qp + b * QKK + 32 * j, q + 32 * ((j & 4) | ((j & 1) << 1) | ((j >> 1) & 1)), 32);
+            if (qp2)
+                for (int j = 0; j < 8; j++) memcpy(qp2 + b * QKK + 32 * j, q + 32 * ((j >> 1) + 4 * (j & 1)), 32);
             continue;
         }
 #endif
@@ -410,8 +419,9 @@ static void dot4_kq(const kq_row R[4], const int8_t *xq, const float *xd, const 
 }
 
 
-/* Decoding (one or two tokens): q4_k and q6_k super-blocks go straight from the map into the
-   integer dot (GGML's AVX2 scheme, 256-bit), without the unpacked copy. */
+/* Decoding (one or two tokens): whole super-blocks go straight from the map into the integer dot,
+   without the unpacked copy: q4_k and q6_k in GGML's AVX2 scheme (256-bit) here, every k-quant in
+   the AVX-512 kernels below (dot4_*_512), which kq_direct() prefers. */
 #if defined(LB_AVX512) || defined(LB_AVX2)
 #if defined(LB_AVX512)
 #define MADD_ACC(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
@@ -493,12 +503,21 @@ static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4],
 }
 #endif
 
-static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+/* Software prefetch of a tile ahead (pf: its first byte), pfs bytes per block of this one: the
+   hardware prefetchers alone leave decoding well short of the memory bandwidth (one thread: 22
+   against 35 GB/s, q6_k 8 against 40, tools/bench_decode_kernels.py). */
+#define PF_BLOCK(pf, b, pfs)                                                                   \
+    for (int64_t o_ = 0; o_ < (pfs); o_ += 64) _mm_prefetch((const char *)(pf) + (b) * (pfs) + o_, _MM_HINT_T0)
+
+static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                     const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xp;
     const __m256i m4 = _mm256_set1_epi8(15);
     const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     __m256 accf[4], accm[4];
     for (int r = 0; r < 4; r++) accf[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
         const int8_t *x = xq + b * QKK;
         const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
         __m256i sc[4], acc[4];
@@ -536,11 +555,14 @@ static void dot4_q4k(const uint8_t *const w[4], const int8_t *xq, const float *x
     for (int r = 0; r < 4; r++) out[r] = hsum256(accf[r]) - hsum256(accm[r]);
 }
 
-static void dot4_q6k(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]) {
+static void dot4_q6k(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                     const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xp;
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
     __m256 accf[4];
     for (int r = 0; r < 4; r++) accf[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
         const int8_t *x = xq + b * QKK;
         const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
         __m128i sc[4];
@@ -605,10 +627,324 @@ static void dot4_q4k_tail(const uint8_t *const w[4], int rem, const int8_t *x, f
 }
 #endif
 
-typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const float *xd, const int16_t *bs, int64_t nb, float out[4]);
+#if defined(LB_AVX512)
+/* Decoding on AVX-512 VNNI: whole super-blocks straight from the map, 64 bytes of quants per load.
+   vpdpbusd multiplies the unsigned quants with the signed 8-bit activations, 4 products per int32
+   lane, so every lane belongs to one sub-block; that lane sum fits in 16 bits (q4_k: 4 * 15 * 127,
+   q6_k: 4 * 63 * 127 < 32767), so vpdpwssd against a vector holding the sub-block's scale in each
+   lane's low half (high half 0) applies the scale and accumulates in one instruction. The next
+   tile's bytes are prefetched (PF_BLOCK) while this one is computed. */
+
+/* q4_k: qs bytes 0..63 hold weights 0..31 | 64..95 as low nibbles and 32..63 | 96..127 as high
+   nibbles (bytes 64..127 likewise for 128..255), so xp is the activation block with its 32-weight
+   sub-blocks in the order 0 2 1 3 4 6 5 7 (quantize_row_qk writes it): no shuffles in the loop. */
+static inline __attribute__((always_inline)) void dot4_q45k_512(const uint8_t *const w[4], const int8_t *xp, const float *xd,
+                                                                const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs,
+                                                                float out[4], const int five) {
+    const int BB = five ? 176 : 144, QS = five ? 48 : 16;   /* block bytes, offset of qs */
+    const __m512i m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    /* The 4 rows' 16-byte block heads (d, dmin, 12 scale bytes K0..K11 at bytes 4..15), one per
+       128-bit lane, unpacked together into bytes 0-7: the 8 6-bit scales, bytes 8-15: the 8 mins:
+         sc0-3 = K0-3 & 63, sc4-7 = (K8-11 & 15) | (K0-3 >> 6) << 4,
+         m0-3 = K4-7 & 63,  m4-7 = (K8-11 >> 4) | (K4-7 >> 6) << 4. */
+    const __m512i ctl_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i ctl_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    const __m512i keep_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m512i keep_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 48, 48, 48, 48, 0, 0, 0, 0, 48, 48, 48, 48));
+    const __m512i dsel = _mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12);
+    /* scale vector v of a row (its unpacked lane broadcast to all 4): int32 lanes 0-7 take sub-block
+       S[v][0], 8-15 S[v][1] as a 16-bit value (bytes 1-3 zero): (0, 2), (1, 3), (4, 6), (5, 7) */
+#define SC_CTL(a, b) _mm512_set_epi32(0xffffff##b, 0xffffff##b, 0xffffff##b, 0xffffff##b, 0xffffff##b, 0xffffff##b, \
+        0xffffff##b, 0xffffff##b, 0xffffff##a, 0xffffff##a, 0xffffff##a, 0xffffff##a, 0xffffff##a, 0xffffff##a, \
+        0xffffff##a, 0xffffff##a)
+    const __m512i sctl[4] = {SC_CTL(00, 02), SC_CTL(01, 03), SC_CTL(04, 06), SC_CTL(05, 07)};
+#undef SC_CTL
+    const __m512i hbit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(4), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(2), _mm256_set1_epi8(8), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(16), _mm256_set1_epi8(64), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(32), _mm256_set1_epi8((char)128), 1)};
+    /* mins: the unpacked heads widened to 16 bits (2 rows per vector), times the activation's sums
+       per 32 in words 8-15 of each row (words 0-7, the scales, meet zeros) */
+    const __m512i dmin01 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);   /* in dd below */
+    const __m512i dmin23 = _mm512_add_epi32(dmin01, _mm512_set1_epi32(4));
+    __m512 accf[4], accm01 = _mm512_setzero_ps(), accm23 = _mm512_setzero_ps();
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xp + b * QKK;
+        const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                               _mm512_loadu_si512(x + 192)};
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * BB)));
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * BB)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * BB)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * BB)), 3);
+        __m512i X = _mm512_shuffle_epi8(H, ctl_lo);
+        X = _mm512_mask_blend_epi8(0xf000f000f000f000ULL, X, _mm512_srli_epi16(X, 4));
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(_mm512_shuffle_epi8(H, ctl_hi), 2), keep_hi);
+        const __m512i SM = _mm512_ternarylogic_epi32(X, keep_lo, hi, 0xea);   /* (X & keep_lo) | hi */
+        /* d, dmin of the 4 rows (times the activation scale): [d0 dm0 d1 dm1 d2 dm2 d3 dm3] */
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(dsel, H))),
+                                        _mm256_set1_ps(xd[b]));
+        const __m512 ddz = _mm512_castps256_ps512(dd);
+        /* min terms, 2 rows per vector */
+        const __m128i b16 = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(bs + b * 16)),
+                                           _mm_loadu_si128((const __m128i *)(bs + b * 16 + 8)));   /* sums per 32 */
+        const __m512i B = _mm512_maskz_mov_epi16(0xff00ff00u, _mm512_broadcast_i32x4(b16));
+        const __m512i mv01 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(SM)), B);
+        const __m512i mv23 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(SM, 1)), B);
+        accm01 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv01), _mm512_permutexvar_ps(dmin01, ddz), accm01);
+        accm23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv23), _mm512_permutexvar_ps(dmin23, ddz), accm23);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * BB;
+            const __m512i sr = _mm512_shuffle_i32x4(SM, SM, 0x55 * r);
+            const __m512i q0 = _mm512_loadu_si512(p + QS), q1 = _mm512_loadu_si512(p + QS + 64);
+            __m512i u[4] = {_mm512_and_si512(q0, m4), _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4),
+                            _mm512_and_si512(q1, m4), _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4)};
+            if (five) {   /* q5_k: bit 4 of sub-block j's quants is bit j of qh[l] (same pairs as the scales) */
+                const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16)));
+                for (int v = 0; v < 4; v++)
+                    u[v] = _mm512_mask_add_epi8(u[v], _mm512_test_epi8_mask(qh, hbit[v]), u[v], _mm512_set1_epi8(16));
+            }
+            __m512i acc = zero;
+            for (int v = 0; v < 4; v++)
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u[v], xv[v]), _mm512_shuffle_epi8(sr, sctl[v]));
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), ddz), accf[r]);
+        }
+    }
+    /* accm01: row 0's min terms in lanes 4-7, row 1's in 12-15 (lanes 0-3, 8-11: zero) */
+    float m[32];
+    _mm512_storeu_ps(m, accm01);
+    _mm512_storeu_ps(m + 16, accm23);
+    for (int r = 0; r < 4; r++) {
+        float s = 0;
+        for (int j = 0; j < 8; j++) s += m[8 * r + j];
+        out[r] = _mm512_reduce_add_ps(accf[r]) - s;
+    }
+}
+
+static void dot4_q4k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    dot4_q45k_512(w, xp, xd, bs, nb, pf, pfs, out, 0);
+}
+
+/* q5_k: q4_k's layout (qs at 48) plus a fifth bit per weight in qh[32] */
+static void dot4_q5k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    dot4_q45k_512(w, xp, xd, bs, nb, pf, pfs, out, 1);
+}
+
+/* q2_k and q3_k: qs bytes 0..31 hold weights 32j + l at bit pair j (j = 0..3), bytes 32..63 weights
+   128 + 32j + l, so one 64-byte load gives 4 vectors of 64 weights, vector j meeting the activation
+   block with its 32-weight units in the order 0 4 1 5 2 6 3 7 (xp; quantize_row_qk writes it).
+   Sub-blocks are 16 weights: vector j's 128-bit lanes hold sub-blocks 2j, 2j + 1, 8 + 2j, 9 + 2j. */
+static void dot4_q2k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    const __m512i m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    /* scale vector j of a row (its scale lane broadcast to all 4): dword = (scale byte of the lane's
+       sub-block, 0, 0, 0) */
+#define SC_CTL2(j) _mm512_set_epi32(0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, 0xffffff00 + 9 + 2 * j, \
+        0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, 0xffffff00 + 8 + 2 * j, \
+        0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, 0xffffff00 + 1 + 2 * j, \
+        0xffffff00 + 2 * j, 0xffffff00 + 2 * j, 0xffffff00 + 2 * j, 0xffffff00 + 2 * j)
+    const __m512i sctl[4] = {SC_CTL2(0), SC_CTL2(1), SC_CTL2(2), SC_CTL2(3)};
+#undef SC_CTL2
+    const __m512i dsel = _mm512_setr_epi32(3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15);
+    const __m512i dmin01 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m512i dmin23 = _mm512_add_epi32(dmin01, _mm512_set1_epi32(4));
+    __m512 accf[4], accm01 = _mm512_setzero_ps(), accm23 = _mm512_setzero_ps();
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xp + b * QKK;
+        const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                               _mm512_loadu_si512(x + 192)};
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 84)));   /* scales */
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * 84)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * 84)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * 84)), 3);
+        __m512i T = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 84 + 68)));   /* d, dmin at 12 */
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[1] + b * 84 + 68)), 1);
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[2] + b * 84 + 68)), 2);
+        T = _mm512_inserti32x4(T, _mm_loadu_si128((const __m128i *)(w[3] + b * 84 + 68)), 3);
+        const __m512i SC = _mm512_and_si512(H, m4), MN = _mm512_and_si512(_mm512_srli_epi16(H, 4), m4);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(dsel, T))),
+                                        _mm256_set1_ps(xd[b]));   /* [d0 dm0 d1 dm1 ...] */
+        const __m512 ddz = _mm512_castps256_ps512(dd);
+        const __m512i BS = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bs + b * 16)));
+        const __m512i mv01 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(MN)), BS);
+        const __m512i mv23 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(MN, 1)), BS);
+        accm01 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv01), _mm512_permutexvar_ps(dmin01, ddz), accm01);
+        accm23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mv23), _mm512_permutexvar_ps(dmin23, ddz), accm23);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m512i q = _mm512_loadu_si512(w[r] + b * 84 + 16);
+            const __m512i sr = _mm512_shuffle_i32x4(SC, SC, 0x55 * r);
+            __m512i acc = zero;
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i u = _mm512_and_si512(j ? _mm512_srli_epi16(q, 2 * j) : q, m3);
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u, xv[j]), _mm512_shuffle_epi8(sr, sctl[j]));
+            }
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), ddz), accf[r]);
+        }
+    }
+    float m[32];
+    _mm512_storeu_ps(m, accm01);
+    _mm512_storeu_ps(m + 16, accm23);
+    for (int r = 0; r < 4; r++) {
+        float s = 0;
+        for (int j = 0; j < 8; j++) s += m[8 * r + j];
+        out[r] = _mm512_reduce_add_ps(accf[r]) - s;
+    }
+}
+
+/* q3_k: q2_k's quants plus a third bit (hmask[l], bit j for bytes 0..31, bit 4 + j for 32..63),
+   q = u - 4; 16 signed 6-bit scales (stored + 32) in 12 bytes. Each row's 16 bytes from offset 94
+   (two quant bytes, the 12 scale bytes, d) sit in one 128-bit lane and are unpacked together:
+     lo4(j) = j < 8 ? s[j] & 15 : s[j - 8] >> 4,  hi2(j) = (s[8 + j % 4] >> 2 * (j / 4)) & 3. */
+static void dot4_q3k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xq;
+    const __m512i m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    const __m512i ctl_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+    const __m512i ctl_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+    const __m512i hshift = _mm512_broadcast_i32x4(_mm_setr_epi16(0, 0, 2, 2, 4, 4, 6, 6));
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i dsel = _mm512_set1_epi64(0x001f0017000f0007LL);   /* words 7, 15, 23, 31: the 4 rows' d */
+    const __m512i d01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i d23 = _mm512_add_epi32(d01, _mm512_set1_epi32(2));
+    /* scale vector j (from a row's 16 sign-extended words): lane i takes sub-block
+       (i < 8 ? 2j : 8 + 2j) + (i / 4) % 2, in word 2i (odd words 0) */
+#define SIDX3(j) {2*j, 0, 2*j, 0, 2*j, 0, 2*j, 0, 2*j+1, 0, 2*j+1, 0, 2*j+1, 0, 2*j+1, 0, \
+                  8+2*j, 0, 8+2*j, 0, 8+2*j, 0, 8+2*j, 0, 9+2*j, 0, 9+2*j, 0, 9+2*j, 0, 9+2*j, 0}
+    static const int16_t S[4][32] __attribute__((aligned(64))) = {SIDX3(0), SIDX3(1), SIDX3(2), SIDX3(3)};
+#undef SIDX3
+    const __m512i sidx[4] = {_mm512_load_si512(S[0]), _mm512_load_si512(S[1]), _mm512_load_si512(S[2]), _mm512_load_si512(S[3])};
+    const __m512i sixteen = _mm512_set1_epi16(16);
+    const __mmask32 even = 0x55555555u;
+    /* the third bit of vector j: hmask bit j (lanes 0-31), bit 4 + j (lanes 32-63) */
+    const __m512i hbit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(16), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(2), _mm256_set1_epi8(32), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(4), _mm256_set1_epi8(64), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi8(8), _mm256_set1_epi8((char)128), 1)};
+    __m512 accf[4], acco01 = _mm512_setzero_ps(), acco23 = _mm512_setzero_ps();
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xp + b * QKK;
+        const __m512i xv[4] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                               _mm512_loadu_si512(x + 192)};
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[0] + b * 110 + 94)));
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[1] + b * 110 + 94)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[2] + b * 110 + 94)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(w[3] + b * 110 + 94)), 3);
+        __m512i L = _mm512_shuffle_epi8(H, ctl_lo);
+        L = _mm512_mask_blend_epi8(0xff00ff00ff00ff00ULL, L, _mm512_srli_epi16(L, 4));
+        const __m512i hi = _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(_mm512_shuffle_epi8(H, ctl_hi), hshift), 4), m30);
+        const __m512i SCU = _mm512_ternarylogic_epi32(L, m4, hi, 0xea);   /* (L & 15) | hi: scale + 32 */
+        /* signed scales as words, 2 rows per vector */
+        const __m512i W01 = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(SCU)), _mm512_set1_epi16(32));
+        const __m512i W23 = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(SCU, 1)), _mm512_set1_epi16(32));
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(dsel, H))), _mm_set1_ps(xd[b]));
+        const __m512 ddz = _mm512_castps128_ps512(dd);   /* [d0 d1 d2 d3] */
+        /* the offset: q = u - 4, so 4 * sum(scale * bsum) per row, 2 rows per vector */
+        const __m512i BS = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bs + b * 16)));
+        acco01 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(W01, BS)), _mm512_permutexvar_ps(d01, ddz), acco01);
+        acco23 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(W23, BS)), _mm512_permutexvar_ps(d23, ddz), acco23);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * 110;
+            const __m512i q = _mm512_loadu_si512(p + 32);
+            const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+            const __m512i Wr = r < 2 ? W01 : W23;
+            const __m512i off = (r & 1) ? sixteen : zero;
+            __m512i acc = zero;
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i u = _mm512_and_si512(j ? _mm512_srli_epi16(q, 2 * j) : q, m3);
+                u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(hm, hbit[j]), u, _mm512_set1_epi8(4));
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, u, xv[j]),
+                                          _mm512_maskz_permutexvar_epi16(even, _mm512_add_epi16(sidx[j], off), Wr));
+            }
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(_mm512_set1_epi32(r), ddz), accf[r]);
+        }
+    }
+    float m[32];
+    _mm512_storeu_ps(m, acco01);
+    _mm512_storeu_ps(m + 16, acco23);
+    for (int r = 0; r < 4; r++) {
+        float s = 0;
+        for (int j = 0; j < 8; j++) s += m[8 * r + j];
+        out[r] = _mm512_reduce_add_ps(accf[r]) - 4.f * s;
+    }
+}
+
+/* q6_k: ql bytes 64h..64h+63 hold weights 128h + 0..63 as low nibbles and 128h + 64..127 as high
+   nibbles (the activation's own order); their 2 high bits come from qh byte l (of 32h..32h+31) at
+   bit pairs 0, 1 (low, bytes < 32 / >= 32) and 2, 3 (high), i.e. bits 0-1, 2-3, 4-5, 6-7. */
+static void dot4_q6k_512(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]) {
+    (void)xp;
+    const __m512i m4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    /* qh bits for lanes 0-31 (0x33) and 32-63 (0xcc); 16-bit shifts moving them to bits 4-5 */
+    const __m512i hmask = _mm512_inserti64x4(_mm512_set1_epi8(0x33), _mm256_set1_epi8((char)0xcc), 1);
+    const __m512i sh_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);   /* left */
+    const __m512i sh_hi = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);   /* right */
+    /* scale vector v (0..3): lane i takes the 16-weight sub-block 4v + i/4 (word 2i; odd words 0) */
+#define I16X4(a) a, a, a, a, a, a, a, a, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, \
+                 a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3
+    static const int16_t S[4][32] __attribute__((aligned(64))) = {{I16X4(0)}, {I16X4(4)}, {I16X4(8)}, {I16X4(12)}};
+#undef I16X4
+    const __m512i sidx[4] = {_mm512_load_si512(S[0]), _mm512_load_si512(S[1]), _mm512_load_si512(S[2]), _mm512_load_si512(S[3])};
+    const __mmask32 even = 0x55555555u;
+    __m512 accf[4];
+    for (int r = 0; r < 4; r++) accf[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        PF_BLOCK(pf, b, pfs);
+        const int8_t *x = xq + b * QKK;
+        __m512i xv[4];
+        for (int k = 0; k < 4; k++) xv[k] = _mm512_loadu_si512(x + 64 * k);
+        const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs + b * 16));
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + b * 210;
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+            const __m512i scz = _mm512_castsi256_si512(sc16);
+            /* q = u - 32: start from -32 * sum(scale * bsum) */
+            __m512i acc = _mm512_zextsi256_si512(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(sc16, bsv)), 5));
+            for (int h = 0; h < 2; h++) {
+                const __m512i q = _mm512_loadu_si512(p + 64 * h);
+                const __m512i hb = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h))), hmask);
+                /* (a & c) | (b & ~c), c = 0x0f: imm 0xe4 */
+                const __m512i lo = _mm512_ternarylogic_epi32(q, _mm512_sllv_epi16(hb, sh_lo), m4, 0xe4);
+                const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 4), _mm512_srlv_epi16(hb, sh_hi), m4, 0xe4);
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, lo, xv[2 * h]),
+                                          _mm512_maskz_permutexvar_epi16(even, sidx[2 * h], scz));
+                acc = _mm512_dpwssd_epi32(acc, _mm512_dpbusd_epi32(zero, hi, xv[2 * h + 1]),
+                                          _mm512_maskz_permutexvar_epi16(even, sidx[2 * h + 1], scz));
+            }
+            accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(fp16_to_f32(rd16(p + 208)) * xd[b]), accf[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = _mm512_reduce_add_ps(accf[r]);
+}
+#endif
+
+typedef void (*dot4k_fn)(const uint8_t *const w[4], const int8_t *xq, const int8_t *xp, const float *xd,
+                         const int16_t *bs, int64_t nb, const uint8_t *pf, int64_t pfs, float out[4]);
 
 static dot4k_fn kq_direct(int kind) {
 #if defined(LB_AVX512) || defined(LB_AVX2)
+#if defined(LB_AVX512)
+    if (kind == 2) return dot4_q2k_512;
+    if (kind == 3) return dot4_q3k_512;
+    if (kind == 4) return dot4_q4k_512;
+    if (kind == 5) return dot4_q5k_512;
+    if (kind == 6) return dot4_q6k_512;
+#endif
     if (kind == 4) return dot4_q4k;
     if (kind == 6) return dot4_q6k;
 #endif
@@ -1059,6 +1395,7 @@ typedef struct {              /* one matmul inside a step: y[n, rows] (+)= x W^T
     const int8_t *kq;         /* 8-bit activations in blocks of 256 with sums per 16 (k-quants) */
     const float *kd;
     const int16_t *ks;
+    const int8_t *kp, *kp2;   /* the same in q4_k's and q2_k's quant orders (AVX-512 only, else NULL) */
     float *y;
     int64_t ldy;              /* row stride of y */
     int accumulate;
@@ -1084,7 +1421,7 @@ static int kbufs_reserve(int64_t cols) {
 }
 
 /* Quantize n activation rows for the formats `fmt` (bit 1 << ACT_Q8, 1 << ACT_QK) needs. */
-typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; } act_bufs;
+typedef struct { int8_t *xq; float *xd; int8_t *kq; float *kd; int16_t *ks; int8_t *kp, *kp2; } act_bufs;
 
 /* Epilogue of every tile: add the bias, then store or accumulate the nr outputs of token t. */
 static inline void store_rows(const mm_job *J, int64_t t, int64_t r0, int64_t nr, const float *o) {
@@ -1098,6 +1435,33 @@ static inline void store_rows(const mm_job *J, int64_t t, int64_t r0, int64_t nr
 
 /* Split the 4-row tiles of up to 3 matmuls (same input) over the threads; each tile meets every
    token while its weight rows are hot in L1. */
+static void prefetch_bytes(const uint8_t *p, int64_t bytes) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
+/* Decoding: the first PF_BYTES of this thread's share of job `from` onwards (the decode kernels
+   prefetch ahead inside a job, not into its first tiles). layer_work calls it before the serial
+   steps (norm, quantization) that precede a matmul, so those bytes arrive meanwhile. */
+static void matmuls_prefetch(const mm_job *jobs, int njobs, int from, int64_t n, int ith, int nth) {
+    if (n > 2) return;
+    int64_t tiles[3], total = 0;
+    for (int j = 0; j < njobs; j++) { tiles[j] = (jobs[j].w->rows + 3) / 4; total += tiles[j]; }
+    int64_t lo = split_lo(total, ith, nth), hi = split_lo(total, ith + 1, nth), base = 0;
+    for (int j = 0; j < njobs; j++) {
+        int64_t a = lo > base ? lo - base : 0, b = hi - base < tiles[j] ? hi - base : tiles[j];
+        base += tiles[j];
+        if (j < from || a >= b || !kq_kind(jobs[j].w->type)) continue;
+        const int64_t rb = lb_row_bytes(jobs[j].w->type, jobs[j].w->cols);
+        const int64_t bytes = 4 * rb * (b - a) < PF_BYTES ? 4 * rb * (b - a) : PF_BYTES;
+        prefetch_bytes(jobs[j].w->data + 4 * a * rb, bytes);
+        return;
+    }
+}
+
 static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) {
     int64_t tiles[3], total = 0;
     for (int j = 0; j < njobs; j++) { tiles[j] = (jobs[j].w->rows + 3) / 4; total += tiles[j]; }
@@ -1109,6 +1473,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
         int64_t a = lo > base ? lo - base : 0, b = hi - base < tiles[j] ? hi - base : tiles[j];
         base += tiles[j];
         if (a >= b) continue;
+        if (j + 1 < njobs) matmuls_prefetch(jobs, njobs, j + 1, n, ith, nth);   /* the next job's first tiles */
         const int64_t rb = lb_row_bytes(W->type, W->cols), k = W->cols;
         const int kind = kq_kind(W->type);
         if (kind) {   /* unpack the tile's 4 rows once, then run every token against them */
@@ -1134,12 +1499,19 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                             if (r < nr) kq_unpack_row(kind, rows[r] + nfull * KQ_BYTES[kind], k - nfull * QKK, T[r]);
                             else T[r] = T[nr - 1];
                         }
+                    /* prefetch the tile about PF_BYTES ahead (past the range: this one again, already cached);
+                       8 to 64 KiB measured alike on a Zen 5, one tile (4.5 KiB at 2048 q4_k columns) less */
+                    const int64_t pft = (PF_BYTES + 4 * rb - 1) / (4 * rb);
+                    const uint8_t *pf = tile + pft < b ? W->data + (r0 + 4 * pft) * rb : rows[0];
+                    const int64_t pfs = (4 * rb + 64 * nfull - 1) / (64 * nfull) * 64;
                     for (int64_t t = 0; t < n; t++) {
                         float o[4], ot[4];
                         const int8_t *xq = J->kq + t * nb * QKK;
+                        const int8_t *kp = kind <= 3 ? J->kp2 : J->kp;
+                        const int8_t *xp = kp ? kp + t * nb * QKK : NULL;
                         const float *xd = J->kd + t * nb;
                         const int16_t *xs = J->ks + t * nb * 16;
-                        direct(rows, xq, xd, xs, nfull, o);
+                        direct(rows, xq, xp, xd, xs, nfull, t ? rows[0] : pf, pfs, o);
                         if (tail4) {
 #if defined(LB_AVX512) || defined(LB_AVX2)
                             const uint8_t *tails[4] = {rows[0] + nfull * 144, rows[1] + nfull * 144, rows[2] + nfull * 144, rows[3] + nfull * 144};
@@ -1229,7 +1601,8 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
 static void quantize_act(const float *x, int64_t t, int64_t cols, int fmt, const act_bufs *B) {
     const int64_t nb = (cols + QKK - 1) / QKK;
     if (fmt & (1 << ACT_Q8)) quantize_row_q8(x + t * cols, cols, B->xq + t * cols, B->xd + t * (cols / QK));
-    if (fmt & (1 << ACT_QK)) quantize_row_qk(x + t * cols, cols, B->kq + t * nb * QKK, B->kd + t * nb, B->ks + t * nb * 16);
+    if (fmt & (1 << ACT_QK)) quantize_row_qk(x + t * cols, cols, B->kq + t * nb * QKK, B->kd + t * nb, B->ks + t * nb * 16,
+                                               B->kp ? B->kp + t * nb * QKK : NULL, B->kp2 ? B->kp2 + t * nb * QKK : NULL);
 }
 
 static void quantize_rows(const float *x, int64_t n, int64_t cols, int fmt, const act_bufs *B, int ith, int nth) {
@@ -1263,20 +1636,27 @@ static void matmul_work(void *p, int ith, int nth) {
 /* Carve the quantized-activation buffers for n rows of up to `cols` from s (NULL: just count). */
 static size_t act_bufs_carve(char *s, int64_t n, int64_t cols, act_bufs *B) {
     const int64_t nb = (cols + QKK - 1) / QKK;
-    size_t sizes[5] = {(size_t)(n * cols), (size_t)(n * (cols / QK + 1) * 4), (size_t)(n * nb * QKK),
-                       (size_t)(n * nb * 4), (size_t)(n * nb * 16 * 2)};
+#if defined(LB_AVX512)
+    const size_t perm = (size_t)(n * nb * QKK);   /* each permuted copy (decode kernels) */
+#else
+    const size_t perm = 0;
+#endif
+    size_t sizes[7] = {(size_t)(n * cols), (size_t)(n * (cols / QK + 1) * 4), (size_t)(n * nb * QKK),
+                       (size_t)(n * nb * 4), (size_t)(n * nb * 16 * 2), perm, perm};
     size_t total = 0;
-    char *ptrs[5];
-    for (int i = 0; i < 5; i++) { ptrs[i] = s ? s + total : NULL; total += (sizes[i] + 63) / 64 * 64; }
+    char *ptrs[7];
+    for (int i = 0; i < 7; i++) { ptrs[i] = s ? s + total : NULL; total += (sizes[i] + 63) / 64 * 64; }
     if (B) {
         B->xq = (int8_t *)ptrs[0]; B->xd = (float *)ptrs[1];
         B->kq = (int8_t *)ptrs[2]; B->kd = (float *)ptrs[3]; B->ks = (int16_t *)ptrs[4];
+        B->kp = perm ? (int8_t *)ptrs[5] : NULL;
+        B->kp2 = perm ? (int8_t *)ptrs[6] : NULL;
     }
     return total;
 }
 
 static mm_job make_job(const lb_weight *w, const float *x, const act_bufs *B, float *y, int64_t ldy, int accumulate) {
-    mm_job j = {w, x, B->xq, B->xd, B->kq, B->kd, B->ks, y, ldy, accumulate};
+    mm_job j = {w, x, B->xq, B->xd, B->kq, B->kd, B->ks, B->kp, B->kp2, y, ldy, accumulate};
     return j;
 }
 
@@ -1467,13 +1847,18 @@ static void layer_work(void *p, int ith, int nth) {
     const int64_t n = A->n, dim = L->dim, H = L->n_heads, KVH = L->n_kv_heads, D = L->head_dim, ffn = L->ffn;
     const int64_t qd = H * D, kvd = KVH * D, half = D / 2;
 
-    /* attention block */
-    rmsnorm_rows(A->x, L->attn_norm, L->eps, n, dim, A->h, ith, nth);
     const act_bufs *B = &A->bufs;
+    const mm_job qkv[3] = {make_job(&L->wq, A->h, B, A->q, qd, 0), make_job(&L->wk, A->h, B, A->k, kvd, 0),
+                           make_job(&L->wv, A->h, B, A->v, kvd, 0)};
+    const mm_job o = make_job(&L->wo, A->att, B, A->x, dim, 1);
+    const mm_job gu[2] = {make_job(&L->w_gate, A->h, B, A->gate, ffn, 0), make_job(&L->w_up, A->h, B, A->up, ffn, 0)};
+    const mm_job dn = make_job(&L->w_down, A->gate, B, A->x, dim, 1);
+
+    /* attention block */
+    matmuls_prefetch(qkv, 3, 0, n, ith, nth);
+    rmsnorm_rows(A->x, L->attn_norm, L->eps, n, dim, A->h, ith, nth);
     quantize_rows(A->h, n, dim, act_formats(&L->wq, &L->wk, &L->wv), B, ith, nth);
     barrier(nth);
-    mm_job qkv[3] = {make_job(&L->wq, A->h, B, A->q, qd, 0), make_job(&L->wk, A->h, B, A->k, kvd, 0),
-                     make_job(&L->wv, A->h, B, A->v, kvd, 0)};
     matmuls(qkv, 3, n, ith, nth);
     barrier(nth);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
@@ -1484,22 +1869,23 @@ static void layer_work(void *p, int ith, int nth) {
         memcpy(A->vc + pos * kvd, A->v + t * kvd, kvd * 4);
     }
     barrier(nth);
+    matmuls_prefetch(&o, 1, 0, n, ith, nth);
     attention_rows(A, ith, nth);
     barrier(nth);
     if (act_formats(&L->wo, NULL, NULL)) {
         quantize_rows(A->att, n, qd, act_formats(&L->wo, NULL, NULL), B, ith, nth);
         barrier(nth);
     }
-    mm_job o = make_job(&L->wo, A->att, B, A->x, dim, 1);
     matmuls(&o, 1, n, ith, nth);
     barrier(nth);
 
     /* feed-forward block (SwiGLU) */
+    matmuls_prefetch(gu, 2, 0, n, ith, nth);
     rmsnorm_rows(A->x, L->ffn_norm, L->eps, n, dim, A->h, ith, nth);
     quantize_rows(A->h, n, dim, act_formats(&L->w_gate, &L->w_up, NULL), B, ith, nth);
     barrier(nth);
-    mm_job gu[2] = {make_job(&L->w_gate, A->h, B, A->gate, ffn, 0), make_job(&L->w_up, A->h, B, A->up, ffn, 0)};
     matmuls(gu, 2, n, ith, nth);
+    matmuls_prefetch(&dn, 1, 0, n, ith, nth);
     barrier(nth);
     int dq = act_formats(&L->w_down, NULL, NULL);
     for (int64_t t = split_lo(n, ith, nth); t < split_lo(n, ith + 1, nth); t++) {
@@ -1508,7 +1894,6 @@ static void layer_work(void *p, int ith, int nth) {
         if (dq) quantize_act(A->gate, t, ffn, dq, B);
     }
     barrier(nth);
-    mm_job dn = make_job(&L->w_down, A->gate, B, A->x, dim, 1);
     matmuls(&dn, 1, n, ith, nth);
 }
 
