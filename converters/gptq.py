@@ -19,8 +19,7 @@ from numba import njit, prange
 from lowbit import quants
 from lowbit.errors import ConvertError
 from lowbit.quants.fp16 import f16_bits_to_f32
-from lowbit.quants.kquant_fit import fit_affine_block, fit_symmetric_block
-from lowbit.quants.kquants import KIND, PARAMS, QK, _pack_full, _pack_tail
+from lowbit.quants.kquants import KIND, PARAMS, QK, _pack_full, _pack_tail, block_weights, fit_block
 
 GPTQ_TYPES = tuple(PARAMS)          # the k-quants; other types are quantized as usual
 DEFAULT_DAMP = 0.01                 # fraction of mean(diag H) added to the diagonal
@@ -31,7 +30,6 @@ def _gptq_block(W, U, c0, n, kind, S, bits, im, search, bidx, block_bytes, err, 
     """Quantize columns c0..c0+n of every row of W (float64, updated in place inside the block)
     into block `bidx` of out[r]; err[r, i] receives (w - q) / U[c, c] for the lazy update."""
     rows = W.shape[0]
-    nsub = (n + S - 1) // S
     affine = kind == 2 or kind == 4 or kind == 5
     nmax = (1 << bits) - 1
     qmin = -(1 << (bits - 1))
@@ -44,19 +42,10 @@ def _gptq_block(W, U, c0, n, kind, S, bits, im, search, bidx, block_bytes, err, 
         m = np.zeros(16, np.int64)
         fs = np.zeros(16, np.float64)
         fm = np.zeros(16, np.float64)
-        ss = 0.0
         for i in range(n):
             x[i] = W[r, c0 + i]
-            ss += x[i] * x[i]
-        sigma2 = ss / n
-        for i in range(n):   # the same weighting as kquants' imatrix path
-            wt[i] = im[c0 + i] * np.sqrt(sigma2 + x[i] * x[i])
-        if affine:
-            d, dmin = fit_affine_block(x, wt, nsub, S, nmax, 15 if kind == 2 else 63, search, sc, m, L, fs, fm)
-        else:
-            d = fit_symmetric_block(x, wt, nsub, S, qmin, qmax, -32 if kind == 3 else -128,
-                                    31 if kind == 3 else 127, search, sc, L, fs)
-            dmin = 0
+        block_weights(x, n, S, kind, im, c0, True, wt)   # the plain quantizer's imatrix weighting
+        d, dmin = fit_block(x, wt, n, kind, S, bits, search, sc, m, L, fs, fm)
         df = np.float32(f16_bits_to_f32(d))
         dmf = np.float32(f16_bits_to_f32(dmin))
         for i in range(n):

@@ -66,7 +66,10 @@ def test_gptq_bytes_are_ordinary_k_quants():
         ours = quants.get(t).dequantize(raw, w.shape)
         theirs = gq.dequantize(raw, GGMLQuantizationType[t.upper()]).reshape(w.shape)
         np.testing.assert_array_equal(ours, theirs)
-        assert np.abs(ours - w).max() < 0.5 * np.abs(w).max()
+        # and they are a good quantization of w: lower output error tr(E H E^T) than plain rounding
+        plain = quants.get(t).dequantize(quants.get(t).quantize(w), w.shape)
+        E, P = (ours - w).astype(np.float64), (plain - w).astype(np.float64)
+        assert np.trace(E @ H @ E.T) < np.trace(P @ H @ P.T), t
 
 
 def test_inverse_cholesky():
