@@ -43,7 +43,7 @@ typedef struct {
     int32_t xq_ready;              // decode: x is already quantized in xq (by lb_rmsnorm); else lb_gemv quantizes it
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
-    int32_t pad2;
+    int32_t l2pf;                  // dp4a decode: row groups per block prefetched into L2 ahead (set by lb_gemv)
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -61,7 +61,9 @@ static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
 static int g_sms = 132;
 static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (LOWBIT_CUDA_BPSM, 1..8)
-static int g_q4k_split = 4;     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
+static int g_q4k_split = 4;
+static int g_l2pf = 2;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF, 0 = off)
+static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
     snprintf(g_err, sizeof g_err, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
@@ -85,6 +87,15 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Hint: bring bytes [p, p + n) into L2 (n and p 16-byte multiples), one bulk (TMA) request that
+// occupies no registers; the GEMVs use it to read further ahead than their registers allow,
+// above all while the previous kernel (RMSNorm, attention) leaves the memory idle.
+__device__ __forceinline__ void l2_prefetch(const void* p, uint32_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (n) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(n) : "memory");
 #endif
 }
 
@@ -793,9 +804,24 @@ __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0
     p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
 }
 
+// Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2.
 template <int M>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
-    pdl_launch();
+__device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int total) {
+    if (g >= total) return;
+    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
+    const int mi = (M == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
+    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
+    const lb_mat& m = job_mat(job, mi);
+    const int r0 = 4 * gl;
+    const size_t off = (size_t)r0 * m.body_row;
+    const uint32_t n = (uint32_t)(min(4, m.rows - r0) * m.body_row);
+    l2_prefetch((const uint8_t*)m.body + off, n);
+    if (M == 2) l2_prefetch((const uint8_t*)job.m[1].body + off, n);
+}
+
+// the q4_k dp4a GEMV's work for block bid of nblk (a kernel of its own, or part of a fused launch)
+template <int M>
+__device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
     constexpr int U = M == 1 ? 4 : 2;
     __shared__ float red[2][GEMV_WARPS][4][M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, r4 = lane >> 3;
@@ -821,13 +847,16 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
             }                                                                                      \
         }                                                                                          \
     }
-    int g = blockIdx.x, mi = 0, grow = 0;
+    int g = bid, mi = 0, grow = 0;
     const uint8_t *p0 = nullptr, *p1 = nullptr;
     if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
+    const int pf = job.l2pf;
+    if (threadIdx.x == 0) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
-    for (; g < total; g += gridDim.x) {
-        const int gn = g + gridDim.x;
+    for (; g < total; g += nblk) {
+        const int gn = g + nblk;
+        if (threadIdx.x == 0 && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
         const uint8_t *n0 = nullptr, *n1 = nullptr;
         int nmi = 0, ngrow = 0;
         if (gn < total) q4k_group_ptrs<M>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
@@ -895,6 +924,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
 #undef Q4Q_LOAD
 }
 
+template <int M>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
+    pdl_launch();
+    q4k_q8_blocks<M>(job, blockIdx.x, gridDim.x);
+}
+
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
 // per launch, modes 0 and 1). Lane s = (n = s/4: 128-weight half, p4 = s%4) takes 8 bytes of ql
 // (quarters 0, 2), of ql+32 (quarters 1, 3) and of qh: weights 128n + 32k + 8p4..+7, k = 0..3,
@@ -911,8 +946,7 @@ __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0
     dp = (const uint16_t*)((const uint8_t*)m.tail + (size_t)rr * m.tail_row) + kb0;
 }
 
-__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const lb_job job, const float* __restrict__ x) {
-    pdl_launch();
+__device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
     constexpr int U = 4;
     __shared__ float red[2][GEMV_WARPS][4];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, n = s >> 2, p4 = s & 3, r4 = lane >> 3;
@@ -938,14 +972,17 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
             D[k] = __ldg((DP) + (B0) + k);                                                         \
         }                                                                                          \
     }
-    int g = blockIdx.x, mi = 0, grow = 0;
+    int g = bid, mi = 0, grow = 0;
     const uint8_t* p0 = nullptr;
     const uint16_t* dp = nullptr;
     if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
+    const int pf = job.l2pf;
+    if (threadIdx.x == 0) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
-    for (; g < total; g += gridDim.x) {
-        const int gn = g + gridDim.x;
+    for (; g < total; g += nblk) {
+        const int gn = g + nblk;
+        if (threadIdx.x == 0 && pf) l2_prefetch_group<1>(job, g + (pf + 1) * nblk, total);
         const uint8_t* n0 = nullptr;
         const uint16_t* ndp = nullptr;
         int nmi = 0, ngrow = 0;
@@ -999,6 +1036,20 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
         p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
     }
 #undef Q6Q_LOAD
+}
+
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const lb_job job, const float* __restrict__ x) {
+    pdl_launch();
+    q6k_q8_blocks(job, blockIdx.x, gridDim.x);
+}
+
+// q4_k and q6_k matrices of one job (qkv where v is q6_k) in one launch: blocks [0, nb4) do the
+// q4_k row groups, the rest the q6_k ones (block counts in proportion to the bytes), so the
+// q6_k part pays no launch ramp and tail of its own
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const lb_job j4, const lb_job j6, int nb4) {
+    pdl_launch();
+    if ((int)blockIdx.x < nb4) q4k_q8_blocks<1>(j4, blockIdx.x, nb4);
+    else q6k_q8_blocks(j6, blockIdx.x - nb4, gridDim.x - nb4);
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1470,6 +1521,10 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= 1 && atoi(e) <= 8) g_bpsm = atoi(e);
     e = getenv("LOWBIT_CUDA_DP4A_Q6K");
     g_dp4a_q6k = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_L2PF");
+    if (e && atoi(e) >= 0 && atoi(e) <= 64) g_l2pf = atoi(e);
+    e = getenv("LOWBIT_CUDA_FUSE46");
+    g_fuse46 = !(e && e[0] == '0');
     return 0;
 }
 
@@ -1541,8 +1596,9 @@ static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 
 static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
 // one decode token: the q4_k and q6_k matrices of a job against q8_K activations (quantized here
-// unless job.xq_ready), one launch per type; returns the job of the other matrices in *rest
-static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
+// unless job.xq_ready): one launch per type, or one for both (g_fuse46); the other matrices are
+// left to the float path (gemv_q8act's *rest)
+static int quant_x_once(const lb_job& j, uint64_t x, bool* quantized) {
     const int cols = j.m[0].cols;
     const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
     if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
@@ -1552,16 +1608,52 @@ static int launch_q8act(lb_job j, uint64_t x, int type, bool* quantized) {
         CKL("quant_x_kernel");
         *quantized = true;
     }
+    return 0;
+}
+
+// row groups (4 rows) of each matrix into j.wcnt; returns their total, and the weight bytes in *bytes
+static int q8act_groups(lb_job& j, double* bytes) {
     int groups = 0;
-    for (int i = 0; i < 3; i++) { j.wcnt[i] = i < (j.mode == 2 ? 1 : j.nmat) ? (j.m[i].rows + 3) / 4 : 0; groups += j.wcnt[i]; }
-    // as many groups per block as makes ~g_bpsm blocks per SM, then blocks so every block has that many
-    const int per = (groups + g_bpsm * g_sms - 1) / (g_bpsm * g_sms), blocks = (groups + per - 1) / per;
+    *bytes = 0;
+    const int n = j.mode == 2 ? 1 : j.nmat;
+    for (int i = 0; i < 3; i++) {
+        j.wcnt[i] = i < n ? (j.m[i].rows + 3) / 4 : 0;
+        groups += j.wcnt[i];
+        if (i < j.nmat) *bytes += (double)j.m[i].rows * j.m[i].body_row;
+    }
+    j.l2pf = g_l2pf;
+    return groups;
+}
+
+// as many groups per block as makes ~budget blocks, then blocks so every block has that many
+static int q8act_blocks(int groups, int budget) {
+    if (budget < 1) budget = 1;
+    const int per = (groups + budget - 1) / budget;
+    return (groups + per - 1) / per;
+}
+
+static int launch_q8act(lb_job j, int type) {
+    double bytes;
+    const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)x)
-                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)x)
-                                : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)x);
+    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)0)
+                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
+                                : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)0);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
     CKL("gemv q8-activation kernel");
+    return 0;
+}
+
+static int launch_q46(lb_job j4, lb_job j6) {
+    double b4, b6;
+    const int g4 = q8act_groups(j4, &b4), g6 = q8act_groups(j6, &b6), budget = g_bpsm * g_sms;
+    int nb4 = (int)(budget * b4 / (b4 + b6) + 0.5);
+    nb4 = nb4 < 1 ? 1 : nb4 > budget - 1 ? budget - 1 : nb4;
+    nb4 = q8act_blocks(g4, nb4);
+    const int nb6 = q8act_blocks(g6, budget - nb4);
+    cudaError_t r = launch(gemv_q46_q8_kernel, dim3(nb4 + nb6), dim3(32 * GEMV_WARPS), j4, j6, nb4);
+    if (r != cudaSuccess) return fail("gemv_q46_q8_kernel launch", r);
+    CKL("gemv_q46_q8_kernel");
     return 0;
 }
 
@@ -1580,8 +1672,10 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
-    if (j4.nmat) { int rc = launch_q8act(j4, x, T_Q4_K, &quantized); if (rc) return rc; }
-    if (j6.nmat) { int rc = launch_q8act(j6, x, T_Q6_K, &quantized); if (rc) return rc; }
+    if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
+    if (j4.nmat && j6.nmat && g_fuse46) return launch_q46(j4, j6);
+    if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
+    if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
     return 0;
 }
 

@@ -24,7 +24,7 @@ typedef struct {
     int32_t xq_ready;
     uint64_t xq;
     int32_t xq_cap;
-    int32_t pad2;
+    int32_t l2pf;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
