@@ -62,7 +62,9 @@ static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the
 static int g_sms = 132;
 static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (LOWBIT_CUDA_BPSM, 1..8)
 static int g_q4k_split = 4;
-static int g_l2pf = 2;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF, 0 = off)
+static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
+                                // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
+static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -97,6 +99,10 @@ __device__ __forceinline__ void l2_prefetch(const void* p, uint32_t n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (n) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(n) : "memory");
 #endif
+}
+
+__device__ __forceinline__ void l2_prefetch_line(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
 
 __device__ __forceinline__ float h2f(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xFFFF))); }
@@ -804,7 +810,8 @@ __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0
     p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
 }
 
-// Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2.
+// Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2:
+// job.l2pf > 0: one bulk request (thread 0 calls), < 0: a 128-byte line per thread (all call).
 template <int M>
 __device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int total) {
     if (g >= total) return;
@@ -815,6 +822,13 @@ __device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int 
     const int r0 = 4 * gl;
     const size_t off = (size_t)r0 * m.body_row;
     const uint32_t n = (uint32_t)(min(4, m.rows - r0) * m.body_row);
+    if (job.l2pf < 0) {
+        for (uint32_t i = 128 * threadIdx.x; i < n; i += 128 * blockDim.x) {
+            l2_prefetch_line((const uint8_t*)m.body + off + i);
+            if (M == 2) l2_prefetch_line((const uint8_t*)job.m[1].body + off + i);
+        }
+        return;
+    }
     l2_prefetch((const uint8_t*)m.body + off, n);
     if (M == 2) l2_prefetch((const uint8_t*)job.m[1].body + off, n);
 }
@@ -850,13 +864,14 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     int g = bid, mi = 0, grow = 0;
     const uint8_t *p0 = nullptr, *p1 = nullptr;
     if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
-    const int pf = job.l2pf;
-    if (threadIdx.x == 0) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
+    const int pf = job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
+    if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
-        if (threadIdx.x == 0 && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
+        if (pf_here && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
         const uint8_t *n0 = nullptr, *n1 = nullptr;
         int nmi = 0, ngrow = 0;
         if (gn < total) q4k_group_ptrs<M>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
@@ -976,13 +991,14 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
     const uint8_t* p0 = nullptr;
     const uint16_t* dp = nullptr;
     if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
-    const int pf = job.l2pf;
-    if (threadIdx.x == 0) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
+    const int pf = job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
+    if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
-        if (threadIdx.x == 0 && pf) l2_prefetch_group<1>(job, g + (pf + 1) * nblk, total);
+        if (pf_here && pf) l2_prefetch_group<1>(job, g + (pf + 1) * nblk, total);
         const uint8_t* n0 = nullptr;
         const uint16_t* ndp = nullptr;
         int nmi = 0, ngrow = 0;
@@ -1350,14 +1366,26 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
                                                                  const float* __restrict__ cosT, const float* __restrict__ sinT,
-                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter) {
+                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
     __shared__ __align__(16) __half kcur[256], vcur[256];
     __shared__ bool last;
     pdl_launch();
-    pdl_wait();
     const int h = blockIdx.x, kvh = h / (H / KVH), tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (prefetch) {
+        // The keys and values of the positions before this token were written by earlier steps, so
+        // they go to L2 while the qkv GEMV still runs. A hint only: a position read before the wait
+        // may be stale (an older, smaller one), and any row below it lies inside the cache.
+        const int np = min(*(volatile const int32_t*)pos0p, AD_TILE), lpr = (2 * D + 127) >> 7;
+        for (int i = tid; i < np * lpr; i += AD_THREADS) {
+            const int j = i / lpr;
+            const size_t o = ((size_t)j * KVH + kvh) * D * 2 + 128 * (i - j * lpr);
+            l2_prefetch_line((const char*)kc + o);
+            l2_prefetch_line((const char*)vc + o);
+        }
+    }
+    pdl_wait();
     const int len = *pos0p + 1, half_d = D / 2;
     const float scale = rsqrtf((float)D);
     {
@@ -1522,7 +1550,9 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_DP4A_Q6K");
     g_dp4a_q6k = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_L2PF");
-    if (e && atoi(e) >= 0 && atoi(e) <= 64) g_l2pf = atoi(e);
+    if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_PF");
+    g_att_pf = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1792,7 +1822,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (!g_dp4a || !count) xq = 0;
     cudaError_t r = launch(attn_decode_kernel, dim3(H), dim3(AD_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
-                           (uint8_t*)xq, cap, (unsigned int*)count);
+                           (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
     CKL("attn_decode_kernel");
     return 0;
