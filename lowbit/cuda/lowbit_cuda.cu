@@ -65,6 +65,7 @@ static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
+static bool g_pair = true;      // q4_k dp4a decode of modes 0/1: 8-row groups (LOWBIT_CUDA_PAIR=0: 4-row groups)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -797,17 +798,20 @@ __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* _
 // matrices (groups laid end to end, counts in job.wcnt), so a block does several groups and the
 // next group's first weight loads are issued before the current group is reduced (persistent,
 // software pipelined). Tail blocks (cols % 256) are done by the first warp (tail_dot_q8).
-template <int M>
+// PAIR: a group is 8 rows of one matrix, its two halves in the M == 2 slots (p0: rows grow..+3,
+// p1: rows grow+4..+7), so modes 0/1 get gate/up's geometry: 8 rows and one reduction per group
+template <int M, bool PAIR = false>
 __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint8_t*& p1, int& mi, int& grow) {
     const int g0 = job.wcnt[0], g1 = job.wcnt[1];
-    mi = (M == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
+    mi = ((M == 2 && !PAIR) || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
     const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
     const lb_mat& m = job_mat(job, mi);
-    grow = 4 * gl;
+    grow = (PAIR ? 8 : 4) * gl;
     const int rr = min(grow + (lane >> 3), m.rows - 1);
     const size_t off = (size_t)kb0 * 144 + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
     p0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + off;
-    p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
+    if (PAIR) p1 = (const uint8_t*)m.body + (size_t)min(grow + 4 + (lane >> 3), m.rows - 1) * m.body_row + off;
+    else p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
 }
 
 // Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2:
@@ -834,14 +838,15 @@ __device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int 
 }
 
 // the q4_k dp4a GEMV's work for block bid of nblk (a kernel of its own, or part of a fused launch)
-template <int M>
+template <int M, bool PAIR = false>
 __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
+    static_assert(!PAIR || M == 2, "pairs use the two-matrix slots");
     constexpr int U = M == 1 ? 4 : 2;
     __shared__ float red[2][GEMV_WARPS][4][M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, r4 = lane >> 3;
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
-    const int total = M == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
+    const int total = (M == 2 && !PAIR) ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
     const int cap = job.xq_cap;
     const uint8_t* xq = (const uint8_t*)job.xq;
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
@@ -863,8 +868,8 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     }
     int g = bid, mi = 0, grow = 0;
     const uint8_t *p0 = nullptr, *p1 = nullptr;
-    if (g < total) { q4k_group_ptrs<M>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
-    const int pf = job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    if (g < total) { q4k_group_ptrs<M, PAIR>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
+    const int pf = PAIR ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
     const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
     if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
     pdl_wait();
@@ -874,7 +879,7 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
         if (pf_here && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
         const uint8_t *n0 = nullptr, *n1 = nullptr;
         int nmi = 0, ngrow = 0;
-        if (gn < total) q4k_group_ptrs<M>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
+        if (gn < total) q4k_group_ptrs<M, PAIR>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
         float acc[M];
 #pragma unroll
         for (int mm = 0; mm < M; mm++) acc[mm] = 0.f;
@@ -917,7 +922,8 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
         const lb_mat& m = job_mat(job, mi);
         const int row = grow + r4, rr = min(row, m.rows - 1);
         if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc[0]);
-        if (M == 2 && warp == 0 && job.m[1].xtra) tail_dot_q8(job.m[1], rr, xq, cap, s, &acc[M - 1]);
+        if (PAIR && warp == 0 && m.xtra) tail_dot_q8(m, min(row + 4, m.rows - 1), xq, cap, s, &acc[M - 1]);
+        if (M == 2 && !PAIR && warp == 0 && job.m[1].xtra) tail_dot_q8(job.m[1], rr, xq, cap, s, &acc[M - 1]);
 #pragma unroll
         for (int mm = 0; mm < M; mm++)
 #pragma unroll
@@ -927,7 +933,15 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
             for (int mm = 0; mm < M; mm++) red[par][warp][r4][mm] = acc[mm];
         }
         __syncthreads();
-        if (warp == 0 && lane < 4 && grow + lane < m.rows) {
+        if (PAIR) {
+            const int h = (lane >> 2) & 1, r = lane & 3;
+            if (warp == 0 && lane < 8 && grow + 4 * h + r < m.rows) {
+                float sa = 0.f;
+#pragma unroll
+                for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
+                gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
+            }
+        } else if (warp == 0 && lane < 4 && grow + lane < m.rows) {
             float sa = 0.f, sb = 0.f;
 #pragma unroll
             for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][M - 1]; }
@@ -939,10 +953,10 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
 #undef Q4Q_LOAD
 }
 
-template <int M>
+template <int M, bool PAIR = false>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
     pdl_launch();
-    q4k_q8_blocks<M>(job, blockIdx.x, gridDim.x);
+    q4k_q8_blocks<M, PAIR>(job, blockIdx.x, gridDim.x);
 }
 
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
@@ -1064,8 +1078,10 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
 // q6_k part pays no launch ramp and tail of its own
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const lb_job j4, const lb_job j6, int nb4) {
     pdl_launch();
-    if ((int)blockIdx.x < nb4) q4k_q8_blocks<1>(j4, blockIdx.x, nb4);
-    else q6k_q8_blocks(j6, blockIdx.x - nb4, gridDim.x - nb4);
+    if ((int)blockIdx.x < nb4) {
+        if (j4.ksplit == 8) q4k_q8_blocks<2, true>(j4, blockIdx.x, nb4);
+        else q4k_q8_blocks<1>(j4, blockIdx.x, nb4);
+    } else q6k_q8_blocks(j6, blockIdx.x - nb4, gridDim.x - nb4);
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1553,6 +1569,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_PAIR");
+    g_pair = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1641,13 +1659,14 @@ static int quant_x_once(const lb_job& j, uint64_t x, bool* quantized) {
     return 0;
 }
 
-// row groups (4 rows) of each matrix into j.wcnt; returns their total, and the weight bytes in *bytes
+// row groups (4 rows, or 8 when j.ksplit == 8: q4_k pairs) of each matrix into j.wcnt; returns
+// their total, and the weight bytes in *bytes
 static int q8act_groups(lb_job& j, double* bytes) {
     int groups = 0;
     *bytes = 0;
-    const int n = j.mode == 2 ? 1 : j.nmat;
+    const int n = j.mode == 2 ? 1 : j.nmat, rg = j.ksplit == 8 ? 8 : 4;
     for (int i = 0; i < 3; i++) {
-        j.wcnt[i] = i < n ? (j.m[i].rows + 3) / 4 : 0;
+        j.wcnt[i] = i < n ? (j.m[i].rows + rg - 1) / rg : 0;
         groups += j.wcnt[i];
         if (i < j.nmat) *bytes += (double)j.m[i].rows * j.m[i].body_row;
     }
@@ -1668,7 +1687,8 @@ static int launch_q8act(lb_job j, int type) {
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
     cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)0)
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
-                                : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)0);
+                  : j.ksplit == 8 ? launch(gemv_q4k_q8_kernel<2, true>, grid, block, j, (const float*)0)
+                                  : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)0);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
     CKL("gemv q8-activation kernel");
     return 0;
@@ -1703,6 +1723,7 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
         }
     }
     if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
+    j4.ksplit = job.mode != 2 && g_pair ? 8 : GEMV_WARPS;   // (ksplit == 8 marks 8-row q4_k groups)
     if (j4.nmat && j6.nmat && g_fuse46) return launch_q46(j4, j6);
     if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
