@@ -66,6 +66,7 @@ static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefe
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static bool g_pair = true;      // q4_k dp4a decode of modes 0/1: 8-row groups (LOWBIT_CUDA_PAIR=0: 4-row groups)
+static bool g_pair6 = true;     // the same for q6_k (LOWBIT_CUDA_PAIR6=0: 4-row groups)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -964,20 +965,27 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
 // (quarters 0, 2), of ql+32 (quarters 1, 3) and of qh: weights 128n + 32k + 8p4..+7, k = 0..3,
 // rebuilt as 6-bit bytes by masks and shifts; w = d sc (q - 32): the -32 term is 32 sc times the
 // x sum of the 16-weight segment, added by the even lane of the pair sharing it.
-__device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint16_t*& dp, int& mi, int& grow) {
+// P = 2: a group is 8 rows, halves h = 0, 1 (rows grow + 4h + lane/8) loaded side by side (as the
+// q4_k pairs): one reduction per 8 rows, and each x load serves both halves
+template <int P>
+__device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t** p, const uint16_t** dp, int& mi, int& grow) {
     const int g0 = job.wcnt[0], g1 = job.wcnt[1];
     mi = g < g0 ? 0 : g < g0 + g1 ? 1 : 2;
     const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
     const lb_mat& m = job_mat(job, mi);
-    grow = 4 * gl;
-    const int rr = min(grow + (lane >> 3), m.rows - 1);
-    p0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 208;
-    dp = (const uint16_t*)((const uint8_t*)m.tail + (size_t)rr * m.tail_row) + kb0;
+    grow = 4 * P * gl;
+#pragma unroll
+    for (int h = 0; h < P; h++) {
+        const int rr = min(grow + 4 * h + (lane >> 3), m.rows - 1);
+        p[h] = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 208;
+        dp[h] = (const uint16_t*)((const uint8_t*)m.tail + (size_t)rr * m.tail_row) + kb0;
+    }
 }
 
+template <int P>
 __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
-    constexpr int U = 4;
-    __shared__ float red[2][GEMV_WARPS][4];
+    constexpr int U = P == 1 ? 4 : 2;
+    __shared__ float red[2][GEMV_WARPS][4][P];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, n = s >> 2, p4 = s & 3, r4 = lane >> 3;
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
@@ -988,24 +996,26 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
     const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
     const int qoff = 64 * n + 8 * p4, hoff = 128 + 32 * n + 8 * p4, soff = 192 + 8 * n, sb = p4 >> 1;
     const bool even = (p4 & 1) == 0;
-    uint2 qa[U], qb[U], qh[U], sc[U], na[U], nbq[U], nh[U], ns[U];
-    uint32_t db[U], nd[U];
-#define Q6Q_LOAD(A, B, H, S, D, P, DP, B0)                                                         \
-    _Pragma("unroll") for (int k = 0; k < U; k++) {                                                \
-        if ((B0) + k < nbs) {                                                                      \
-            const uint8_t* blk = (P) + (size_t)((B0) + k) * 208;                                   \
-            A[k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff));                             \
-            B[k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff + 32));                        \
-            H[k] = __ldcs(reinterpret_cast<const uint2*>(blk + hoff));                             \
-            S[k] = __ldg(reinterpret_cast<const uint2*>(blk + soff));                              \
-            D[k] = __ldg((DP) + (B0) + k);                                                         \
+    uint2 qa[P][U], qb[P][U], qh[P][U], sc[P][U], na[P][U], nbq[P][U], nh[P][U], ns[P][U];
+    uint32_t db[P][U], nd[P][U];
+#define Q6Q_LOAD(A, B, H, S, D, PP, DP, B0)                                                        \
+    _Pragma("unroll") for (int h = 0; h < P; h++) {                                                \
+        _Pragma("unroll") for (int k = 0; k < U; k++) {                                            \
+            if ((B0) + k < nbs) {                                                                  \
+                const uint8_t* blk = (PP)[h] + (size_t)((B0) + k) * 208;                           \
+                A[h][k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff));                      \
+                B[h][k] = __ldcs(reinterpret_cast<const uint2*>(blk + qoff + 32));                 \
+                H[h][k] = __ldcs(reinterpret_cast<const uint2*>(blk + hoff));                      \
+                S[h][k] = __ldg(reinterpret_cast<const uint2*>(blk + soff));                       \
+                D[h][k] = __ldg((DP)[h] + (B0) + k);                                               \
+            }                                                                                      \
         }                                                                                          \
     }
     int g = bid, mi = 0, grow = 0;
-    const uint8_t* p0 = nullptr;
-    const uint16_t* dp = nullptr;
-    if (g < total) { q6k_group_ptrs(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
-    const int pf = job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    const uint8_t* p0[P] = {};
+    const uint16_t* dp[P] = {};
+    if (g < total) { q6k_group_ptrs<P>(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
+    const int pf = P == 2 ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
     const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
     if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
     pdl_wait();
@@ -1013,11 +1023,13 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
         if (pf_here && pf) l2_prefetch_group<1>(job, g + (pf + 1) * nblk, total);
-        const uint8_t* n0 = nullptr;
-        const uint16_t* ndp = nullptr;
+        const uint8_t* n0[P] = {};
+        const uint16_t* ndp[P] = {};
         int nmi = 0, ngrow = 0;
-        if (gn < total) q6k_group_ptrs(job, gn, kb0, lane, n0, ndp, nmi, ngrow);
-        float acc = 0.f;
+        if (gn < total) q6k_group_ptrs<P>(job, gn, kb0, lane, n0, ndp, nmi, ngrow);
+        float acc[P];
+#pragma unroll
+        for (int h = 0; h < P; h++) acc[h] = 0.f;
         for (int b0 = 0; b0 < nbs; b0 += U) {
             if (b0 + U < nbs) { Q6Q_LOAD(na, nbq, nh, ns, nd, p0, dp, b0 + U) }
             else if (gn < total) { Q6Q_LOAD(na, nbq, nh, ns, nd, n0, ndp, 0) }
@@ -1026,62 +1038,79 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
                 if (b0 + k >= nbs) continue;
                 const int xb = kb0 + b0 + k;
                 const uint8_t* xbp = xq + 256 * (size_t)xb;
-                int tot = 0;
+                int tot[P];
+#pragma unroll
+                for (int h = 0; h < P; h++) tot[h] = 0;
 #pragma unroll
                 for (int qk = 0; qk < 4; qk++) {
                     const int seg = 2 * (2 * n + (qk >> 1)) + sb, hi = qk & 1;
                     const uint2 xv = __ldg(reinterpret_cast<const uint2*>(xbp + 128 * hi + 16 * seg + 8 * (p4 & 1)));
                     const int bs = __ldg(xbs + (xb * 8 + seg) * 2 + hi);
-                    const uint2 L = (qk & 1) ? qb[k] : qa[k];
-                    const uint32_t h0 = qh[k].x, h1 = qh[k].y;
-                    uint32_t w0, w1;
-                    if (qk == 0) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 4) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 4) & 0x30303030u); }
-                    else if (qk == 1) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 2) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 2) & 0x30303030u); }
-                    else if (qk == 2) { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | (h0 & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | (h1 & 0x30303030u); }
-                    else { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | ((h0 >> 2) & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | ((h1 >> 2) & 0x30303030u); }
-                    const uint32_t sw = (qk >> 1) ? sc[k].y : sc[k].x;
-                    const int scale = (int)(signed char)((sw >> (8 * (sb + 2 * (qk & 1)))) & 0xFF);
-                    const int dot = __dp4a((int)w0, (int)xv.x, __dp4a((int)w1, (int)xv.y, 0));
-                    tot += scale * (dot - (even ? 32 * bs : 0));
+#pragma unroll
+                    for (int h = 0; h < P; h++) {
+                        const uint2 L = (qk & 1) ? qb[h][k] : qa[h][k];
+                        const uint32_t h0 = qh[h][k].x, h1 = qh[h][k].y;
+                        uint32_t w0, w1;
+                        if (qk == 0) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 4) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 4) & 0x30303030u); }
+                        else if (qk == 1) { w0 = (L.x & 0x0F0F0F0Fu) | ((h0 << 2) & 0x30303030u); w1 = (L.y & 0x0F0F0F0Fu) | ((h1 << 2) & 0x30303030u); }
+                        else if (qk == 2) { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | (h0 & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | (h1 & 0x30303030u); }
+                        else { w0 = ((L.x >> 4) & 0x0F0F0F0Fu) | ((h0 >> 2) & 0x30303030u); w1 = ((L.y >> 4) & 0x0F0F0F0Fu) | ((h1 >> 2) & 0x30303030u); }
+                        const uint32_t sw = (qk >> 1) ? sc[h][k].y : sc[h][k].x;
+                        const int scale = (int)(signed char)((sw >> (8 * (sb + 2 * (qk & 1)))) & 0xFF);
+                        const int dot = __dp4a((int)w0, (int)xv.x, __dp4a((int)w1, (int)xv.y, 0));
+                        tot[h] += scale * (dot - (even ? 32 * bs : 0));
+                    }
                 }
-                acc += __fmul_rn(h2f(db[k]), __ldg(xd + xb)) * (float)tot;
+                const float dx = __ldg(xd + xb);
+#pragma unroll
+                for (int h = 0; h < P; h++) acc[h] += __fmul_rn(h2f(db[h][k]), dx) * (float)tot[h];
             }
 #pragma unroll
-            for (int k = 0; k < U; k++) { qa[k] = na[k]; qb[k] = nbq[k]; qh[k] = nh[k]; sc[k] = ns[k]; db[k] = nd[k]; }
+            for (int h = 0; h < P; h++)
+#pragma unroll
+                for (int k = 0; k < U; k++) { qa[h][k] = na[h][k]; qb[h][k] = nbq[h][k]; qh[h][k] = nh[h][k]; sc[h][k] = ns[h][k]; db[h][k] = nd[h][k]; }
         }
         const lb_mat& m = job_mat(job, mi);
-        const int rr = min(grow + r4, m.rows - 1);
-        if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc);
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (s == 0) red[par][warp][r4] = acc;
+        for (int h = 0; h < P; h++) {
+            const int rr = min(grow + 4 * h + r4, m.rows - 1);
+            if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc[h]);
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) acc[h] += __shfl_xor_sync(0xffffffffu, acc[h], o);
+            if (s == 0) red[par][warp][r4][h] = acc[h];
+        }
         __syncthreads();
-        if (warp == 0 && lane < 4 && grow + lane < m.rows) {
-            float sa = 0.f;
+        {
+            const int h = P == 2 ? (lane >> 2) & 1 : 0, r = lane & 3;
+            if (warp == 0 && lane < 4 * P && grow + 4 * h + r < m.rows) {
+                float sa = 0.f;
 #pragma unroll
-            for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][lane];
-            gemv_store(job, mi, grow + lane, 0, sa, 0.f);
+                for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
+                gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
+            }
         }
         par ^= 1;
-        p0 = n0; dp = ndp; mi = nmi; grow = ngrow;
+#pragma unroll
+        for (int h = 0; h < P; h++) { p0[h] = n0[h]; dp[h] = ndp[h]; }
+        mi = nmi; grow = ngrow;
     }
 #undef Q6Q_LOAD
 }
 
+template <int P>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const lb_job job, const float* __restrict__ x) {
     pdl_launch();
-    q6k_q8_blocks(job, blockIdx.x, gridDim.x);
+    q6k_q8_blocks<P>(job, blockIdx.x, gridDim.x);
 }
 
 // q4_k and q6_k matrices of one job (qkv where v is q6_k) in one launch: blocks [0, nb4) do the
 // q4_k row groups, the rest the q6_k ones (block counts in proportion to the bytes), so the
-// q6_k part pays no launch ramp and tail of its own
+// q6_k part pays no launch ramp and tail of its own. 8-row groups only (with 4-row ones too,
+// the four bodies in one kernel spill registers).
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const lb_job j4, const lb_job j6, int nb4) {
     pdl_launch();
-    if ((int)blockIdx.x < nb4) {
-        if (j4.ksplit == 8) q4k_q8_blocks<2, true>(j4, blockIdx.x, nb4);
-        else q4k_q8_blocks<1>(j4, blockIdx.x, nb4);
-    } else q6k_q8_blocks(j6, blockIdx.x - nb4, gridDim.x - nb4);
+    if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, true>(j4, blockIdx.x, nb4);
+    else q6k_q8_blocks<2>(j6, blockIdx.x - nb4, gridDim.x - nb4);
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1571,6 +1600,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_att_pf = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_PAIR");
     g_pair = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_PAIR6");
+    g_pair6 = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1685,7 +1716,8 @@ static int launch_q8act(lb_job j, int type) {
     double bytes;
     const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel, grid, block, j, (const float*)0)
+    cudaError_t r = type == T_Q6_K ? (j.ksplit == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
+                                                    : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
                   : j.ksplit == 8 ? launch(gemv_q4k_q8_kernel<2, true>, grid, block, j, (const float*)0)
                                   : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)0);
@@ -1723,8 +1755,9 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
         }
     }
     if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
-    j4.ksplit = job.mode != 2 && g_pair ? 8 : GEMV_WARPS;   // (ksplit == 8 marks 8-row q4_k groups)
-    if (j4.nmat && j6.nmat && g_fuse46) return launch_q46(j4, j6);
+    j4.ksplit = job.mode != 2 && g_pair ? 8 : GEMV_WARPS;   // (ksplit == 8 marks 8-row groups)
+    j6.ksplit = g_pair6 ? 8 : GEMV_WARPS;
+    if (j4.nmat && j6.nmat && g_fuse46 && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);
     if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
     return 0;
