@@ -66,8 +66,7 @@ static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefe
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static bool g_pair = true;      // q4_k dp4a decode of modes 0/1: 8-row groups (LOWBIT_CUDA_PAIR=0: 4-row groups)
-static bool g_pair6 = true;
-static int g_bpsm_q4p = 4;      // blocks per SM of the 8-row q4_k GEMV launched alone (LOWBIT_CUDA_BPSM_Q4P=5: the 5-block build)     // the same for q6_k (LOWBIT_CUDA_PAIR6=0: 4-row groups)
+static bool g_pair6 = true;     // the same for q6_k (LOWBIT_CUDA_PAIR6=0: 4-row groups)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -960,11 +959,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     pdl_launch();
     q4k_q8_blocks<M, PAIR>(job, blockIdx.x, gridDim.x);
 }
-// the 8-row q4_k GEMV with registers capped for 5 blocks (20 warps) per SM (LOWBIT_CUDA_BPSM_Q4P=5)
-__global__ void __launch_bounds__(32 * GEMV_WARPS, 5) gemv_q4k_pair5_kernel(const lb_job job, const float* __restrict__ x) {
-    pdl_launch();
-    q4k_q8_blocks<2, true>(job, blockIdx.x, gridDim.x);
-}
 
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
 // per launch, modes 0 and 1). Lane s = (n = s/4: 128-weight half, p4 = s%4) takes 8 bytes of ql
@@ -1608,8 +1602,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_pair = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_PAIR6");
     g_pair6 = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_BPSM_Q4P");
-    g_bpsm_q4p = e && atoi(e) == 5 ? 5 : 4;
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1722,15 +1714,8 @@ static int q8act_blocks(int groups, int budget) {
 
 static int launch_q8act(lb_job j, int type) {
     double bytes;
-    const bool p5 = type == T_Q4_K && j.mode != 2 && j.ksplit == 8 && g_bpsm_q4p == 5;
-    const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, (p5 ? 5 : g_bpsm) * g_sms);
+    const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    if (p5) {
-        cudaError_t r = launch(gemv_q4k_pair5_kernel, grid, block, j, (const float*)0);
-        if (r != cudaSuccess) return fail("gemv_q4k_pair5_kernel launch", r);
-        CKL("gemv_q4k_pair5_kernel");
-        return 0;
-    }
     cudaError_t r = type == T_Q6_K ? (j.ksplit == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
                                                     : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
