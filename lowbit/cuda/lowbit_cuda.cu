@@ -67,7 +67,6 @@ static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefe
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static bool g_pair = true;      // q4_k dp4a decode of modes 0/1: 8-row groups (LOWBIT_CUDA_PAIR=0: 4-row groups)
 static bool g_pair6 = true;     // the same for q6_k (LOWBIT_CUDA_PAIR6=0: 4-row groups)
-static bool g_cpasync = false;  // q4_k gate/up and 8-row GEMVs with cp.async weight stages (LOWBIT_CUDA_CPASYNC=1)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -961,146 +960,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
     q4k_q8_blocks<M, PAIR>(job, blockIdx.x, gridDim.x);
 }
 
-// The same q4_k dp4a GEMV (M = 2: gate/up, or PAIR: 8-row groups) with the weight loads as
-// cp.async copies into shared memory, CP_STAGES - 1 iterations ahead: more bytes in flight per
-// warp than the register double buffer allows (the kernels are latency-bound: ncu, NOTES v9).
-// Each lane copies and reads back only its own 16-byte slots, so no barrier guards the stages.
-constexpr int CP_STAGES = 3, CP_U = 2;
-constexpr size_t CP_SMEM = (size_t)CP_STAGES * GEMV_WARPS * 2 * CP_U * 2 * 32 * 16;   // 48 KB
-__device__ __forceinline__ void cp_async16(void* smem, const void* g) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(g) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
-template <bool PAIR>
-__device__ __forceinline__ void q4k_cp_blocks(const lb_job& job, const int bid, const int nblk) {
-    constexpr int M = 2, U = CP_U, S = CP_STAGES;
-    extern __shared__ __align__(16) uint4 cp_buf[];
-    __shared__ float red[2][GEMV_WARPS][4][M];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, r4 = lane >> 3;
-    const int cols = job.m[0].cols, nb = cols >> 8;
-    const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
-    const int total = PAIR ? job.wcnt[0] + job.wcnt[1] + job.wcnt[2] : job.wcnt[0];
-    const int cap = job.xq_cap;
-    const uint8_t* xq = (const uint8_t*)job.xq;
-    const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
-    const float* xd = reinterpret_cast<const float*>(xq + xq_d_off(cap));
-    const bool low = c < 2;
-    const int jb = (2 * c) & 3;
-    const uint32_t sel0 = 0x4440 | jb, sel1 = 0x4440 | (jb + 1);
-    uint4* wbuf = cp_buf + (size_t)warp * S * M * U * 2 * 32;   // [stage][mm][k][q, header][lane]
-    const int nit = nbs > 0 ? (nbs + U - 1) / U : 1;            // iterations per group
-    int ig = bid, ib = 0, imi = 0, igrow = 0;
-    const uint8_t *ip0 = nullptr, *ip1 = nullptr;
-    if (ig < total) q4k_group_ptrs<M, PAIR>(job, ig, kb0, lane, ip0, ip1, imi, igrow);
-    auto issue = [&](int stage) {
-        if (ig < total) {
-#pragma unroll
-            for (int mm = 0; mm < M; mm++)
-#pragma unroll
-                for (int k = 0; k < U; k++) {
-                    const int b = ib * U + k;
-                    if (b < nbs) {
-                        const uint8_t* qp = (mm ? ip1 : ip0) + (size_t)b * 144;
-                        uint4* slot = wbuf + (((stage * M + mm) * U + k) * 2) * 32 + lane;
-                        cp_async16(slot, qp);
-                        cp_async16(slot + 32, qp - (16 + 32 * c + 16 * (lane & 1)));
-                    }
-                }
-            if (++ib == nit) {
-                ib = 0;
-                ig += nblk;
-                if (ig < total) q4k_group_ptrs<M, PAIR>(job, ig, kb0, lane, ip0, ip1, imi, igrow);
-            }
-        }
-        cp_commit();
-    };
-#pragma unroll
-    for (int t = 0; t < S - 1; t++) issue(t);
-    pdl_wait();
-    int par = 0, stage = 0, istage = S - 1;
-    for (int g = bid; g < total; g += nblk) {
-        int mi, grow;
-        const uint8_t *d0, *d1;
-        q4k_group_ptrs<M, PAIR>(job, g, kb0, lane, d0, d1, mi, grow);
-        float acc[M] = {0.f, 0.f};
-        for (int it = 0; it < nit; it++) {
-            cp_wait<S - 2>();
-            issue(istage);
-            istage = istage + 1 == S ? 0 : istage + 1;
-#pragma unroll
-            for (int k = 0; k < U; k++) {
-                const int b = it * U + k;
-                if (b >= nbs) continue;
-                const int xb = kb0 + b;
-                const uint4 xl = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 16 * s));
-                const uint4 xh = __ldg(reinterpret_cast<const uint4*>(xq + 256 * (size_t)xb + 128 + 16 * s));
-                const int2 bs = __ldg(reinterpret_cast<const int2*>(xbs + (xb * 8 + s) * 2));
-                const float dx = __ldg(xd + xb);
-#pragma unroll
-                for (int mm = 0; mm < M; mm++) {
-                    const uint4* slot = wbuf + (((stage * M + mm) * U + k) * 2) * 32 + lane;
-                    const uint4 qv = slot[0], hd = slot[32];
-                    const uint32_t y = hd.y, z = hd.z, w = hd.w;
-                    const uint32_t SC = low ? (y & 0x3F3F3F3Fu) : ((w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u));
-                    const uint32_t MN = low ? (z & 0x3F3F3F3Fu) : (((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u));
-                    const int sc0 = __byte_perm(SC, 0, sel0), sc1 = __byte_perm(SC, 0, sel1);
-                    const int mn0 = __byte_perm(MN, 0, sel0), mn1 = __byte_perm(MN, 0, sel1);
-                    const uint32_t qw[4] = {qv.x, qv.y, qv.z, qv.w};
-                    const uint32_t xlw[4] = {xl.x, xl.y, xl.z, xl.w}, xhw[4] = {xh.x, xh.y, xh.z, xh.w};
-                    int slo = 0, shi = 0;
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        slo = __dp4a((int)(qw[i] & 0x0F0F0F0Fu), (int)xlw[i], slo);
-                        shi = __dp4a((int)((qw[i] >> 4) & 0x0F0F0F0Fu), (int)xhw[i], shi);
-                    }
-                    const float fi = (float)(sc0 * slo + sc1 * shi), fm = (float)(mn0 * bs.x + mn1 * bs.y);
-                    acc[mm] += dx * (h2f(hd.x) * fi - h2f(hd.x >> 16) * fm);
-                }
-            }
-            stage = stage + 1 == S ? 0 : stage + 1;
-        }
-        const lb_mat& m = job_mat(job, mi);
-        const int row = grow + r4, rr = min(row, m.rows - 1);
-        if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc[0]);
-        if (PAIR && warp == 0 && m.xtra) tail_dot_q8(m, min(row + 4, m.rows - 1), xq, cap, s, &acc[1]);
-        if (!PAIR && warp == 0 && job.m[1].xtra) tail_dot_q8(job.m[1], rr, xq, cap, s, &acc[1]);
-#pragma unroll
-        for (int mm = 0; mm < M; mm++)
-#pragma unroll
-            for (int o = 1; o < 8; o <<= 1) acc[mm] += __shfl_xor_sync(0xffffffffu, acc[mm], o);
-        if (s == 0) {
-#pragma unroll
-            for (int mm = 0; mm < M; mm++) red[par][warp][r4][mm] = acc[mm];
-        }
-        __syncthreads();
-        if (PAIR) {
-            const int h = (lane >> 2) & 1, r = lane & 3;
-            if (warp == 0 && lane < 8 && grow + 4 * h + r < m.rows) {
-                float sa = 0.f;
-#pragma unroll
-                for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
-                gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
-            }
-        } else if (warp == 0 && lane < 4 && grow + lane < m.rows) {
-            float sa = 0.f, sb = 0.f;
-#pragma unroll
-            for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][1]; }
-            gemv_store(job, mi, grow + lane, 0, sa, sb);
-        }
-        par ^= 1;
-    }
-    cp_wait<0>();
-}
-
-template <bool PAIR>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_cp_kernel(const lb_job job, const float* __restrict__ x) {
-    pdl_launch();
-    q4k_cp_blocks<PAIR>(job, blockIdx.x, gridDim.x);
-}
-
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
 // per launch, modes 0 and 1). Lane s = (n = s/4: 128-weight half, p4 = s%4) takes 8 bytes of ql
 // (quarters 0, 2), of ql+32 (quarters 1, 3) and of qh: weights 128n + 32k + 8p4..+7, k = 0..3,
@@ -1743,14 +1602,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_pair = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_PAIR6");
     g_pair6 = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_CPASYNC");
-    g_cpasync = e && e[0] == '1';
-    if (g_cpasync) {
-        CK(cudaFuncSetAttribute(gemv_q4k_cp_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)CP_SMEM));
-        CK(cudaFuncSetAttribute(gemv_q4k_cp_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)CP_SMEM));
-        CK(cudaFuncSetAttribute(gemv_q4k_cp_kernel<false>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-        CK(cudaFuncSetAttribute(gemv_q4k_cp_kernel<true>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-    }
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1865,13 +1716,6 @@ static int launch_q8act(lb_job j, int type) {
     double bytes;
     const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    if (g_cpasync && type == T_Q4_K && (j.mode == 2 || j.ksplit == 8)) {
-        cudaError_t r = j.mode == 2 ? launch_smem(gemv_q4k_cp_kernel<false>, grid, block, CP_SMEM, j, (const float*)0)
-                                    : launch_smem(gemv_q4k_cp_kernel<true>, grid, block, CP_SMEM, j, (const float*)0);
-        if (r != cudaSuccess) return fail("gemv_q4k_cp_kernel launch", r);
-        CKL("gemv_q4k_cp_kernel");
-        return 0;
-    }
     cudaError_t r = type == T_Q6_K ? (j.ksplit == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
                                                     : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
