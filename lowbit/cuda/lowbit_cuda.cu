@@ -65,8 +65,9 @@ static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
-static bool g_pair = true;      // q4_k dp4a decode of modes 0/1: 8-row groups (LOWBIT_CUDA_PAIR=0: 4-row groups)
-static bool g_pair6 = true;     // the same for q6_k (LOWBIT_CUDA_PAIR6=0: 4-row groups)
+static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
+static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
+static int g_rows_q6 = 8;       // q6_k (LOWBIT_CUDA_ROWS_Q6=4|8|16)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -799,22 +800,6 @@ __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* _
 // matrices (groups laid end to end, counts in job.wcnt), so a block does several groups and the
 // next group's first weight loads are issued before the current group is reduced (persistent,
 // software pipelined). Tail blocks (cols % 256) are done by the first warp (tail_dot_q8).
-// PAIR: a group is 8 rows of one matrix, its two halves in the M == 2 slots (p0: rows grow..+3,
-// p1: rows grow+4..+7), so modes 0/1 get gate/up's geometry: 8 rows and one reduction per group
-template <int M, bool PAIR = false>
-__device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t*& p0, const uint8_t*& p1, int& mi, int& grow) {
-    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
-    mi = ((M == 2 && !PAIR) || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
-    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
-    const lb_mat& m = job_mat(job, mi);
-    grow = (PAIR ? 8 : 4) * gl;
-    const int rr = min(grow + (lane >> 3), m.rows - 1);
-    const size_t off = (size_t)kb0 * 144 + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
-    p0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + off;
-    if (PAIR) p1 = (const uint8_t*)m.body + (size_t)min(grow + 4 + (lane >> 3), m.rows - 1) * m.body_row + off;
-    else p1 = M == 2 ? (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + off : p0;
-}
-
 // Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2:
 // job.l2pf > 0: one bulk request (thread 0 calls), < 0: a 128-byte line per thread (all call).
 template <int M>
@@ -838,16 +823,35 @@ __device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int 
     if (M == 2) l2_prefetch((const uint8_t*)job.m[1].body + off, n);
 }
 
+// Slots: M row sets of 4 rows loaded side by side; H = slots per matrix (a group is 4H rows of
+// each of its M / H matrices: H = 1, M = 1: 4 rows; M = 2, H = 1: gate/up; H = M: 4M rows of one
+// matrix). Bigger groups mean fewer reductions and barriers per byte (NOTES v9).
+template <int M, int H>
+__device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t** p, int& mi, int& grow) {
+    constexpr int NM = M / H;
+    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
+    mi = (NM == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
+    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
+    grow = 4 * H * gl;
+    const size_t off = (size_t)kb0 * 144 + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
+#pragma unroll
+    for (int sl = 0; sl < M; sl++) {
+        const lb_mat& m = NM == 2 ? job_mat(job, sl / H) : job_mat(job, mi);
+        const int rr = min(grow + 4 * (sl % H) + (lane >> 3), m.rows - 1);
+        p[sl] = (const uint8_t*)m.body + (size_t)rr * m.body_row + off;
+    }
+}
+
 // the q4_k dp4a GEMV's work for block bid of nblk (a kernel of its own, or part of a fused launch)
-template <int M, bool PAIR = false>
+template <int M, int H>
 __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
-    static_assert(!PAIR || M == 2, "pairs use the two-matrix slots");
-    constexpr int U = M == 1 ? 4 : 2;
+    constexpr int NM = M / H;
+    constexpr int U = M == 1 ? 4 : M == 2 ? 2 : 1;
     __shared__ float red[2][GEMV_WARPS][4][M];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, r4 = lane >> 3;
     const int cols = job.m[0].cols, nb = cols >> 8;
     const int kb0 = nb * warp / GEMV_WARPS, nbs = nb * (warp + 1) / GEMV_WARPS - kb0;
-    const int total = (M == 2 && !PAIR) ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
+    const int total = NM == 2 ? job.wcnt[0] : job.wcnt[0] + job.wcnt[1] + job.wcnt[2];
     const int cap = job.xq_cap;
     const uint8_t* xq = (const uint8_t*)job.xq;
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
@@ -857,20 +861,20 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     const int jb = (2 * c) & 3;
     const uint32_t sel0 = 0x4440 | jb, sel1 = 0x4440 | (jb + 1);
     uint4 hd[M][U], q[M][U], hn[M][U], qn[M][U];
-#define Q4Q_LOAD(HD, Q, P0, P1, B0)                                                                \
+#define Q4Q_LOAD(HD, Q, P, B0)                                                                     \
     _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                             \
         _Pragma("unroll") for (int k = 0; k < U; k++) {                                            \
             if ((B0) + k < nbs) {                                                                  \
-                const uint8_t* qp = (mm ? (P1) : (P0)) + (size_t)((B0) + k) * 144;                 \
+                const uint8_t* qp = (P)[mm] + (size_t)((B0) + k) * 144;                            \
                 Q[mm][k] = ldw(qp);                                                                \
                 HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(qp - (16 + 32 * c + 16 * (lane & 1)))); \
             }                                                                                      \
         }                                                                                          \
     }
     int g = bid, mi = 0, grow = 0;
-    const uint8_t *p0 = nullptr, *p1 = nullptr;
-    if (g < total) { q4k_group_ptrs<M, PAIR>(job, g, kb0, lane, p0, p1, mi, grow); Q4Q_LOAD(hd, q, p0, p1, 0) }
-    const int pf = PAIR ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    const uint8_t* p[M] = {};
+    if (g < total) { q4k_group_ptrs<M, H>(job, g, kb0, lane, p, mi, grow); Q4Q_LOAD(hd, q, p, 0) }
+    const int pf = (H > 1 || M > 2) ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
     const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
     if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
     pdl_wait();
@@ -878,15 +882,15 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
         if (pf_here && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
-        const uint8_t *n0 = nullptr, *n1 = nullptr;
+        const uint8_t* n[M] = {};
         int nmi = 0, ngrow = 0;
-        if (gn < total) q4k_group_ptrs<M, PAIR>(job, gn, kb0, lane, n0, n1, nmi, ngrow);
+        if (gn < total) q4k_group_ptrs<M, H>(job, gn, kb0, lane, n, nmi, ngrow);
         float acc[M];
 #pragma unroll
         for (int mm = 0; mm < M; mm++) acc[mm] = 0.f;
         for (int b0 = 0; b0 < nbs; b0 += U) {
-            if (b0 + U < nbs) { Q4Q_LOAD(hn, qn, p0, p1, b0 + U) }
-            else if (gn < total) { Q4Q_LOAD(hn, qn, n0, n1, 0) }
+            if (b0 + U < nbs) { Q4Q_LOAD(hn, qn, p, b0 + U) }
+            else if (gn < total) { Q4Q_LOAD(hn, qn, n, 0) }
 #pragma unroll
             for (int k = 0; k < U; k++) {
                 if (b0 + k >= nbs) continue;
@@ -919,12 +923,15 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
 #pragma unroll
                 for (int k = 0; k < U; k++) { hd[mm][k] = hn[mm][k]; q[mm][k] = qn[mm][k]; }
         }
-        // this group's rows: tail blocks (float x), the 8 lanes of a row, then the 4 K slices
+        // this group's rows: tail blocks, the 8 lanes of a row, then the 4 K slices
         const lb_mat& m = job_mat(job, mi);
-        const int row = grow + r4, rr = min(row, m.rows - 1);
-        if (warp == 0 && m.xtra) tail_dot_q8(m, rr, xq, cap, s, &acc[0]);
-        if (PAIR && warp == 0 && m.xtra) tail_dot_q8(m, min(row + 4, m.rows - 1), xq, cap, s, &acc[M - 1]);
-        if (M == 2 && !PAIR && warp == 0 && job.m[1].xtra) tail_dot_q8(job.m[1], rr, xq, cap, s, &acc[M - 1]);
+        if (warp == 0) {
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) {
+                const lb_mat& ms = NM == 2 ? job_mat(job, mm / H) : m;
+                if (ms.xtra) tail_dot_q8(ms, min(grow + 4 * (mm % H) + r4, ms.rows - 1), xq, cap, s, &acc[mm]);
+            }
+        }
 #pragma unroll
         for (int mm = 0; mm < M; mm++)
 #pragma unroll
@@ -934,30 +941,30 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
             for (int mm = 0; mm < M; mm++) red[par][warp][r4][mm] = acc[mm];
         }
         __syncthreads();
-        if (PAIR) {
-            const int h = (lane >> 2) & 1, r = lane & 3;
-            if (warp == 0 && lane < 8 && grow + 4 * h + r < m.rows) {
-                float sa = 0.f;
+        {
+            const int h = lane >> 2, r = lane & 3, row = grow + 4 * h + r;   // lane: row 4h + r of the group
+            if (warp == 0 && lane < 4 * H && row < m.rows) {
+                float sa = 0.f, sb = 0.f;
 #pragma unroll
-                for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
-                gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
+                for (int w = 0; w < GEMV_WARPS; w++) {
+                    sa += red[par][w][r][h];
+                    if (NM == 2) sb += red[par][w][r][H + h];
+                }
+                gemv_store(job, mi, row, 0, sa, sb);
             }
-        } else if (warp == 0 && lane < 4 && grow + lane < m.rows) {
-            float sa = 0.f, sb = 0.f;
-#pragma unroll
-            for (int w = 0; w < GEMV_WARPS; w++) { sa += red[par][w][lane][0]; sb += red[par][w][lane][M - 1]; }
-            gemv_store(job, mi, grow + lane, 0, sa, M == 2 ? sb : 0.f);
         }
         par ^= 1;
-        p0 = n0; p1 = n1; mi = nmi; grow = ngrow;
+#pragma unroll
+        for (int mm = 0; mm < M; mm++) p[mm] = n[mm];
+        mi = nmi; grow = ngrow;
     }
 #undef Q4Q_LOAD
 }
 
-template <int M, bool PAIR = false>
+template <int M, int H>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
     pdl_launch();
-    q4k_q8_blocks<M, PAIR>(job, blockIdx.x, gridDim.x);
+    q4k_q8_blocks<M, H>(job, blockIdx.x, gridDim.x);
 }
 
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
@@ -965,8 +972,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const l
 // (quarters 0, 2), of ql+32 (quarters 1, 3) and of qh: weights 128n + 32k + 8p4..+7, k = 0..3,
 // rebuilt as 6-bit bytes by masks and shifts; w = d sc (q - 32): the -32 term is 32 sc times the
 // x sum of the 16-weight segment, added by the even lane of the pair sharing it.
-// P = 2: a group is 8 rows, halves h = 0, 1 (rows grow + 4h + lane/8) loaded side by side (as the
-// q4_k pairs): one reduction per 8 rows, and each x load serves both halves
+// P = 2 or 4: a group is 4P rows, parts h (rows grow + 4h + lane/8) loaded side by side (as the
+// q4_k slots): one reduction per 4P rows, and each x load serves every part
 template <int P>
 __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t** p, const uint16_t** dp, int& mi, int& grow) {
     const int g0 = job.wcnt[0], g1 = job.wcnt[1];
@@ -984,7 +991,7 @@ __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0
 
 template <int P>
 __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
-    constexpr int U = P == 1 ? 4 : 2;
+    constexpr int U = P == 1 ? 4 : P == 2 ? 2 : 1;
     __shared__ float red[2][GEMV_WARPS][4][P];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, s = lane & 7, n = s >> 2, p4 = s & 3, r4 = lane >> 3;
     const int cols = job.m[0].cols, nb = cols >> 8;
@@ -1015,7 +1022,7 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
     const uint8_t* p0[P] = {};
     const uint16_t* dp[P] = {};
     if (g < total) { q6k_group_ptrs<P>(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
-    const int pf = P == 2 ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
+    const int pf = P > 1 ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
     const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
     if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
     pdl_wait();
@@ -1081,7 +1088,7 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
         }
         __syncthreads();
         {
-            const int h = P == 2 ? (lane >> 2) & 1 : 0, r = lane & 3;
+            const int h = P > 1 ? lane >> 2 : 0, r = lane & 3;
             if (warp == 0 && lane < 4 * P && grow + 4 * h + r < m.rows) {
                 float sa = 0.f;
 #pragma unroll
@@ -1109,7 +1116,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const l
 // the four bodies in one kernel spill registers).
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const lb_job j4, const lb_job j6, int nb4) {
     pdl_launch();
-    if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, true>(j4, blockIdx.x, nb4);
+    if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, 2>(j4, blockIdx.x, nb4);
     else q6k_q8_blocks<2>(j6, blockIdx.x - nb4, gridDim.x - nb4);
 }
 
@@ -1598,10 +1605,14 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_PAIR");
-    g_pair = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_PAIR6");
-    g_pair6 = !(e && e[0] == '0');
+    auto rows_env = [](const char* name, int def, bool sixteen) {
+        const char* v = getenv(name);
+        const int r = v ? atoi(v) : def;
+        return r == 4 || r == 8 || (sixteen && r == 16) ? r : def;
+    };
+    g_rows_q4 = rows_env("LOWBIT_CUDA_ROWS_Q4", 8, true);
+    g_rows_gu = rows_env("LOWBIT_CUDA_ROWS_GU", 4, false);
+    g_rows_q6 = rows_env("LOWBIT_CUDA_ROWS_Q6", 8, true);
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
     return 0;
@@ -1690,12 +1701,12 @@ static int quant_x_once(const lb_job& j, uint64_t x, bool* quantized) {
     return 0;
 }
 
-// row groups (4 rows, or 8 when j.ksplit == 8: q4_k pairs) of each matrix into j.wcnt; returns
-// their total, and the weight bytes in *bytes
+// row groups (j.ksplit rows: 4, 8 or 16) of each matrix into j.wcnt; returns their total, and
+// the weight bytes in *bytes
 static int q8act_groups(lb_job& j, double* bytes) {
     int groups = 0;
     *bytes = 0;
-    const int n = j.mode == 2 ? 1 : j.nmat, rg = j.ksplit == 8 ? 8 : 4;
+    const int n = j.mode == 2 ? 1 : j.nmat, rg = j.ksplit;
     for (int i = 0; i < 3; i++) {
         j.wcnt[i] = i < n ? (j.m[i].rows + rg - 1) / rg : 0;
         groups += j.wcnt[i];
@@ -1716,11 +1727,15 @@ static int launch_q8act(lb_job j, int type) {
     double bytes;
     const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    cudaError_t r = type == T_Q6_K ? (j.ksplit == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
-                                                    : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
-                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2>, grid, block, j, (const float*)0)
-                  : j.ksplit == 8 ? launch(gemv_q4k_q8_kernel<2, true>, grid, block, j, (const float*)0)
-                                  : launch(gemv_q4k_q8_kernel<1>, grid, block, j, (const float*)0);
+    const int rg = j.ksplit;
+    cudaError_t r = type == T_Q6_K ? (rg == 16 ? launch(gemv_q6k_q8_kernel<4>, grid, block, j, (const float*)0)
+                                    : rg == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
+                                              : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
+                  : j.mode == 2 ? (rg == 8 ? launch(gemv_q4k_q8_kernel<4, 2>, grid, block, j, (const float*)0)
+                                           : launch(gemv_q4k_q8_kernel<2, 1>, grid, block, j, (const float*)0))
+                  : rg == 16 ? launch(gemv_q4k_q8_kernel<4, 4>, grid, block, j, (const float*)0)
+                  : rg == 8 ? launch(gemv_q4k_q8_kernel<2, 2>, grid, block, j, (const float*)0)
+                            : launch(gemv_q4k_q8_kernel<1, 1>, grid, block, j, (const float*)0);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
     CKL("gemv q8-activation kernel");
     return 0;
@@ -1755,9 +1770,9 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
         }
     }
     if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
-    j4.ksplit = job.mode != 2 && g_pair ? 8 : GEMV_WARPS;   // (ksplit == 8 marks 8-row groups)
-    j6.ksplit = g_pair6 ? 8 : GEMV_WARPS;
-    if (j4.nmat && j6.nmat && g_fuse46 && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);
+    j4.ksplit = job.mode == 2 ? g_rows_gu : g_rows_q4;   // rows per group (in the ksplit field)
+    j6.ksplit = g_rows_q6;
+    if (j4.nmat && j6.nmat && g_fuse46 && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);   // (its bodies: 8 rows)
     if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
     return 0;
