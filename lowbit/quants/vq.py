@@ -212,11 +212,10 @@ def encode_scales(target):
     return d, s, d[:, None] * SCALE[s]
 
 
-def quantize_vq(name, w, imatrix=None, lam=0.0, gptq_h=None):
+def quantize_vq(name, w, imatrix=None, lam=0.0):
     """float32[rows, cols] -> uint8 tensor bytes (prefix + rows). `imatrix`: mean squared input per
     column (weights the squared error); `lam` > 0: entropy-constrained assignment (bits traded for
-    error, for the Huffman-coded variants); `gptq_h`: the layer's input second moments X^T X / n
-    (cols x cols) for GPTQ error feedback."""
+    error, for the Huffman-coded variants)."""
     D, B, learned = PARAMS[name]
     w = np.ascontiguousarray(w, np.float32)
     if w.ndim != 2:
@@ -240,27 +239,24 @@ def quantize_vq(name, w, imatrix=None, lam=0.0, gptq_h=None):
     if not learned:   # the lattice's points are fixed: fit the one multiplier (folded into the scales)
         alpha = _best_alpha(blocks, hb, sigma)
     d, s, scale = encode_scales(sigma * alpha)
-    if gptq_h is not None:
-        from .gptq import gptq_vq
-        cb, idx = gptq_vq(W, h, scale, B, D, D4_CODEBOOK if not learned else None, gptq_h, lam)
-    else:
-        V, Hw = _normalized(W, h, scale, B, D)
-        cb, pen = fit_codebook(V, Hw, lam=lam) if learned else (D4_CODEBOOK.astype(np.float64), np.zeros(K))
-        idx = np.zeros(len(V), np.int64)
-        err = np.zeros(len(V))
+    V, Hw = _normalized(W, h, scale, B, D)
+    cb, pen = fit_codebook(V, Hw, lam=lam) if learned else (D4_CODEBOOK.astype(np.float64), np.zeros(K))
+    idx = np.zeros(len(V), np.int64)
+    err = np.zeros(len(V))
+    _assign(V, Hw, cb, pen, idx, err)
+    # refit each block's scale by least squares for its chosen points, then reassign once
+    C = cb[idx].reshape(rows, nb, B)
+    num = (blocks * C * hb).sum(-1)
+    den = (C * C * hb).sum(-1)
+    ls = np.where(den > 0, num / np.where(den > 0, den, 1), 0)
+    d, s, scale = encode_scales(np.maximum(ls, 0))
+    V, Hw = _normalized(W, h, scale, B, D)
+    _assign(V, Hw, cb, pen, idx, err)
+    if learned:   # one more codebook update for the final assignment
+        counts = np.zeros(K, np.int64)
+        _update(V, Hw, idx, cb, counts)
+        cb = cb.astype(np.float16).astype(np.float64)   # assign against the stored (fp16) points
         _assign(V, Hw, cb, pen, idx, err)
-        # refit each block's scale by least squares for its chosen points, then reassign once
-        C = cb[idx].reshape(rows, nb, B)
-        num = (blocks * C * hb).sum(-1)
-        den = (C * C * hb).sum(-1)
-        ls = np.where(den > 0, num / np.where(den > 0, den, 1), 0)
-        d, s, scale = encode_scales(np.maximum(ls, 0))
-        V, Hw = _normalized(W, h, scale, B, D)
-        _assign(V, Hw, cb, pen, idx, err)
-        if learned:   # one more codebook update for the final assignment
-            counts = np.zeros(K, np.int64)
-            _update(V, Hw, idx, cb, counts)
-            _assign(V, Hw, cb, pen, idx, err)
     cbb, prefix, rb, _ = layout(name, (rows, cols))
     out = np.zeros(prefix + rows * rb, np.uint8)
     if learned:
