@@ -1,5 +1,6 @@
 """Hugging Face checkpoint folder -> lowbit file."""
 import datetime
+import math
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from lowbit.errors import ConvertError
 from lowbit.format import TensorSpec, write_lowbit
 
 from . import recipes
+from .gptq import DEFAULT_DAMP
 from .hf import Checkpoint
 
 # When a row does not fit a block type, the next type in this chain that fits is used.
@@ -36,7 +38,9 @@ def choose_type(name: str, shape, requested: str):
 
 def load_imatrix(path, shapes: dict) -> dict:
     """{weight name: float32[in_features]} from an importance-matrix file (a lowbit container of
-    f32 vectors named like the weights they apply to), checked against the checkpoint's shapes."""
+    f32 vectors named like the weights they apply to), checked against the checkpoint's shapes;
+    plus, when the file has them (`lowbit imatrix --hessian`), the input covariance matrices
+    {weight name: float32[in, in]}."""
     import hashlib
     from lowbit.errors import FormatError
     from lowbit.format import LowbitFile
@@ -46,7 +50,11 @@ def load_imatrix(path, shapes: dict) -> dict:
         raise ConvertError(f"importance matrix {e}") from None
     vectors = {}
     with f:
+        meta = f.metadata.get("imatrix")
+        groups = meta.get("covariances", {}) if isinstance(meta, dict) else {}
         for name, info in f.tensors.items():
+            if isinstance(groups, dict) and name in groups:
+                continue
             if name not in shapes or len(shapes[name]) != 2:
                 raise ConvertError(f"{path}: importance matrix has tensor {name!r}, which is not a weight matrix of "
                                    "this checkpoint (made for another model?)")
@@ -64,7 +72,19 @@ def load_imatrix(path, shapes: dict) -> dict:
                 h.update(chunk)
     if not vectors:
         raise ConvertError(f"{path}: importance matrix holds no vectors")
-    return {"vectors": vectors, "file": os.path.basename(str(path)), "sha256": h.hexdigest()}
+    covs = {}
+    if groups:
+        from lowbit import imatrix as imx
+        try:
+            _, covs = imx.load_full(path)     # validates shapes, symmetry and membership
+        except FormatError as e:
+            raise ConvertError(f"importance matrix {e}") from None
+    sens = meta.get("sensitivity", {}) if isinstance(meta, dict) else {}
+    if not isinstance(sens, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for k, v in sens.items()):
+        raise ConvertError(f"{path}: metadata.imatrix.sensitivity must map weight names to finite numbers >= 0")
+    return {"vectors": vectors, "covariances": covs, "sensitivity": sens, "file": os.path.basename(str(path)), "sha256": h.hexdigest()}
 
 
 def tokenizer_metadata(ck: Checkpoint, blobs: dict) -> dict:
@@ -109,12 +129,30 @@ def tokenizer_metadata(ck: Checkpoint, blobs: dict) -> dict:
 GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
 
 
-def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, overrides=(), imatrix=None) -> dict:
+def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, overrides=(), imatrix=None,
+            gptq: bool = True, target_bpw: float = None) -> dict:
     """Convert the checkpoint folder `src` to the lowbit file `out`. `qtype` is a tensor type or a
     mix name (converters/recipes.py); `overrides` are 'REGEX=TYPE' strings; `imatrix` is the path of
-    an importance-matrix file. Returns a summary."""
+    an importance-matrix file; when it holds covariances, k-quant weights get GPTQ error feedback
+    (converters/gptq.py) unless `gptq` is False. `target_bpw` (needs `imatrix`) chooses a type per
+    weight for a file of at most that many bits per checkpoint weight (converters/target_bpw.py);
+    `qtype` is then ignored. Returns a summary."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if not recipes.is_known(qtype):
+    if os.path.isfile(src) and str(src).lower().endswith(".gguf"):
+        from .gguf_import import import_gguf   # GGUF: tensors are copied as they are, never requantized
+        if overrides or imatrix or target_bpw:
+            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix do not apply")
+        if qtype != "q8_0":
+            log(f"note: {src} is imported as it is; type {qtype!r} does not apply to a GGUF source")
+        return import_gguf(src, out, log=log)
+    if target_bpw is not None:
+        if not imatrix:
+            raise ConvertError("--target-bpw needs --imatrix: the per-tensor errors it allocates bits by are "
+                               "weighted by the importance matrix")
+        if not (0 < float(target_bpw) < 64):
+            raise ConvertError(f"--target-bpw {target_bpw}: expected a number of bits per weight, e.g. 3.5")
+        qtype = "target_bpw"
+    elif not recipes.is_known(qtype):
         raise ConvertError(f"unknown type or mix {qtype!r}; types: {', '.join(t for t in quants.TYPES if t != 'u8')}; "
                            f"mixes: {', '.join(recipes.MIXES)}")
     rules = recipes.parse_overrides(overrides)
@@ -124,7 +162,32 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
     names = ck.ordered_names()
     shapes = {name: tuple(ck.names[name][0].shape(ck.names[name][1])) for name in names}
     im = load_imatrix(imatrix, shapes) if imatrix else None
-    wanted = recipes.assign_types(qtype, shapes, ck.config.num_layers, ck.config.tie_word_embeddings, rules)
+    covs = im["covariances"] if im and gptq else {}
+    tb = None
+    if target_bpw is not None:
+        from . import target_bpw as tbm
+        fixed = {}
+        for name in names:
+            for rx, typ in rules:
+                if len(shapes[name]) == 2 and rx.fullmatch(name):
+                    fixed[name] = typ
+                    break
+        measured = tbm.measure(names, shapes, ck.tensor, im["vectors"], covs, ck.config.tie_word_embeddings,
+                               use_gptq=bool(covs), fixed=fixed, sensitivity=im["sensitivity"],
+                               log=log if progress else None)
+        n_weights = sum(int(np.prod(shapes[n])) for n in names)
+        # bytes that are not 2-D weights: vectors, tokenizer blobs, and a generous header estimate
+        other = sum(4 * int(np.prod(shapes[n])) for n in names if len(shapes[n]) != 2)
+        other += sum(len(d) for d in blobs.values()) + 64 * (len(names) + len(blobs))
+        import json    # header: metadata (recipe lists every tensor) and the tensor table
+        other += len(json.dumps(tokenizer_metadata(ck, blobs))) + len(json.dumps(ck.config.to_json()))
+        other += 300 * (len(names) + len(blobs)) + 8192
+        budget = int(float(target_bpw) * n_weights / 8) - other
+        wanted = {n: ("f32" if len(shapes[n]) == 1 else None) for n in names}
+        wanted.update(tbm.allocate(measured, budget))
+        tb = {"target": float(target_bpw), "measured": measured, "budget": budget}
+    else:
+        wanted = recipes.assign_types(qtype, shapes, ck.config.num_layers, ck.config.tie_word_embeddings, rules)
     types, fallbacks = {}, {}
     for name in names:
         types[name], reason = choose_type(name, shapes[name], wanted[name])
@@ -134,12 +197,27 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
         log(f"fallback: {name} stored as {info['type']} ({info['reason']})")
     vectors = im["vectors"] if im else {}
 
+    from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky
+    factor = {}                     # the Cholesky factor of the group being quantized (q/k/v share one)
+    n_gptq = sum(1 for n in names if n in covs and types[n] in GPTQ_TYPES)
+
+    def quantize(name, qt):
+        if tb is not None and types[name] in tb["measured"].get(name, {}):
+            return tb["measured"][name][types[name]][2]
+        w = ck.tensor(name)
+        if name in covs and qt.name in GPTQ_TYPES:
+            H = covs[name]
+            if id(H) not in factor:
+                factor.clear()
+                factor[id(H)] = inverse_cholesky(H)
+            return gptq_quantize(qt.name, w, H, vectors.get(name), U=factor[id(H)])
+        return qt.quantize(w, vectors.get(name))
+
     specs = []
     for name in names:
         shape = ck.names[name][0].shape(ck.names[name][1])
         qt = quants.get(types[name])
-        specs.append(TensorSpec(name, qt.name, shape,
-                                lambda n=name, q=qt: q.quantize(ck.tensor(n), vectors.get(n))))
+        specs.append(TensorSpec(name, qt.name, shape, lambda n=name, q=qt: quantize(n, q)))
     for fname, data in blobs.items():
         specs.append(TensorSpec(fname, "u8", (len(data),), lambda d=data: np.frombuffer(d, np.uint8)))
 
@@ -158,10 +236,24 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
             "converter": f"lowbit {__version__}",
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "recipe": {"type": qtype, "mix": qtype in recipes.MIXES,
-                       "description": recipes.MIXES[qtype].description if qtype in recipes.MIXES else None,
+                       "description": (recipes.MIXES[qtype].description if qtype in recipes.MIXES else
+                                       "per-tensor types chosen for the target size (converters/target_bpw.py)"
+                                       if tb else None),
                        "overrides": [f"{rx.pattern}={t}" for rx, t in rules],
                        "imatrix": ({"file": im["file"], "sha256": im["sha256"], "tensors": len(vectors)}
                                    if im else None),
+                       "gptq": ({"tensors": n_gptq, "damp": DEFAULT_DAMP, "method": "GPTQ error feedback, "
+                                 "super-block scales fitted on the error-updated weights"} if n_gptq else None),
+                       "target_bpw": ({"target": tb["target"], "candidates": list(tbm.CANDIDATES),
+                                       "error_measure": ("estimated KL divergence: " if im["sensitivity"] else "") +
+                                                ("sum over weights of tr(E H E^T) (squared layer output error "
+                                                 "per calibration token)" if covs else
+                                                 "sum over weights of sum(E^2 * imatrix)") +
+                                                (" x the weight's measured sensitivity" if im["sensitivity"]
+                                                 else ""),
+                                       **tbm.summary(tb["measured"], {n: t for n, t in types.items()
+                                                                      if n in tb["measured"]})}
+                                      if tb else None),
                        "tensor_types": counts, "types": {n: t for n, t in types.items() if len(shapes[n]) > 1},
                        "fallbacks": fallbacks},
         },
@@ -178,5 +270,9 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
             bar.close()
     n_weights = sum(int(np.prod(ck.names[n][0].shape(ck.names[n][1]))) for n in names)
     size = os.path.getsize(out)
+    if tb and size * 8 / n_weights > tb["target"]:   # the header estimate above was too small
+        os.remove(out)
+        raise ConvertError(f"{out}: {size * 8 / n_weights:.4f} bits/weight is over the target {tb['target']} "
+                           "(metadata larger than estimated); file removed")
     return {"path": str(out), "bytes": size, "weights": n_weights, "bits_per_weight": size * 8 / n_weights,
             "seconds": time.perf_counter() - t0, "tensor_types": counts, "fallbacks": fallbacks}

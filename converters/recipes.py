@@ -14,22 +14,40 @@ from lowbit.errors import ConvertError
 @dataclass(frozen=True)
 class Mix:
     base: str                 # every 2-D weight not named below
-    roles: dict               # role -> type, or (type on "more bits" layers, type elsewhere)
+    roles: dict               # role -> type, or (type on chosen layers, type elsewhere[, layer rule])
     tied_embd: str            # token_embd.weight when it is also the output matrix
     description: str
 
 
 MORE_BITS = "first and last eighth of the layers and every third layer between"
 
+
+def use_more_bits(layer: int, n_layers: int) -> bool:
+    """The layers that get more bits in *_m mixes (llama.cpp's rule)."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def first_layers(k: int):
+    """Rule: the first k layers."""
+    return lambda layer, n_layers: layer < k
+
+
+def first_part(d: int):
+    """Rule: the first n_layers/d layers (at least none)."""
+    return lambda layer, n_layers: layer < n_layers // d
+
+
 MIXES = {
-    "q2_k": Mix("q2_k", {"attn_v": "q3_k", "ffn_down": "q3_k", "output": "q6_k"}, "q2_k",
-                "q2_k; attn_v, ffn_down q3_k; output q6_k"),
+    "q2_k": Mix("q2_k", {"attn_v": "q3_k", "ffn_down": "q3_k", "attn_output": "q3_k", "output": "q6_k"}, "q2_k",
+                "q2_k; attn_v, ffn_down, attn_output q3_k; output q6_k"),
     "q3_k_s": Mix("q3_k", {"output": "q6_k"}, "q3_k", "q3_k; output q6_k"),
-    "q3_k_m": Mix("q3_k", {"attn_v": ("q5_k", "q4_k"), "ffn_down": ("q5_k", "q4_k"), "attn_output": "q4_k",
+    "q3_k_m": Mix("q3_k", {"attn_v": ("q5_k", "q4_k", first_layers(2)), "ffn_down": ("q5_k", "q4_k", first_part(16)),
+                           "attn_output": "q4_k", "output": "q6_k"}, "q4_k",
+                  "q3_k; attn_v q5_k (first 2 layers) else q4_k; ffn_down q5_k (first 1/16 of the layers) else "
+                  "q4_k; attn_output q4_k; output q6_k"),
+    "q4_k_s": Mix("q4_k", {"attn_v": ("q5_k", "q4_k", first_layers(4)), "ffn_down": ("q5_k", "q4_k", first_part(8)),
                            "output": "q6_k"}, "q4_k",
-                  f"q3_k; attn_v, ffn_down q5_k ({MORE_BITS}) else q4_k; attn_output q4_k; output q6_k"),
-    "q4_k_s": Mix("q4_k", {"attn_v": ("q5_k", "q4_k"), "ffn_down": ("q5_k", "q4_k"), "output": "q6_k"}, "q4_k",
-                  f"q4_k; attn_v, ffn_down q5_k ({MORE_BITS}); output q6_k"),
+                  "q4_k; attn_v q5_k (first 4 layers); ffn_down q5_k (first 1/8 of the layers); output q6_k"),
     "q4_k_m": Mix("q4_k", {"attn_v": ("q6_k", "q4_k"), "ffn_down": ("q6_k", "q4_k"), "output": "q6_k"}, "q4_k",
                   f"q4_k; attn_v, ffn_down q6_k ({MORE_BITS}); output q6_k"),
     "q5_k_s": Mix("q5_k", {"output": "q6_k"}, "q5_k", "q5_k; output q6_k"),
@@ -43,11 +61,6 @@ MIXES = {
     "cb3_m": Mix("cbk2", {"attn_v": "cbk4", "ffn_down": "cbk4.h", "attn_output": "cbk4.h", "output": "q5_k"}, "cbk4.h",
                  "cbk2; attn_v cbk4; ffn_down, attn_output cbk4.h; output q5_k"),
 }
-
-
-def use_more_bits(layer: int, n_layers: int) -> bool:
-    """The layers that get more bits in *_m mixes (llama.cpp's rule)."""
-    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
 def parse_overrides(specs) -> list:
@@ -99,7 +112,8 @@ def assign_types(requested: str, shapes: dict, n_layers: int, tied: bool, overri
             else:
                 t = mix.roles.get(role, mix.base)
                 if isinstance(t, tuple):
-                    t = t[0] if layer is not None and use_more_bits(layer, n_layers) else t[1]
+                    rule = t[2] if len(t) > 2 else use_more_bits
+                    t = t[0] if layer is not None and rule(layer, n_layers) else t[1]
         for i, (rx, typ) in enumerate(rules):
             if rx.fullmatch(name):
                 t, used[i] = typ, True

@@ -39,9 +39,11 @@ class SafetensorsFile:
         self.entries = {}
         for tname, e in header.items():
             try:
-                dtype, shape, (begin, end) = e["dtype"], [int(s) for s in e["shape"]], e["data_offsets"]
+                dtype, shape, (begin, end) = e["dtype"], list(e["shape"]), e["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise ConvertError(f"{name}: tensor {tname!r} has a malformed header entry") from None
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in [*shape, begin, end]):
+                raise ConvertError(f"{name}: tensor {tname!r} has a non-integer shape or data offset")
             if dtype not in DTYPES:
                 raise ConvertError(f"{name}: tensor {tname!r} has dtype {dtype}, not supported (F32, F16, BF16, F64)")
             n = int(np.prod(shape, dtype=np.int64)) if shape else 1

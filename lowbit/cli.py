@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .errors import LowbitError
 
-COMMANDS = ["convert", "run", "inspect"]
+COMMANDS = ["convert", "run", "chat", "inspect", "verify", "bench", "perplexity", "imatrix", "export_gguf"]
 
 
 def build_parser() -> argparse.ArgumentParser:

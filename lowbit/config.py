@@ -6,6 +6,26 @@ from typing import Optional
 from .errors import FormatError
 
 ARCHITECTURES = ("llama", "qwen2")
+DEFAULT_CTX = 4096   # context used when none is asked for, if the model's is longer (as llama.cpp)
+MAX_KV_FRACTION = 0.5   # a KV cache may take at most this share of physical memory
+
+
+def context_size(path, c: "ModelConfig", n_ctx=None) -> int:
+    """The context to allocate: the one asked for, else the model's capped at DEFAULT_CTX. The file's
+    context_length is not backed by any tensor bytes, so it must not size allocations by itself."""
+    import os
+    n = int(n_ctx) if n_ctx else min(c.context_length, DEFAULT_CTX)
+    if not 1 <= n <= LIMITS["context_length"]:
+        raise ValueError(f"context length {n} is outside 1..{LIMITS['context_length']}")
+    kv_bytes = 2 * 4 * c.num_layers * n * c.num_kv_heads * c.head_dim
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        phys = 1 << 36
+    if kv_bytes > phys * MAX_KV_FRACTION:
+        raise ValueError(f"{path}: a KV cache for a context of {n} tokens needs {kv_bytes / 2**30:.1f} GiB, more "
+                         f"than half of this machine's memory; ask for a smaller context (--ctx)")
+    return n
 LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
           "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
           "context_length": 1 << 20}
@@ -61,5 +81,28 @@ class ModelConfig:
                 raise FormatError(path, f"metadata.architecture.{k} = {v!r} must be a positive number")
         if self.hidden_act != "silu":
             raise FormatError(path, f"activation {self.hidden_act!r} is not supported (only silu)")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
-            raise FormatError(path, "metadata.architecture.rope_scaling must be an object or null")
+        if self.rope_scaling is not None:
+            self._validate_rope_scaling(path, self.rope_scaling)
+
+    @staticmethod
+    def _validate_rope_scaling(path, rs):
+        """SPEC 3.2: null, linear {factor} or llama3 {factor, low/high_freq_factor, original_max_position_embeddings};
+        checked here so that a hostile value is a FormatError, not a division by zero at load."""
+        where = "metadata.architecture.rope_scaling"
+        if not isinstance(rs, dict):
+            raise FormatError(path, f"{where} must be an object or null")
+        rtype = rs.get("rope_type", rs.get("type", "default"))
+        if rtype not in ("default", "linear", "llama3"):
+            raise FormatError(path, f"{where}.rope_type {str(rtype)[:40]!r} is not supported (linear, llama3)")
+
+        def positive(key, default=None):
+            v = rs.get(key, default)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                raise FormatError(path, f"{where}.{key} = {str(v)[:40]} must be a positive number")
+            return v
+        if rtype in ("linear", "llama3"):
+            positive("factor")
+        if rtype == "llama3":
+            if not positive("low_freq_factor", 1.0) < positive("high_freq_factor", 4.0):
+                raise FormatError(path, f"{where}: low_freq_factor must be below high_freq_factor")
+            positive("original_max_position_embeddings", 8192)

@@ -12,16 +12,17 @@ Layout (format_spec/SPEC.md is normative):
     48  header_len bytes of UTF-8 JSON, zero bytes up to data_offset, then the data region.
 """
 import json
+import math
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import quants
+from .atomic import atomic_output
 from .errors import FormatError
 
 MAGIC = b"\x89LOWBIT\n"
@@ -85,17 +86,39 @@ def _no_duplicates(pairs):
     return d
 
 
-def _depth(obj, limit):
+def _finite_number(text):
+    """JSON numbers MUST be finite as binary64 (SPEC 3): "1e400" is as invalid as "Infinity"."""
+    if not math.isfinite(float(text)):
+        raise ValueError(f"number {text[:40]} overflows a binary64")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _check_tree(obj, limit):
+    """Nesting depth (the top object is level 1, every value inside a container one more) and
+    strings: a \\u escape of a lone surrogate decodes to a str that is not Unicode text."""
     stack = [(obj, 1)]
     while stack:
         o, d = stack.pop()
         if d > limit:
-            return False
+            return f"header is nested more than {limit} levels deep"
         if isinstance(o, dict):
+            for k in o:
+                if not _valid_text(k):
+                    return "header has a string with a lone surrogate escape"
             stack.extend((v, d + 1) for v in o.values())
         elif isinstance(o, list):
             stack.extend((v, d + 1) for v in o)
-    return True
+        elif isinstance(o, str) and not _valid_text(o):
+            return "header has a string with a lone surrogate escape"
+    return None
+
+
+def _valid_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _is_int(v) -> bool:
@@ -127,11 +150,15 @@ def parse_header_bytes(path, buf: bytes):
         raise FormatError(path, "padding between header and data is not zero")
     try:
         text = raw.decode("utf-8")
-        header = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        header = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
+                            parse_int=_finite_number, parse_float=_finite_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(path, f"header is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(header, dict) or not _depth(header, MAX_JSON_DEPTH):
-        raise FormatError(path, f"header must be a JSON object nested at most {MAX_JSON_DEPTH} deep")
+        raise FormatError(path, f"header is not valid UTF-8 JSON: {str(e)[:200]}") from None
+    problem = _check_tree(header, MAX_JSON_DEPTH)
+    if problem:
+        raise FormatError(path, f"header is not valid JSON: {problem}")
+    if not isinstance(header, dict):
+        raise FormatError(path, "header must be a JSON object")
     return header, data_offset, data_len
 
 
@@ -258,7 +285,7 @@ class LowbitFile:
         bad = []
         for name, t in self.tensors.items():
             start = self.data_offset + t.offset
-            if f"{zlib.crc32(self._mm[start:start + t.nbytes]):08x}" != t.crc32:
+            if f"{zlib.crc32(self._buf[start:start + t.nbytes]):08x}" != t.crc32:   # a view: no copy
                 bad.append(name)
         return bad
 
@@ -316,37 +343,24 @@ def write_lowbit(path, metadata: dict, specs: list, progress=None):
 
     hb = header_bytes(table)
     data_offset = align(PREFIX_SIZE + len(hb))
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".lowbit-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.seek(data_offset)
-            crcs = []
-            for spec, info in zip(specs, table):
-                raw = early.pop(spec.name) if spec.name in early else np.ascontiguousarray(spec.produce())
-                data = memoryview(raw).cast("B")
-                if data.nbytes != info.nbytes:
-                    raise ValueError(f"{spec.name}: produced {data.nbytes} bytes, expected {info.nbytes}")
-                f.seek(data_offset + info.offset)
-                f.write(data)
-                crcs.append(f"{zlib.crc32(data):08x}")
-                if progress is not None:
-                    progress(spec)
-            f.truncate(data_offset + data_len)
-            table = [TensorInfo(t.name, t.type, t.shape, t.offset, t.nbytes, c) for t, c in zip(table, crcs)]
-            hb2 = header_bytes(table)
-            assert len(hb2) == len(hb), "CRC strings are fixed width"
-            f.seek(0)
-            f.write(PREFIX.pack(MAGIC, VERSION, 0, len(hb2), data_offset, data_len, zlib.crc32(hb2), 0))
-            f.write(hb2)
-            f.write(b"\0" * (data_offset - PREFIX_SIZE - len(hb2)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as f:
+        f.seek(data_offset)
+        crcs = []
+        for spec, info in zip(specs, table):
+            raw = early.pop(spec.name) if spec.name in early else np.ascontiguousarray(spec.produce())
+            data = memoryview(raw).cast("B")
+            if data.nbytes != info.nbytes:
+                raise ValueError(f"{spec.name}: produced {data.nbytes} bytes, expected {info.nbytes}")
+            f.seek(data_offset + info.offset)
+            f.write(data)
+            crcs.append(f"{zlib.crc32(data):08x}")
+            if progress is not None:
+                progress(spec)
+        f.truncate(data_offset + data_len)
+        table = [TensorInfo(t.name, t.type, t.shape, t.offset, t.nbytes, c) for t, c in zip(table, crcs)]
+        hb2 = header_bytes(table)
+        assert len(hb2) == len(hb), "CRC strings are fixed width"
+        f.seek(0)
+        f.write(PREFIX.pack(MAGIC, VERSION, 0, len(hb2), data_offset, data_len, zlib.crc32(hb2), 0))
+        f.write(hb2)
+        f.write(b"\0" * (data_offset - PREFIX_SIZE - len(hb2)))

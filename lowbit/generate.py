@@ -39,24 +39,37 @@ def generate_ids(transformer, cache, prompt_ids, sampler: Sampler, max_tokens, e
     stats.prompt_tokens += len(prompt_ids)
     stats.prefill_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    for i in range(max_tokens):
-        tok = sampler(logits, history)
-        history.append(tok)
-        stats.generated_tokens += 1
-        stats.token_ids.append(tok)
-        if tok in eos_ids:
-            stats.stop_reason = "eos"
-            stats.decode_seconds += time.perf_counter() - t0
+    # greedy, on a runtime that picks tokens itself (CUDA: decode_greedy pipelines the steps)
+    p = getattr(sampler, "p", None)
+    greedy = getattr(transformer, "decode_greedy", None)
+    if p is None or p.temperature != 0 or p.repetition_penalty != 1.0 or p.presence_penalty:
+        greedy = None
+    ahead = None
+    try:
+        for i in range(max_tokens):
+            tok = sampler(logits, history) if ahead is None else next(ahead)
+            history.append(tok)
+            stats.generated_tokens += 1
+            stats.token_ids.append(tok)
+            if tok in eos_ids:
+                stats.stop_reason = "eos"
+                stats.decode_seconds += time.perf_counter() - t0
+                yield tok
+                return
             yield tok
-            return
-        yield tok
-        if i == max_tokens - 1:
-            break
-        if cache.pos >= cache.n_ctx:
-            stats.stop_reason = "context"
-            stats.decode_seconds += time.perf_counter() - t0
-            return
-        logits = transformer.forward([tok], cache)[-1]
+            if i == max_tokens - 1:
+                break
+            if cache.pos >= cache.n_ctx:
+                stats.stop_reason = "context"
+                stats.decode_seconds += time.perf_counter() - t0
+                return
+            if greedy is None:
+                logits = transformer.forward([tok], cache)[-1]
+            elif ahead is None:
+                ahead = greedy(tok, cache, max_tokens - 1 - i)
+    finally:
+        if ahead is not None:
+            ahead.close()
     stats.stop_reason = stats.stop_reason or "length"
     stats.decode_seconds += time.perf_counter() - t0
 

@@ -2,8 +2,8 @@
 pass reads top to bottom like llama2.c's."""
 import numpy as np
 
-from . import kernels, ops
-from .config import ModelConfig
+from . import kernels, native, ops
+from .config import ModelConfig, context_size
 from .errors import FormatError
 from .format import LowbitFile
 from .tokenizer import Tokenizer
@@ -23,13 +23,16 @@ class Linear:
         if bias is not None and bias in f.tensors:
             if f.info(bias).shape != (self.out_features,):
                 raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{self.out_features}]")
-            self.bias = f.dequantize(bias).astype(np.float32)
+            self.bias = _dequantize(f, bias)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
         if self.bound is not None:
             self.bound.matmul(x, y)
         else:
+            fused = self.qtype.kernels.get("c") if native.enabled() else None
+            if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
+                return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
             kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
         if self.bias is not None:
             y += self.bias
@@ -54,7 +57,12 @@ class Layer:
 def _vector(f: LowbitFile, name, n):
     if f.info(name).shape != (n,):
         raise FormatError(f.path, f"tensor {name!r} has shape {list(f.info(name).shape)}, expected [{n}]")
-    return f.dequantize(name).astype(np.float32)
+    return _dequantize(f, name)
+
+
+def _dequantize(f: LowbitFile, name):
+    # norms and biases are f32: NumPy views, no JIT at load
+    return np.ascontiguousarray(f.dequantize(name), dtype=np.float32)
 
 
 class KVCache:
@@ -77,9 +85,7 @@ class Transformer:
         self.file = f
         meta = f.metadata
         self.config = c = ModelConfig.from_json(f.path, meta.get("architecture"))
-        self.n_ctx = int(n_ctx or c.context_length)
-        if not 1 <= self.n_ctx <= 1 << 20:
-            raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        self.n_ctx = context_size(f.path, c, n_ctx)
         emb = f.info("token_embd.weight")
         if emb.shape != (c.vocab_size, c.hidden_size):
             raise FormatError(f.path, f"token_embd.weight has shape {list(emb.shape)}, expected [{c.vocab_size}, {c.hidden_size}]")
@@ -91,20 +97,28 @@ class Transformer:
         self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
+        self.native = None   # one C call per block when every weight type has a native kernel
+        if native.enabled():
+            from .native.runtime import NativeTransformer
+            if NativeTransformer.supports(self):
+                self.native = NativeTransformer(self)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows of `tokens`, dequantized (only those rows are read)."""
         if self.embed_bound is not None:
             return self.embed_bound.gather(np.asarray(tokens, np.int64))
+        if native.enabled() and self.embed_qtype.name in native.C_TYPES:   # in C: no Numba JIT
+            return native.get_rows(self.embed_qtype.name, self.embed_raw, tokens, self.config.hidden_size)
         return np.ascontiguousarray(self.embed_qtype.dequantize(self.embed_raw[tokens], (len(tokens), self.config.hidden_size)),
                                     dtype=np.float32)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
 
-    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False, return_hidden: bool = False):
         """Run `tokens` at positions cache.pos.. and append them to the cache. Returns logits
-        for every token (all_logits) or only the last one: (n or 1, vocab)."""
+        for every token (all_logits) or only the last one: (n or 1, vocab); with return_hidden,
+        also the output projection's input (the final normed hidden states)."""
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n, pos0 = tokens.shape[0], cache.pos
@@ -115,6 +129,8 @@ class Transformer:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
+        if self.native is not None:
+            return self.native.forward(tokens, cache, all_logits, return_hidden)
 
         x = self.embed(tokens)
         h = np.empty_like(x)
@@ -140,4 +156,4 @@ class Transformer:
         last = x if all_logits else x[-1:]
         out = np.empty_like(last)
         ops.rmsnorm(np.ascontiguousarray(last), self.output_norm, c.rms_norm_eps, out)
-        return self.output(out)
+        return (self.output(out), out) if return_hidden else self.output(out)

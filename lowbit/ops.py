@@ -76,22 +76,28 @@ def swiglu(gate, up):
             gate[t, i] = g / (np.float32(1.0) + np.exp(-g)) * up[t, i]
 
 
-def rope_tables(head_dim, theta, scaling, positions):
-    """cos/sin tables (positions, head_dim/2) with transformers' inverse frequencies,
-    including its 'linear' and 'llama3' scaling."""
-    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+def inv_freq(head_dim, theta, scaling) -> np.ndarray:
+    """RoPE inverse frequencies (head_dim/2,) as transformers computes them, including its
+    'linear' and 'llama3' scaling (float64)."""
+    freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     rtype = (scaling or {}).get("rope_type", "default")
     if rtype == "linear":
-        inv_freq = inv_freq / float(scaling["factor"])
-    elif rtype == "llama3":
+        return freq / float(scaling["factor"])
+    if rtype == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
         old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
-        wavelen = 2 * math.pi / inv_freq
+        wavelen = 2 * math.pi / freq
         smooth = (old_ctx / wavelen - low) / (high - low)
-        scaled = np.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        scaled = np.where(wavelen > old_ctx / low, freq / factor, freq)
         medium = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
-        inv_freq = np.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+        return np.where(medium, (1 - smooth) * freq / factor + smooth * freq, scaled)
+    return freq
+
+
+def rope_tables(head_dim, theta, scaling, positions):
+    """cos/sin tables (positions, head_dim/2) for positions 0..positions-1."""
+    inv = inv_freq(head_dim, theta, scaling)
     # computed in float32 like transformers, so long positions round the same way
-    angles = np.arange(positions, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    angles = np.arange(positions, dtype=np.float32)[:, None] * inv.astype(np.float32)[None, :]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

@@ -3,6 +3,10 @@
 from .errors import FormatError
 
 
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 class Tokenizer:
     def __init__(self, f):
         meta = f.metadata.get("tokenizer")
@@ -28,6 +32,13 @@ class Tokenizer:
             raise
         except Exception as e:   # the libraries raise assorted types on corrupt blobs
             raise FormatError(f.path, f"embedded {self.kind} tokenizer cannot be loaded: {e}") from None
+        ids = meta.get("eos_ids", []), meta.get("special_ids", [])
+        if not all(isinstance(x, list) and all(_is_id(i) for i in x) for x in ids) or \
+                not (meta.get("bos_id") is None or _is_id(meta.get("bos_id"))):
+            raise FormatError(f.path, "metadata.tokenizer: bos_id, eos_ids and special_ids must be non-negative integer ids")
+        for key in ("chat_template", "bos_token", "eos_token"):
+            if meta.get(key) is not None and not isinstance(meta.get(key), str):
+                raise FormatError(f.path, f"metadata.tokenizer.{key} must be a string or null")
         self.add_bos = bool(meta.get("add_bos", False))
         self.bos_id = meta.get("bos_id")
         self.eos_ids = [int(i) for i in meta.get("eos_ids", [])]

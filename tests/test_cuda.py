@@ -9,37 +9,48 @@ import pytest
 
 import lowbit
 from lowbit import cuda as lbcuda
-from lowbit.cuda.ggml_layouts import ensure_registered, random_blocks
+from lowbit.cuda.random_weights import random_blocks
 from lowbit.format import LowbitFile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-ensure_registered()
 
 _ok, _why = lbcuda.available()
 needs_gpu = pytest.mark.skipif(not _ok, reason=f"needs an NVIDIA GPU and nvcc: {_why}")
-# relative L2 error of GPU logits vs the CPU runtime's (fp16 KV cache, fp32 sums in another order);
-# random-weight models have larger activations and amplify rounding more than trained ones
-TOL = 5e-3
-TOL_RANDOM = 2e-2
+# relative L2 error of GPU logits vs the CPU runtime's (fp16 KV cache, fp32 sums in another order,
+# 8-bit activations: the CPU quantizes the input of every q8_0 / k-quant matmul, q8_0 or q8_K
+# blocks, the GPU only for q4_k/q6_k decode, q8_K like the CPU); random-weight models have larger
+# activations and amplify that rounding more than trained ones. Measured on an H100 (NOTES.md v7):
+# trained models 0.93-1.52e-2 (the unchanged float prefill path alone 0.93-1.24e-2: the CPU's
+# 8-bit activations, not the GPU), random models up to 4.1e-2 (prefill alone up to 2.7e-2).
+TOL = 2e-2
+TOL_RANDOM = 5e-2
 
 
 def rel_err(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_ggml_layouts_match_gguf():
+@pytest.mark.parametrize("name", ["q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+def test_random_blocks_are_valid(name):
+    """The benchmark's random blocks decode (registry dequantizer = gguf's) to finite weights."""
     gguf = pytest.importorskip("gguf")
     from gguf.quants import dequantize
     from lowbit import quants
     rng = np.random.default_rng(1)
-    for name, gt in (("q4_k", gguf.GGMLQuantizationType.Q4_K), ("q6_k", gguf.GGMLQuantizationType.Q6_K)):
-        raw = random_blocks(name, 5, 768, rng)
-        ours = quants.get(name).dequantize(raw, (5, 768))
-        np.testing.assert_array_equal(ours, dequantize(raw, gt).reshape(5, 768))
+    raw = random_blocks(name, 5, 768, rng)
+    ours = quants.get(name).dequantize(raw, (5, 768))
+    assert np.isfinite(ours).all() and ours.std() > 0
+    np.testing.assert_array_equal(ours, dequantize(raw, getattr(gguf.GGMLQuantizationType, name.upper())).reshape(5, 768))
+    tail = random_blocks(name, 3, 300, rng) if name != "q8_0" else None   # 256 + a 44-weight tail block
+    if tail is not None:
+        assert tail.shape == (3, quants.get(name).row_bytes(300))
 
 
 def _random_model(tmp_path, mix, **kw):
+    """Small random-weight model: random quant bytes (every scale and code, for the exact
+    dequantization test) or, with from_floats=True, quantized N(0, 0.05) weights (random bytes give
+    weights of up to ~2 and activations that fp16 rounding of the KV cache visibly perturbs)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("make_random_lowbit", ROOT / "tools" / "make_random_lowbit.py")
     mod = importlib.util.module_from_spec(spec)
@@ -71,12 +82,19 @@ def _compare(cpu, gpu, prompt, steps):
     return errs
 
 
+TAIL = dict(dim=384, heads=6, kv_heads=2, ffn=640)   # rows of 256 + a 128-weight tail block (pychat's shape)
 CASES = {
     "f32": dict(), "f16": dict(), "bf16": dict(), "q8_0": dict(), "q4_k": dict(), "q6_k": dict(),
+    "q3_k": dict(), "q5_k": dict(),
+    "q2_k": dict(),                                  # the q2_k mix: q2_k, q3_k (attn_v, ffn_down), q6_k output
     "q4_k_m": dict(bias=True),                       # mixed types in one qkv launch, q/k/v biases
+    "q4_k-rows": dict(vocab=1001),                   # a row count that is not a multiple of 4 (4 rows per warp)
+    "q8_0-chunks": dict(dim=640, heads=10, kv_heads=2, ffn=1152),   # 512-weight chunks plus a remainder
+    "q4_k_m-tail": dict(TAIL, bias=True), "q2_k-tail": TAIL, "q3_k-tail": TAIL, "q5_k-tail": TAIL, "q6_k-tail": TAIL,
     "q8_0-tied": dict(tied=True),
     "f16-scalar": dict(dim=68, heads=2, kv_heads=1, ffn=172),   # rows not a multiple of 16 bytes
     "f32-hd34": dict(dim=68, heads=2, kv_heads=1, ffn=172),     # head_dim not a multiple of 32
+    "q4_k_m-hd128": dict(heads=2, kv_heads=1),                 # head_dim 128 (the decode attention's fast path)
 }
 
 
@@ -108,7 +126,7 @@ def test_gpu_layout_dequantizes_exactly(case, tmp_path, monkeypatch):
 @pytest.mark.parametrize("case", list(CASES))
 def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
     mix = case.split("-")[0]
-    path = _random_model(tmp_path, mix, **CASES[case])
+    path = _random_model(tmp_path, mix, from_floats=True, **CASES[case])
     cpu, gpu = _cpu_and_gpu(path, monkeypatch)
     prompt = np.random.default_rng(2).integers(0, 1000, 21)   # 21 = 8 + 8 + 4 + 1: every batch width
     errs = _compare(cpu, gpu, prompt, steps=6)
@@ -116,10 +134,54 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
     assert max(errs) < TOL_RANDOM, errs
 
 
+@needs_gpu
+def test_long_context_decode_matches_cpu(tmp_path, monkeypatch):
+    """Decode attention past one tile of positions (1024: the online softmax across tiles), head_dim 128."""
+    path = _random_model(tmp_path, "q4_k_m", from_floats=True, ctx=1200, layers=1, vocab=300, heads=2, kv_heads=1)
+    cpu, gpu = _cpu_and_gpu(path, monkeypatch)
+    prompt = np.random.default_rng(4).integers(0, 300, 1030)
+    cc, gc = cpu.new_cache(), gpu.new_cache()
+    ref, got = cpu.forward(prompt, cc), gpu.forward(prompt, gc)
+    errs = [rel_err(got, ref)]
+    tok = int(ref[-1].argmax())
+    for _ in range(3):
+        ref, got = cpu.forward([tok], cc), gpu.forward([tok], gc)
+        errs.append(rel_err(got, ref))
+        tok = int(ref[-1].argmax())
+    print(f"long context: rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
+    assert max(errs) < TOL_RANDOM, errs
+
+
+@needs_gpu
+def test_decode_greedy_matches_forward(tmp_path, monkeypatch):
+    """The pipelined device-argmax decode gives forward() + argmax's tokens, also when it is
+    stopped early (one step was computed ahead) and forward() continues from the cache."""
+    path = _random_model(tmp_path, "q4_k_m", from_floats=True, **TAIL)
+    _, gpu = _cpu_and_gpu(path, monkeypatch)
+    prompt = np.random.default_rng(3).integers(0, 1000, 9)
+    ref_cache = gpu.new_cache()
+    tok = int(gpu.forward(prompt, ref_cache)[-1].argmax())
+    ref = [tok]
+    for _ in range(12):
+        ref.append(int(gpu.forward([ref[-1]], ref_cache)[-1].argmax()))
+    cache = gpu.new_cache()
+    assert int(gpu.forward(prompt, cache)[-1].argmax()) == tok
+    stream = gpu.decode_greedy(tok, cache, 10)
+    got = [tok] + [next(stream) for _ in range(5)]
+    stream.close()
+    assert cache.pos == len(prompt) + 5
+    for _ in range(4):   # forward() continues where the closed stream stopped
+        got.append(int(gpu.forward([got[-1]], cache)[-1].argmax()))
+    got += list(gpu.decode_greedy(got[-1], cache, 3))
+    assert got == ref[:len(got)] and len(got) == 13
+    assert list(gpu.decode_greedy(0, gpu.new_cache(), 0)) == []
+
+
 def _shared_model(name, qtype, tmp_path_factory):
-    d = os.environ.get("LOWBIT_TEST_MODELS")
-    if d and Path(d, f"{name}.lowbit").exists():
-        return str(Path(d, f"{name}.lowbit"))
+    d = os.environ.get("LOWBIT_TEST_MODELS")   # prebuilt files: NAME-QTYPE.lowbit (or NAME.lowbit)
+    for fn in (f"{name}-{qtype}.lowbit", f"{name}.lowbit"):
+        if d and Path(d, fn).exists():
+            return str(Path(d, fn))
     src = SHARED / "models" / name
     if not src.exists():
         pytest.skip(f"{name}: neither $LOWBIT_TEST_MODELS/{name}.lowbit nor {src} exists")
@@ -130,21 +192,34 @@ def _shared_model(name, qtype, tmp_path_factory):
 
 
 @needs_gpu
-@pytest.mark.parametrize("name,qtype", [("stories260K", "f32"), ("pychat-30m", "q8_0"), ("pycode-30m", "q8_0")])
+@pytest.mark.parametrize("name,qtype", [("stories260K", "f32"), ("pychat-30m", "q4_k_m"), ("pychat-30m", "q2_k"),
+                                        ("pycode-30m", "q4_k_m"), ("pycode-30m", "q2_k")])
 def test_shared_model_matches_cpu(name, qtype, tmp_path_factory):
     path = _shared_model(name, qtype, tmp_path_factory)
     cpu, gpu = lowbit.load(path), lowbit.load(path, device="cuda")
     assert gpu.device == "cuda"
     ids = cpu.tokenize("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:")
     errs = _compare(cpu.transformer, gpu.transformer, ids, steps=8)
-    print(f"{name}: {len(ids)} prompt tokens, rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
+    print(f"{name} {qtype}: {len(ids)} prompt tokens, rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
     assert max(errs) < TOL, errs
     a = cpu.generate_ids(ids, max_tokens=24, temperature=0)
     b = gpu.generate_ids(ids, max_tokens=24, temperature=0)
     same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    print(f"{name}: greedy generation agrees for {same} of {len(a)} tokens")
+    print(f"{name} {qtype}: greedy generation agrees for {same} of {len(a)} tokens")
     # greedy paths may part at a near-tie (fp16 KV cache); the first tokens must agree
     assert len(b) > 0 and a[:4] == b[:4]
+
+
+def test_every_declared_function_is_exported():
+    """Each C function the cffi declarations name is defined (LB_API) in lowbit_cuda.cu: a missing
+    one only fails at first use on a GPU machine."""
+    import re
+    from lowbit.cuda.runtime import CDEF
+    src = (ROOT / "lowbit" / "cuda" / "lowbit_cuda.cu").read_text()
+    declared = re.findall(r"^\S.*?\b(lb_\w+)\(", CDEF, re.M)
+    defined = set(re.findall(r"^LB_API [^(]*?\b(lb_\w+)\(", src, re.M))
+    assert len(declared) > 20
+    assert [f for f in declared if f not in defined] == []
 
 
 def test_cuda_request_falls_back_with_a_message(tmp_path, monkeypatch, capsys):

@@ -174,3 +174,24 @@ def test_write_is_atomic_when_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_lowbit(p, {}, specs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_context_length_does_not_size_allocations(tmp_path, converted):
+    """context_length is backed by no tensor bytes: loading must not allocate by it."""
+    import shutil
+
+    import lowbit
+    p = tmp_path / "ctx.lowbit"
+    shutil.copy(converted("stories260K", "q8_0"), p)
+    rewrite(p, header=lambda h: h["metadata"]["architecture"].update(context_length=1 << 20))
+    tracemalloc.start()
+    m = lowbit.load(p)
+    m.generate_ids("Once", max_tokens=2, temperature=0.0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert m.transformer.n_ctx == 4096 and peak < 64 << 20   # a 2^20 context would need > 1 GiB
+    # an explicit context whose KV cache cannot fit in memory is refused with advice, not attempted
+    from lowbit.config import ModelConfig, context_size
+    huge = ModelConfig(**{**m.config.to_json(), "num_layers": 1024, "num_kv_heads": 1024, "head_dim": 1024})
+    with pytest.raises(ValueError, match="--ctx"):
+        context_size(str(p), huge, 1 << 20)

@@ -5,9 +5,11 @@ import pytest
 import lowbit
 from conftest import MODELS, reference
 
-# Measured (lowbit 0.1.0): relative Frobenius error of Q8_0 logits vs transformers is
-# 5.7e-3 (stories260K), 3.8e-3 (pycode-30m), 4.9e-3 (pychat-30m). The bound leaves 2x headroom.
-Q8_0_BOUND = 1e-2
+# Measured (lowbit 0.1.0): relative Frobenius error of Q8_0 logits vs transformers is 8.8e-3
+# (stories260K), 6.4e-3 (pycode-30m), 7.8e-3 (pychat-30m) with the native kernels, which quantize
+# activations to 8 bits as llama.cpp does (5.7e-3, 3.8e-3, 4.9e-3 on the float Numba path). The bound
+# leaves room for other kernel levels (AVX2, scalar) while a broken kernel lands far above it.
+Q8_0_BOUND = 1.5e-2
 
 
 def rel_err(a, b):

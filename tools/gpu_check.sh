@@ -1,17 +1,34 @@
 #!/bin/bash
-# build + test + profile + bench on the GPU machine (run from .cudawork)
+# build + test + profile + bench on the GPU machine (run from .cudawork; models/ holds gzipped
+# NAME-QTYPE.lowbit files converted beforehand, whl/ the cffi/pycparser wheels).
+#   bash tools/gpu_check.sh [all|test|bench]
+# A failed build stops here and prints nvcc's errors. Tests run with the defaults and with
+# LOWBIT_CUDA_DP4A=0 (float activations in decode); the bench adds that A/B for the 7B q4_k_m.
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD LOWBIT_CACHE=/tmp/lbcache
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site whl/*.whl && export PYTHONPATH=$PWD:/tmp/site || exit 1
-mkdir -p /tmp/models && cp models/*.lowbit /tmp/models/ 2>/dev/null; for g in models/*.gz; do [ -e "$g" ] && gunzip -c $g > /tmp/models/$(basename $g .gz).lowbit; done; ls -la /tmp/models
 nvidia-smi --query-gpu=name,compute_cap,clocks.sm,clocks.mem --format=csv
-( time python3 -m lowbit.cuda.build ) 2>&1 | tail -4 | tee $OUT/build.log
+if ! ( time python3 -m lowbit.cuda.build ) > $OUT/build.log 2>&1; then
+  echo "BUILD FAILED"; grep -E "error|warning" $OUT/build.log | head -40; tail -20 $OUT/build.log; exit 2
+fi
+tail -4 $OUT/build.log
+mkdir -p /tmp/models && cp models/*.lowbit /tmp/models/ 2>/dev/null; for g in models/*.gz; do [ -e "$g" ] && gunzip -c $g > /tmp/models/$(basename $g .gz).lowbit; done; ls /tmp/models
+mkdir -p ../shared/models   # tests/conftest.py wants the shared world's folder; the GPU tests read /tmp/models
 MODE=${1:-all}
+AB=${AB:-}   # more A/B settings for the bench, e.g. AB="LOWBIT_CUDA_BPSM=2 LOWBIT_CUDA_BPSM=8"
+if [ "$MODE" != test ]; then   # random 7B-shape models, made while the tests run
+  ( python3 tools/make_random_lowbit.py /tmp/q8_0.lowbit --type q8_0 2>&1 | tail -1 ) > $OUT/make.log &
+  ( python3 tools/make_random_lowbit.py /tmp/q4_k_m.lowbit --type q4_k_m 2>&1 | tail -1 ) >> $OUT/make.log &
+fi
 if [ "$MODE" != bench ]; then
-  LOWBIT_TEST_MODELS=/tmp/models timeout 300 python3 -m pytest tests/test_cuda.py -q -s -p no:cacheprovider 2>&1 | tee $OUT/test.log | grep -E "rel err|passed|failed|Error|error|assert|Mismatch|^FAILED" | head -60
+  LOWBIT_TEST_MODELS=/tmp/models timeout 300 python3 -m pytest tests/test_cuda.py -q -s -p no:cacheprovider 2>&1 | tee $OUT/test.log | grep -E "rel err|agrees|passed|failed|Error|error|assert|Mismatch|^FAILED" | head -80
+  echo "== tests with LOWBIT_CUDA_DP4A=0"
+  LOWBIT_CUDA_DP4A=0 LOWBIT_TEST_MODELS=/tmp/models timeout 300 python3 -m pytest tests/test_cuda.py -q -s -p no:cacheprovider 2>&1 | tee $OUT/test_float.log | grep -E "agrees|passed|failed|^E  |^FAILED" | head -60
 fi
 if [ "$MODE" != test ]; then
-  python3 tools/make_random_lowbit.py /tmp/q8_0.lowbit --type q8_0 2>&1 | tail -1
-  python3 tools/make_random_lowbit.py /tmp/q4_k_m.lowbit --type q4_k_m 2>&1 | tail -1
-  for t in q4_k_m q8_0; do echo "== profile $t"; timeout 120 python3 tools/profile_cuda.py /tmp/$t.lowbit 2>&1 | tee -a $OUT/profile.log; done
+  wait; cat $OUT/make.log
+  for t in q4_k_m q8_0; do echo "== profile $t"; timeout 100 python3 tools/profile_cuda.py /tmp/$t.lowbit 2>&1 | tee -a $OUT/profile.log; done
   timeout 240 python3 tools/bench_cuda.py /tmp/q4_k_m.lowbit /tmp/q8_0.lowbit /tmp/models/*.lowbit --prompt 128 --gen 128 2>&1 | tee $OUT/bench.log
+  for v in "LOWBIT_CUDA_DP4A=0" $AB; do
+    echo "== $v"; env $v timeout 100 python3 tools/bench_cuda.py /tmp/q4_k_m.lowbit --prompt 128 --gen 128 --reps 1 2>&1 | grep -E "^\|" | tee -a $OUT/bench.log
+  done
 fi

@@ -1,7 +1,7 @@
 """Write a lowbit file with random quantized weights (valid fp16 scales, random quant bits) in a
 given model shape: the GPU benchmark's Llama-2-7B stand-in, made on the machine that runs it.
 
-    python tools/make_random_lowbit.py out.lowbit --type q4_k_m   # or q8_0, f16, bf16, f32, q4_k, q6_k
+    python tools/make_random_lowbit.py out.lowbit --type q4_k_m   # or q2_k (mix), q8_0, f16, bf16, f32, q2_k..q6_k via --type
     python tools/make_random_lowbit.py small.lowbit --type q8_0 --dim 512 --layers 2 --heads 8 --ffn 1024 --vocab 1000
 """
 import argparse
@@ -12,10 +12,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.ggml_layouts import ensure_registered, random_blocks  # noqa: E402
+from lowbit.cuda.random_weights import random_blocks  # noqa: E402
 from lowbit.format import TensorSpec, write_lowbit  # noqa: E402
 
-ensure_registered()
 LLAMA2_7B = dict(dim=4096, layers=32, heads=32, kv_heads=32, ffn=11008, vocab=32000)
 
 
@@ -25,6 +24,11 @@ def use_more_bits(i, n):
 
 
 def tensor_type(mix, name, layer, n_layers):
+    """llama.cpp's q4_k_m and q2_k mixes (as in converters/recipes.py); any other name: one type."""
+    if mix == "q2_k":
+        if name == "output.weight":
+            return "q6_k"
+        return "q3_k" if name.endswith(("attn_v.weight", "ffn_down.weight")) else "q2_k"
     if mix != "q4_k_m":
         return mix
     if name == "output.weight":
@@ -34,21 +38,18 @@ def tensor_type(mix, name, layer, n_layers):
     return "q4_k"
 
 
-def random_tensor(qtype, rows, cols, rng):
-    if qtype in ("q4_k", "q6_k"):
+def random_tensor(qtype, rows, cols, rng, from_floats=False):
+    """Random bytes with valid scales (fast, for the 7B stand-ins), or, with from_floats, N(0, 0.05)
+    weights run through the registry's quantizer (well-conditioned activations, for the tests)."""
+    if qtype in ("q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k") and not from_floats:
         return random_blocks(qtype, rows, cols, rng)
-    if qtype == "q8_0":
-        nb = rows * cols // 32
-        blk = np.frombuffer(rng.bytes(nb * 34), np.uint8).reshape(nb, 34).copy()
-        blk[:, 0:2] = (rng.random(nb, dtype=np.float32) * 1e-3 + 1e-4).astype("<f2")[:, None].view(np.uint8)
-        return blk.reshape(rows, -1)
     w = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05)
     from lowbit import quants
     return quants.get(qtype).quantize(w, None)
 
 
 def make(path, mix="q4_k_m", dim=4096, layers=32, heads=32, kv_heads=None, ffn=11008, vocab=32000,
-         seed=0, ctx=4096, bias=False, tied=False):
+         seed=0, ctx=4096, bias=False, tied=False, from_floats=False):
     rng = np.random.default_rng(seed)
     kv_heads = kv_heads or heads
     hd = dim // heads
@@ -59,7 +60,7 @@ def make(path, mix="q4_k_m", dim=4096, layers=32, heads=32, kv_heads=None, ffn=1
 
     def mat(name, rows, cols, layer=0):
         t = tensor_type(mix, name, layer, layers)
-        specs.append(TensorSpec(name, t, (rows, cols), lambda: random_tensor(t, rows, cols, rng)))
+        specs.append(TensorSpec(name, t, (rows, cols), lambda: random_tensor(t, rows, cols, rng, from_floats)))
 
     def vec(name, n, scale=1.0, base=0.0):
         specs.append(TensorSpec(name, "f32", (n,), lambda: (base + scale * rng.standard_normal(n)).astype(np.float32)))

@@ -17,8 +17,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
+
+
+def peak_rss():
+    # VmHWM starts afresh at exec (ru_maxrss would carry the converting parent's peak over)
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
 t0 = time.perf_counter()
 import lowbit
 m = lowbit.load(sys.argv[1])
@@ -32,7 +39,7 @@ out = m.generate_ids(ref['ids'].tolist(), max_tokens=int(sys.argv[3]), temperatu
 s = m.last_stats
 print(json.dumps({"load_s": load_s, "rss_after_load": rss_after_load, "rel_err": err,
                   "prefill_tps": s.prefill_tps, "decode_tps": s.decode_tps,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss()}))
 """
 
 

@@ -21,14 +21,22 @@ def register(sub):
                         "e.g. --override 'blk\\.0\\..*=q8_0'")
     p.add_argument("--imatrix", metavar="FILE",
                    help="importance matrix (from `lowbit imatrix`) weighting the quantization error per input channel")
+    p.add_argument("--no-gptq", dest="gptq", action="store_false",
+                   help="ignore the imatrix file's covariance matrices (plain per-block fits instead of GPTQ "
+                        "error feedback)")
+    p.add_argument("--target-bpw", type=float, metavar="X",
+                   help="choose a type per weight (q2_k..q6_k, q8_0) for a file of at most X bits per checkpoint "
+                        "weight, minimizing the measured output error; needs --imatrix; -t is ignored")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args):
     from converters import convert
-    out = args.output or f"{os.path.basename(os.path.normpath(args.source))}-{args.type}.lowbit"
-    summary = convert(args.source, out, args.type, progress=True, overrides=args.override, imatrix=args.imatrix)
+    tag = f"bpw{args.target_bpw:g}" if args.target_bpw is not None else args.type
+    out = args.output or f"{os.path.basename(os.path.normpath(args.source))}-{tag}.lowbit"
+    summary = convert(args.source, out, args.type, progress=True, overrides=args.override, imatrix=args.imatrix,
+                      gptq=args.gptq, target_bpw=args.target_bpw)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

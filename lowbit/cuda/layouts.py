@@ -1,11 +1,14 @@
-"""How each tensor type is laid out on the GPU (the kernel's type code and the optional repack
-that splits blocks into a 16-byte aligned body and a tail of scales). One entry per type with a
-CUDA kernel; adding a type = an entry here + its functions in lowbit_cuda.cu."""
+"""How each tensor type is laid out on the GPU: the kernel's type code and the optional repack
+that splits each block into a 16-byte aligned body (bytes body_off..body_off+body_len) and a tail
+(the block's other bytes, in order). q8_0 has its own repack (its body is also permuted, see
+lowbit_cuda.cu). One entry per type with a CUDA kernel; adding a type = an entry here + its
+functions in lowbit_cuda.cu."""
 from dataclasses import dataclass
 from typing import Optional
 
-T_F32, T_F16, T_BF16, T_Q8_0, T_Q4_K, T_Q6_K = 0, 1, 2, 3, 4, 5
+T_F32, T_F16, T_BF16, T_Q8_0, T_Q4_K, T_Q6_K, T_Q2_K, T_Q3_K, T_Q5_K = range(9)
 SCALAR = {T_F32: 16, T_F16: 17, T_BF16: 18}   # plain floats whose rows are not 16-byte multiples
+KQUANTS = {T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K}   # rows may end in a tail block
 
 
 @dataclass(frozen=True)
@@ -13,8 +16,10 @@ class Repack:
     block_bytes: int
     body_off: int
     body_len: int
-    tail_off: int
-    tail_len: int
+
+    @property
+    def tail_len(self):
+        return self.block_bytes - self.body_len
 
 
 @dataclass(frozen=True)
@@ -28,9 +33,14 @@ LAYOUTS = {
     "f32": GpuLayout(T_F32),
     "f16": GpuLayout(T_F16),
     "bf16": GpuLayout(T_BF16),
-    # q8_0 block: fp16 d at 0, 32 int8 at 2 -> body = quants, tail = d
-    "q8_0": GpuLayout(T_Q8_0, 32, Repack(34, 2, 32, 0, 2)),
-    "q4_k": GpuLayout(T_Q4_K, 256),
+    # q8_0 block: fp16 d at 0, 32 int8 at 2 -> body = quants (permuted), tail = d
+    "q8_0": GpuLayout(T_Q8_0, 32, Repack(34, 2, 32)),
+    # q2_k block: 16 scale bytes, 64 bytes qs, d, dmin -> body = qs, tail = scales, d, dmin
+    "q2_k": GpuLayout(T_Q2_K, 256, Repack(84, 16, 64)),
+    # q3_k block: hmask 32, qs 64, 12 scale bytes, d -> body = hmask + qs, tail = scales, d
+    "q3_k": GpuLayout(T_Q3_K, 256, Repack(110, 0, 96)),
+    "q4_k": GpuLayout(T_Q4_K, 256),   # 144-byte blocks, kept as in the file
+    "q5_k": GpuLayout(T_Q5_K, 256),   # 176-byte blocks, kept as in the file
     # q6_k block: ql|qh|scales (208 bytes), fp16 d at 208 -> body = first 208 bytes, tail = d
-    "q6_k": GpuLayout(T_Q6_K, 256, Repack(210, 0, 208, 208, 2)),
+    "q6_k": GpuLayout(T_Q6_K, 256, Repack(210, 0, 208)),
 }

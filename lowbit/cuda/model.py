@@ -3,10 +3,10 @@ uploaded once in their quantized layout and the decode step replayed as one CUDA
 import numpy as np
 
 from .. import ops
-from ..config import ModelConfig
+from ..config import ModelConfig, context_size
 from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
-from .layouts import LAYOUTS, SCALAR
+from .layouts import KQUANTS, LAYOUTS, SCALAR, T_Q8_0
 from .runtime import get_runtime
 
 CHUNK = 256   # prompt tokens per batched pass (activation buffers are sized for this)
@@ -26,29 +26,40 @@ class GpuMatrix:
                               f"(CUDA types: {', '.join(LAYOUTS)}); use --device cpu")
         rows, cols = shape
         qt = f.qtype(name)
-        if qt.block_size > 1 and cols % qt.block_size:
-            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) ends each row in a tail block, "
-                              f"which has no CUDA kernel yet; use --device cpu")
         raw = f.raw(name)
-        row_bytes = raw.shape[1]
+        nfull = cols // layout.block_size            # whole blocks per row
+        rem = cols - nfull * layout.block_size
+        if rem and layout.code not in KQUANTS:
+            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) does not fill whole blocks")
         m = self.mat = rt.ffi.new("lb_mat*")
         m.rows, m.cols, m.type = rows, cols, layout.code
+        m.xtra, m.xtra_row = 0, 0
+        if rem:   # k-quant rows ending in a tail block: tail blocks go to their own array
+            fb = nfull * qt.block_bytes
+            m.xtra, m.xtra_row = model.upload(np.ascontiguousarray(raw[:, fb:])), raw.shape[1] - fb
+            raw = np.ascontiguousarray(raw[:, :fb])
+        row_bytes = raw.shape[1]
         if layout.repack is None:
-            body = model.alloc(info.nbytes)
-            rt.htod(body, raw)
+            body = model.alloc(raw.nbytes)
+            if raw.nbytes:
+                rt.htod(body, raw)
             m.body, m.body_row, m.tail, m.tail_row = body, row_bytes, 0, 0
             if row_bytes % 16 and layout.code in SCALAR:
                 m.type = SCALAR[layout.code]
         else:
             p = layout.repack
-            nblocks = rows * (cols // layout.block_size)
-            scratch = model.scratch(info.nbytes)
-            rt.htod(scratch, raw)
+            nblocks = rows * nfull
             body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * p.tail_len)
-            rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len, p.tail_off, p.tail_len)
-            rt.call("lb_sync")
-            m.body, m.body_row = body, nblocks // rows * p.body_len
-            m.tail, m.tail_row = tail, nblocks // rows * p.tail_len
+            if nblocks:
+                scratch = model.scratch(raw.nbytes)
+                rt.htod(scratch, raw)
+                if layout.code == T_Q8_0:
+                    rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
+                else:
+                    rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
+                rt.call("lb_sync")
+            m.body, m.body_row = body, nfull * p.body_len
+            m.tail, m.tail_row = tail, nfull * p.tail_len
         self.nbytes = info.nbytes
         m.bias = 0
         if bias is not None and bias in f.tensors:
@@ -66,7 +77,8 @@ class CudaKVCache:
         self.layer_bytes = n_ctx * c.num_kv_heads * c.head_dim * 2
         self.k = self.rt.malloc(self.layer_bytes * c.num_layers)
         self.v = self.rt.malloc(self.layer_bytes * c.num_layers)
-        self.graph = None   # the decode step captured for this cache's buffers
+        self.graph = None         # the decode step captured for this cache's buffers
+        self.graph_greedy = None  # the same step followed by the device argmax (decode_greedy)
         self.num_layers = c.num_layers
 
     @property
@@ -75,8 +87,9 @@ class CudaKVCache:
 
     def __del__(self):
         try:
-            if self.graph:
-                self.rt.lib.lb_graph_free(self.graph)
+            for g in (self.graph, self.graph_greedy):
+                if g:
+                    self.rt.lib.lb_graph_free(g)
             self.rt.lib.lb_free(self.k)
             self.rt.lib.lb_free(self.v)
         except Exception:
@@ -89,9 +102,11 @@ class CudaTransformer:
         self.file = f
         self._allocs, self._scratch = [], (0, 0)
         self.config = c = ModelConfig.from_json(f.path, f.metadata.get("architecture"))
-        self.n_ctx = int(n_ctx or c.context_length)
+        self.n_ctx = context_size(f.path, c, n_ctx)
         if not 1 <= self.n_ctx <= 1 << 20:
             raise ValueError(f"context length {self.n_ctx} is outside 1..{1 << 20}")
+        if c.hidden_size > 16384:
+            raise LowbitError(f"{f.path}: hidden size {c.hidden_size} > 16384 is not supported on CUDA; use --device cpu")
         if c.head_dim > 256:
             raise LowbitError(f"{f.path}: head_dim {c.head_dim} > 256 is not supported on CUDA; use --device cpu")
         H, KVH, D, dim, ffn = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
@@ -123,9 +138,31 @@ class CudaTransformer:
         self.q, self.k, self.v = self.alloc(P * self.qdim * 4), self.alloc(P * self.kvdim * 4), self.alloc(P * self.kvdim * 4)
         self.att, self.g = self.alloc(P * self.qdim * 4), self.alloc(P * ffn * 4)
         self.logits = self.alloc(P * c.vocab_size * 4)
+        # one decode token's activations quantized like q8_K for the q4_k dp4a GEMVs (layout: XQ in
+        # lowbit_cuda.cu: 256 quant bytes + 16 int sums + a float scale per 256-block)
+        self.xq_cap = max(dim, self.qdim, ffn) // 256 + 1
+        self.xq = self.alloc(self.xq_cap * (256 + 64 + 4))
         self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels
         self.staging_ptr = self._host_alloc((P + 1) * 4)
         self.staging = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.staging_ptr), (P + 1) * 4), np.int32)
+        # one token's logits land in pinned memory: a pageable copy goes through a driver bounce buffer
+        self.logits_host_ptr = self._host_alloc(c.vocab_size * 4)
+        self.logits_host = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("float*", self.logits_host_ptr), c.vocab_size * 4), np.float32)
+        # greedy decoding on the device (decode_greedy): the argmax kernel's state, and the token
+        # chosen after each position, written by the kernel straight into mapped host memory
+        self.argmax_state = self.alloc(16)
+        rt.call("lb_memset", self.argmax_state, 0, 16)
+        self.att_count = self.alloc(16)   # decode attention: blocks done (the last one quantizes for wo)
+        rt.call("lb_memset", self.att_count, 0, 16)
+        hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
+        rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
+        self.next_host_ptr, self.next_dev = hp[0], dp[0]
+        self.next_host = np.frombuffer(rt.ffi.buffer(rt.ffi.cast("int32_t*", self.next_host_ptr), self.n_ctx * 4), np.int32)
+        self.events = []
+        for _ in range(2):
+            ev = rt.ffi.new("uint64_t*")
+            rt.call("lb_event_new", ev)
+            self.events.append(ev[0])
         self._jobs()
         self.tokenizer = None
         if with_tokenizer:
@@ -172,24 +209,35 @@ class CudaTransformer:
         if self.staging_ptr:
             self.rt.lib.lb_host_free(self.staging_ptr)
             self.staging_ptr = 0
+        if self.logits_host_ptr:
+            self.rt.lib.lb_host_free(self.logits_host_ptr)
+            self.logits_host_ptr = 0
+        if self.next_host_ptr:
+            self.rt.lib.lb_host_free(self.next_host_ptr)
+            self.next_host_ptr = 0
+        for ev in self.events:
+            self.rt.lib.lb_event_free(ev)
+        self.events = []
 
     # ---------------------------------------------------------------- jobs
-    def _job(self, mats, ys, ldys, mode):
+    def _job(self, mats, ys, ldys, mode, xq_ready):
+        """xq_ready: in decode, x arrives already quantized in self.xq (it comes from an rmsnorm)."""
         j = self.rt.ffi.new("lb_job*")
         for i, (m, y, ld) in enumerate(zip(mats, ys, ldys)):
             j.m[i] = m.mat[0]
             j.y[i], j.ldy[i] = y, ld
         j.nmat, j.mode = len(mats), mode
+        j.xq, j.xq_cap, j.xq_ready = self.xq, self.xq_cap, int(xq_ready)
         return j
 
     def _jobs(self):
         c = self.config
         for L in self.layers:
-            L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0)
-            L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1)
-            L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2)
-            L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1)
-        self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0)
+            L["qkv"] = self._job([L["wq"], L["wk"], L["wv"]], [self.q, self.k, self.v], [self.qdim, self.kvdim, self.kvdim], 0, True)
+            L["o"] = self._job([L["wo"]], [self.x], [c.hidden_size], 1, True)   # decode: attention quantized it
+            L["gu"] = self._job([L["gate"], L["up"]], [self.g, 0], [c.intermediate_size, 0], 2, True)
+            L["dn"] = self._job([L["down"]], [self.x], [c.hidden_size], 1, False)
+        self.out_job = self._job([self.output], [self.logits], [c.vocab_size], 0, True)
 
     # ---------------------------------------------------------------- forward
     def new_cache(self) -> CudaKVCache:
@@ -202,21 +250,72 @@ class CudaTransformer:
         chk = self.rt.check
         ids, pos = self.io + 4, self.io
         chk(lib.lb_embed(self.embed.mat, ids, n, self.x), "embed")
+        eps = c.rms_norm_eps
+        xq, cap = (self.xq, self.xq_cap) if n == 1 else (0, 0)   # decode: norms also quantize their output
         for li, L in enumerate(self.layers):
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
-            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
-            chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
-            chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
+            if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
+                chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
+                                          self.xq, self.xq_cap, self.att_count), "attention")
+            else:
+                chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
+                chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
             chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
-            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, c.rms_norm_eps), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")
             chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")
         if n_logits == 0:
             return
         first = n - n_logits
-        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, c.rms_norm_eps), "rmsnorm")
+        oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
+        chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, eps, oq, ocap), "rmsnorm")
         chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+
+    def _capture(self, cache, greedy):
+        """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the
+        argmax kernel, which writes the next step's token and position into self.io."""
+        self.rt.call("lb_capture_begin")
+        try:
+            self._enqueue(1, cache, 1)
+            if greedy:
+                self.rt.call("lb_argmax_next", self.logits, self.config.vocab_size, self.argmax_state, self.io, self.next_dev)
+        finally:
+            g = self.rt.ffi.new("uint64_t*")
+            self.rt.call("lb_capture_end", g)
+        return g[0]
+
+    def decode_greedy(self, tok: int, cache: CudaKVCache, max_steps: int):
+        """Greedy decoding from token `tok`: yields the next token ids (at most max_steps, and no
+        further than the context allows), the same ids as forward([tok]) + argmax per step. The
+        argmax runs on the device and feeds the next step there, so the host queues step k+1
+        before it reads step k's token: the GPU never waits for Python. The one step computed
+        ahead only writes cache positions past cache.pos (overwritten by the next forward)."""
+        steps = min(int(max_steps), cache.n_ctx - cache.pos)
+        if steps <= 0:
+            return
+        if not 0 <= tok < self.config.vocab_size:
+            raise ValueError(f"token id out of range 0..{self.config.vocab_size - 1}")
+        rt, lib = self.rt, self.rt.lib
+        if cache.graph_greedy is None:
+            cache.graph_greedy = self._capture(cache, greedy=True)
+        pos0 = cache.pos
+        self.staging[0], self.staging[1] = pos0, tok
+        rt.call("lb_htod_async", self.io, rt.ffi.cast("void*", self.staging_ptr), 8)
+        g, ev, chk = cache.graph_greedy, self.events, rt.check
+        chk(lib.lb_graph_launch(g), "graph launch")
+        chk(lib.lb_event_record(ev[0]), "event record")
+        try:
+            for k in range(steps):
+                if k + 1 < steps:
+                    chk(lib.lb_graph_launch(g), "graph launch")
+                    chk(lib.lb_event_record(ev[(k + 1) & 1]), "event record")
+                chk(lib.lb_event_sync(ev[k & 1]), "decode step")
+                cache.pos = pos0 + k + 1
+                yield int(self.next_host[pos0 + k])
+        finally:
+            lib.lb_sync()   # nothing left in flight that still writes self.io
 
     def forward(self, tokens, cache: CudaKVCache, all_logits: bool = False) -> np.ndarray:
         c = self.config
@@ -239,19 +338,16 @@ class CudaTransformer:
             self.rt.call("lb_htod_async", self.io, self.rt.ffi.cast("void*", self.staging_ptr), (m + 1) * 4)
             if m == 1 and n_logits == 1:
                 if cache.graph is None:   # capture the decode step once per cache
-                    self.rt.call("lb_capture_begin")
-                    try:
-                        self._enqueue(1, cache, 1)
-                    finally:
-                        g = self.rt.ffi.new("uint64_t*")
-                        self.rt.call("lb_capture_end", g)
-                    cache.graph = g[0]
+                    cache.graph = self._capture(cache, greedy=False)
                 self.rt.call("lb_graph_launch", cache.graph)
             else:
                 self._enqueue(m, cache, n_logits)
-            if n_logits:
+            if n_logits == 1:   # the one logits copy (it also waits for the pass)
+                self.rt.call("lb_dtoh", self.rt.ffi.cast("void*", self.logits_host_ptr), self.logits, c.vocab_size * 4)
+                outs.append(self.logits_host.copy().reshape(1, -1))
+            elif n_logits:
                 out = np.empty((n_logits, c.vocab_size), np.float32)
-                self.rt.dtoh(out, self.logits)   # the one logits copy (it also waits for the pass)
+                self.rt.dtoh(out, self.logits)
                 outs.append(out)
             else:
                 self.rt.call("lb_sync")

@@ -8,9 +8,9 @@ from ..errors import LowbitError
 
 CDEF = """
 typedef struct {
-    uint64_t body, tail, bias;
+    uint64_t body, tail, bias, xtra;
     int32_t type, rows, cols, pad;
-    uint64_t body_row, tail_row;
+    uint64_t body_row, tail_row, xtra_row;
 } lb_mat;
 typedef struct {
     lb_mat m[3];
@@ -18,7 +18,13 @@ typedef struct {
     int32_t ldy[3];
     int32_t nmat;
     int32_t mode;
-    int32_t pad;
+    int32_t rpw[3];
+    int32_t wcnt[3];
+    int32_t ksplit;
+    int32_t xq_ready;
+    uint64_t xq;
+    int32_t xq_cap;
+    int32_t pad2;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
@@ -32,14 +38,17 @@ int lb_dtoh(void* dst, uint64_t src, size_t n);
 int lb_host_alloc(uint64_t* ptr, size_t n);
 int lb_host_free(uint64_t ptr);
 int lb_sync(void);
-int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len, int tail_off, int tail_len);
+int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len);
+int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols);
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
-int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps);
+int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
 int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
+int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
+                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count);
 int lb_capture_begin(void);
 int lb_capture_end(uint64_t* exec);
 int lb_graph_launch(uint64_t exec);
@@ -48,6 +57,9 @@ int lb_event_new(uint64_t* ev);
 int lb_event_record(uint64_t ev);
 int lb_event_ms(uint64_t a, uint64_t b, float* ms);
 int lb_event_free(uint64_t ev);
+int lb_event_sync(uint64_t ev);
+int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out);
+int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n);
 int lb_bench_d2d(size_t bytes, int iters, float* ms_per_copy);
 """
 

@@ -20,6 +20,11 @@ for _qt in huffcoded.make_types(TYPES):   # entropy-coded variants of index-base
     register(_qt)
 
 
+# fused native kernels (built lazily on first use): QuantType.kernels["c"]
+from .. import native as _native  # noqa: E402
+_native.register(TYPES)
+
+
 def get(name: str) -> QuantType:
     try:
         return TYPES[name]

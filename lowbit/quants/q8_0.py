@@ -41,7 +41,8 @@ def np_dequantize_q8_0(raw):
     blocks = raw.reshape(raw.shape[0], -1, BLOCK_BYTES)
     d = np.ascontiguousarray(blocks[..., :2]).view("<f2").astype(np.float32)
     q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32)
-    return (d * q).reshape(raw.shape[0], -1)
+    with np.errstate(invalid="ignore", over="ignore"):   # inf/NaN scales of hostile files stay inf/NaN
+        return (d * q).reshape(raw.shape[0], -1)
 
 
 Q8_0 = QuantType("q8_0", QK, BLOCK_BYTES, quantize_q8_0, dequant_row_q8_0,

@@ -1,0 +1,131 @@
+"""`lowbit convert --target-bpw X`: one type per weight, chosen to minimize the total measured
+output error at a file of at most X bits per checkpoint weight.
+
+Every 2-D weight is quantized to each candidate type (with GPTQ where the importance matrix has
+its covariance); the error of a (tensor, type) pair is the layer's squared output error per
+calibration token, tr(E H E^T) with E = W - dequant(Q) (gptq.output_error), so errors of different
+tensors are in comparable units (squared error of what the layer writes, per token). The token
+embedding lookup has no input activations: its error is the mean squared error of one looked-up
+row (sum(E^2) / vocab: a uniform token distribution); a tied embedding adds it to its
+output-projection error. Squared errors of different places cost the network very differently
+(an error in the logits is spread over the whole vocabulary; one in an early layer is amplified),
+so when the imatrix file has measured sensitivities (KL divergence per unit of output error,
+from noise injected at each weight's output) every error is multiplied by its weight's: the
+allocation then minimizes an estimate of the total KL divergence.
+
+Allocation: per tensor, the lower convex hull of its (bytes, error) points; then greedy marginal
+gain over hull steps (largest error reduction per byte first) while the file stays under budget,
+which is optimal for the convex relaxation (a Lagrangian allocation)."""
+import heapq
+
+import numpy as np
+
+from lowbit import quants
+from lowbit.imatrix import LOOKUP
+from lowbit.errors import ConvertError
+
+from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky, output_error
+
+CANDIDATES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
+
+
+def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
+            candidates=CANDIDATES, fixed: dict = None, sensitivity: dict = None, log=None) -> dict:
+    """{name: {type: (bytes, error, packed uint8[rows, row_bytes])}} for every 2-D weight in
+    `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
+    one type (overrides); `sensitivity` {weight name or LOOKUP: KL divergence per unit of output
+    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence."""
+    fixed = fixed or {}
+    sens = sensitivity or {}
+    out = {}
+    U_for = {}
+    for k, name in enumerate(names):
+        shape = shapes[name]
+        if len(shape) != 2:
+            continue
+        w = np.asarray(tensor(name), np.float32)
+        rows, cols = shape
+        H = covs.get(name)
+        im = vectors.get(name)
+        U = None
+        if use_gptq and H is not None:
+            U = U_for.get(id(H))
+            if U is None:
+                U_for.clear()          # groups are consecutive: keep only the current factor
+                U = U_for[id(H)] = inverse_cholesky(H)
+        types = [fixed[name]] if name in fixed else [t for t in candidates if quants.get(t).fits(cols)]
+        res = {}
+        for t in types:
+            qt = quants.get(t)
+            if U is not None and t in GPTQ_TYPES:
+                raw = gptq_quantize(t, w, H, im, U=U)
+            else:
+                raw = qt.quantize(w, im)
+            if name == "token_embd.weight":
+                e = output_error(t, w, raw) / rows * sens.get(LOOKUP, 1.0)     # the lookup: one row per token
+                if tied:
+                    e += output_error(t, w, raw, H, im) * sens.get(name, 1.0)
+            else:
+                e = output_error(t, w, raw, H, im) * sens.get(name, 1.0)
+            res[t] = (int(raw.nbytes), e, raw)
+        out[name] = res
+        if log:
+            log(f"target-bpw: measured {name} ({k + 1}/{len(names)}): " +
+                ", ".join(f"{t} {v[1]:.4g}" for t, v in res.items()))
+    return out
+
+
+def _hull(points):
+    """Lower convex hull of [(bytes, error, type)] sorted by bytes: the types worth using."""
+    pts = sorted(points, key=lambda p: (p[0], p[1]))
+    best = []
+    for p in pts:          # drop dominated points (more bytes, no less error)
+        if best and p[1] >= best[-1][1]:
+            continue
+        best.append(p)
+    hull = []
+    for p in best:
+        while len(hull) >= 2:
+            (b1, e1, _), (b2, e2, _) = hull[-2], hull[-1]
+            # remove hull[-1] if it lies on or above the segment hull[-2] -> p
+            if (e2 - e1) * (p[0] - b1) >= (p[1] - e1) * (b2 - b1):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def allocate(measured: dict, budget_bytes: int) -> dict:
+    """{name: type} minimizing the summed error with the summed bytes <= budget_bytes."""
+    hulls = {n: _hull([(b, e, t) for t, (b, e, _) in res.items()]) for n, res in measured.items()}
+    pos = {n: 0 for n in hulls}
+    total = sum(h[0][0] for h in hulls.values())
+    if total > budget_bytes:
+        raise ConvertError(f"the smallest types need {total:,} bytes of weights, over the budget of "
+                           f"{budget_bytes:,}: the target is too low")
+    heap = []
+
+    def push(n):
+        h, i = hulls[n], pos[n]
+        if i + 1 < len(h):
+            db, de = h[i + 1][0] - h[i][0], h[i][1] - h[i + 1][1]
+            heapq.heappush(heap, (-de / db, n, i))
+
+    for n in hulls:
+        push(n)
+    while heap:
+        _, n, i = heapq.heappop(heap)
+        h = hulls[n]
+        db = h[i + 1][0] - h[i][0]
+        if total + db > budget_bytes:
+            continue           # this step does not fit; smaller steps of other tensors may
+        total += db
+        pos[n] = i + 1
+        push(n)
+    return {n: hulls[n][pos[n]][2] for n in hulls}
+
+
+def summary(measured: dict, types: dict) -> dict:
+    return {"weight_bytes": int(sum(measured[n][t][0] for n, t in types.items())),
+            "error": float(sum(measured[n][t][1] for n, t in types.items()))}

@@ -1,0 +1,264 @@
+"""Importance matrix: per linear layer, the mean squared input activation of each input channel
+over calibration text (format_spec/imatrix.md). Quantizers weight each column's rounding error
+by it, so the channels that carry large activations are kept more precisely.
+
+With `hessian=True` it also records, once per distinct linear input, the full second-moment
+matrix X^T X / n (the Hessian of the layer's squared output error), which GPTQ-style error
+feedback (converters/gptq.py) uses.
+
+Activations are observed by temporarily wrapping the model's Linear objects; the forward pass
+itself is untouched."""
+import os
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from .errors import FormatError, LowbitError
+from .format import LowbitFile, TensorSpec, write_lowbit
+from .perplexity import make_chunks, tokenize_text
+
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+# the first Linear of each group sharing one input, and the group's covariance tensor suffix
+COV_GROUPS = {"wq": ("attn_input", ("wq", "wk", "wv")), "wo": ("attn_output_input", ("wo",)),
+              "w_gate": ("ffn_input", ("w_gate", "w_up")), "w_down": ("ffn_down_input", ("w_down",))}
+COV_PREFIX = "cov."
+
+
+class Observer:
+    """Stands in for a Linear: accumulates sum(x^2) per input channel and the row count, then
+    calls the wrapped Linear."""
+
+    def __init__(self, linear, cov: bool = False):
+        self.linear = linear
+        self.name = linear.name
+        self.sum_sq = np.zeros(linear.in_features, np.float64)
+        self.count = 0
+        # X^T X, accumulated in float64 over per-call float32 products (one BLAS call per chunk)
+        self.sum_xx = np.zeros((linear.in_features, linear.in_features), np.float64) if cov else None
+
+    def __call__(self, x):
+        x64 = x.astype(np.float64)
+        self.sum_sq += np.einsum("ti,ti->i", x64, x64)
+        self.count += x.shape[0]
+        if self.sum_xx is not None:
+            x32 = np.ascontiguousarray(x, np.float32)
+            self.sum_xx += x32.T @ x32
+        return self.linear(x)
+
+    def __getattr__(self, attr):   # anything else (shape, qtype, ...) is the Linear's
+        return getattr(self.linear, attr)
+
+
+@contextmanager
+def observing(transformer, hessian: bool = False):
+    """Wrap every linear layer (and the output projection) of `transformer` with an Observer
+    for the duration of the block; yields {weight name: Observer}. With `hessian`, the first
+    Linear of each input-sharing group (and the output) also accumulates X^T X."""
+    saved, observers = [], {}
+    try:
+        # the native runtime runs a whole block in one C call, past the Linear objects: observe
+        # through the per-matmul path instead (its matmuls still use the fused kernels)
+        saved.append((transformer, "native", getattr(transformer, "native", None)))
+        transformer.native = None
+        for L in transformer.layers:
+            for attr in LINEARS:
+                lin = getattr(L, attr)
+                saved.append((L, attr, lin))
+                setattr(L, attr, observers.setdefault(lin.name, Observer(lin, hessian and attr in COV_GROUPS)))
+        saved.append((transformer, "output", transformer.output))
+        transformer.output = observers.setdefault(transformer.output.name, Observer(transformer.output, hessian))
+        yield observers
+    finally:
+        for obj, attr, lin in reversed(saved):
+            setattr(obj, attr, lin)
+
+
+def covariance_groups(transformer) -> dict:
+    """{covariance tensor name: [weight names sharing that input]} for a loaded Transformer."""
+    groups = {}
+    for i, L in enumerate(transformer.layers):
+        for first, (suffix, members) in COV_GROUPS.items():
+            groups[f"{COV_PREFIX}blk.{i}.{suffix}"] = [getattr(L, a).name for a in members]
+    groups[f"{COV_PREFIX}output_input"] = [transformer.output.name]
+    return groups
+
+
+class Noisy:
+    """Stands in for a Linear: adds Gaussian noise of `rel` times each token's output RMS to the
+    output and counts the noise energy per token."""
+
+    def __init__(self, linear, rel, rng):
+        self.linear, self.rel, self.rng = linear, rel, rng
+        self.energy, self.count = 0.0, 0
+
+    def __call__(self, x):
+        return self.add(self.linear(x))
+
+    def add(self, y):
+        rms = np.sqrt((y.astype(np.float64) ** 2).mean(axis=1, keepdims=True))
+        noise = self.rng.standard_normal(y.shape) * (self.rel * rms)
+        self.energy += float((noise * noise).sum())
+        self.count += y.shape[0]
+        return (y + noise).astype(np.float32)
+
+    def __getattr__(self, attr):
+        return getattr(self.linear, attr)
+
+
+LOOKUP = "token_embd.lookup"     # sensitivity key of the embedding lookup (its output: the residual stream)
+
+
+def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> dict:
+    """{weight name: mean KL(clean || noisy) per unit of per-token output noise energy} for every
+    linear layer and the output projection, plus LOOKUP for the embedding rows: how much one unit
+    of squared output error of that weight costs in KL divergence of the next-token distribution
+    (noise of `rel` x output RMS, small enough for the quadratic regime)."""
+    from .perplexity import log_softmax
+    t = model.transformer
+    saved_native = getattr(t, "native", None)
+    t.native = None
+    rng = np.random.default_rng(seed)
+    out = {}
+    try:
+        clean = [log_softmax(t.forward(ch, t.new_cache(), all_logits=True)) for ch in chunks]
+
+        def kld_with(noisy):
+            kl, n = 0.0, 0
+            for ch, lp in zip(chunks, clean):
+                lq = log_softmax(t.forward(ch, t.new_cache(), all_logits=True))
+                kl += float(np.maximum((np.exp(lp) * (lp - lq)).sum(axis=1), 0.0).sum())
+                n += lp.shape[0]
+            return (kl / n) / max(noisy.energy / max(noisy.count, 1), 1e-30)
+
+        targets = [(L, attr) for L in t.layers for attr in LINEARS] + [(t, "output")]
+        for obj, attr in targets:
+            lin = getattr(obj, attr)
+            noisy = Noisy(lin, rel, rng)
+            setattr(obj, attr, noisy)
+            try:
+                out[lin.name] = kld_with(noisy)
+            finally:
+                setattr(obj, attr, lin)
+            log(".", end="")
+        noisy = Noisy(None, rel, rng)
+        orig = t.embed
+        t.embed = lambda tokens: noisy.add(orig(tokens))
+        try:
+            out[LOOKUP] = kld_with(noisy)
+        finally:
+            del t.embed
+        log("")
+    finally:
+        t.native = saved_native
+    return out
+
+
+def compute(model, text_path, n_ctx: int = 512, n_chunks: int = None, log=print, hessian: bool = False,
+            sensitivity_chunks: int = 4):
+    """{weight name: float32[in_features]} mean squared inputs, and run statistics. With
+    `hessian`, info["covariances"] = {cov tensor name: float32[k, k]} and info["groups"] =
+    {cov tensor name: [weight names]}."""
+    ids = tokenize_text(model, text_path)
+    chunks = make_chunks(model, ids, n_ctx, n_chunks, source=str(text_path))
+    t = model.transformer
+    t0 = time.perf_counter()
+    log(f"imatrix: {len(ids)} tokens, {len(chunks)} chunks of {n_ctx}")
+    groups = covariance_groups(t) if hessian else {}
+    with observing(t, hessian) as observers:
+        for i, chunk in enumerate(chunks):
+            # all_logits: the output projection sees every position, as the other layers do
+            t.forward(chunk, t.new_cache(), all_logits=True)
+            if i == 0:
+                dt = time.perf_counter() - t0
+                log(f"imatrix: {dt:.2f} seconds per chunk - ETA {dt * len(chunks) / 60:.2f} minutes")
+            log(f"[{i + 1}]", end="")
+    log("")
+    stats = {name: (o.sum_sq / max(o.count, 1)).astype(np.float32) for name, o in observers.items()}
+    info = {"chunks": int(len(chunks)), "tokens": int(chunks.size), "n_ctx": int(n_ctx),
+            "seconds": time.perf_counter() - t0}
+    if hessian:
+        covs = {}
+        for cname, members in groups.items():
+            o = observers[members[0]]
+            c = o.sum_xx / max(o.count, 1)
+            covs[cname] = (0.5 * (c + c.T)).astype(np.float32)
+        info["covariances"], info["groups"] = covs, groups
+        if sensitivity_chunks:
+            ts = time.perf_counter()
+            log(f"sensitivity: noise on each weight's output, {min(sensitivity_chunks, len(chunks))} chunks")
+            info["sensitivity"] = sensitivities(model, chunks[:sensitivity_chunks], log=log)
+            info["sensitivity_chunks"] = int(min(sensitivity_chunks, len(chunks)))
+            info["seconds"] += time.perf_counter() - ts
+    return stats, info
+
+
+def save(path, stats: dict, source_model: str, text: str, info: dict):
+    meta = {"imatrix": {"source_model": source_model, "text": text, "chunks": info["chunks"],
+                        "tokens": info["tokens"], "n_ctx": info["n_ctx"]}}
+    specs = [TensorSpec(name, "f32", (v.shape[0],), (lambda v=v: np.ascontiguousarray(v, np.float32)))
+             for name, v in sorted(stats.items())]
+    covs = info.get("covariances")
+    if covs:
+        meta["imatrix"]["covariances"] = {c: list(info["groups"][c]) for c in sorted(covs)}
+    if info.get("sensitivity"):
+        meta["imatrix"]["sensitivity"] = {k: float(v) for k, v in sorted(info["sensitivity"].items())}
+        meta["imatrix"]["sensitivity_chunks"] = info["sensitivity_chunks"]
+        specs += [TensorSpec(c, "f32", tuple(m.shape), (lambda m=m: np.ascontiguousarray(m, np.float32)))
+                  for c, m in sorted(covs.items())]
+    write_lowbit(path, meta, specs)
+
+
+def load(path) -> dict:
+    """{weight name: float32[in_features]} from an imatrix file, validated."""
+    return load_full(path)[0]
+
+
+def load_full(path):
+    """(vectors, covariances) from an imatrix file, validated: vectors = {weight name:
+    float32[in_features]}; covariances = {weight name: float32[k, k]} (one array object shared
+    by the weights of a group; empty for a file without them)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LowbitError(f"{path}: imatrix file not found")
+    with LowbitFile(path) as f:
+        meta = f.metadata.get("imatrix")
+        if not isinstance(meta, dict):
+            raise FormatError(path, "not an imatrix file (metadata.imatrix is missing)")
+        groups = meta.get("covariances", {})
+        if not isinstance(groups, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and v and all(isinstance(n, str) for n in v)
+                for k, v in groups.items()):
+            raise FormatError(path, "metadata.imatrix.covariances must map tensor names to lists of weight names")
+        out, covs = {}, {}
+        for name, info in f.tensors.items():
+            if name in groups:
+                continue
+            if info.type != "f32" or len(info.shape) != 1:
+                raise FormatError(path, f"imatrix tensor {name!r} must be a 1-D f32 vector, is {info.type} {list(info.shape)}")
+            v = np.array(f.dequantize(name), dtype=np.float32)
+            if not np.isfinite(v).all() or (v < 0).any():
+                raise FormatError(path, f"imatrix tensor {name!r} has negative or non-finite values")
+            out[name] = v
+        for cname, members in groups.items():
+            if cname not in f.tensors:
+                raise FormatError(path, f"covariance {cname!r} is listed in metadata but has no tensor")
+            info = f.tensors[cname]
+            if info.type != "f32" or len(info.shape) != 2 or info.shape[0] != info.shape[1]:
+                raise FormatError(path, f"covariance {cname!r} must be a square f32 matrix, is {info.type} "
+                                        f"{list(info.shape)}")
+            m = np.array(f.dequantize(cname), dtype=np.float32)
+            k = info.shape[0]
+            if not np.isfinite(m).all() or (np.diag(m) < 0).any():
+                raise FormatError(path, f"covariance {cname!r} has non-finite values or a negative diagonal")
+            if not np.allclose(m, m.T, rtol=1e-5, atol=1e-6 * max(float(np.abs(np.diag(m)).max()), 1e-30)):
+                raise FormatError(path, f"covariance {cname!r} is not symmetric")
+            for w in members:
+                if w in covs:
+                    raise FormatError(path, f"weight {w!r} is listed under two covariances")
+                v = out.get(w)
+                if v is None or v.shape[0] != k:
+                    raise FormatError(path, f"covariance {cname!r} ({k}x{k}) lists weight {w!r}, which has "
+                                            f"{'no importance vector' if v is None else f'a vector of {v.shape[0]}'}")
+                covs[w] = m
+    return out, covs

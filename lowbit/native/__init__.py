@@ -1,0 +1,187 @@
+"""Loader of the native CPU kernels: picks the best feature level the CPU has (AVX-512 VNNI, AVX2,
+scalar), from the modules built at install time or, failing that, built on first use into a
+per-user cache (~/.cache/lowbit/native/<source hash>/). LOWBIT_NATIVE_LEVEL forces a level;
+LOWBIT_BACKEND=numba turns the native runtime off."""
+import fcntl
+import importlib
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+from . import build as _build
+
+# lowbit type name -> the C library's type id (lowbit_native.h); a new type adds one entry.
+C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8}
+ORDER = ["avx512vnni", "avx2", "scalar"]
+
+_libs = {}
+_errors = {}
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lowbit", "native", _build.source_hash())
+
+
+def _import_file(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load_level(level: str):
+    """The cffi module of one level: the installed one if built from these sources, else the cached
+    build (compiled now if missing, under a lock so concurrent processes build it once)."""
+    want = _build.source_hash()
+    try:
+        mod = importlib.import_module(f"lowbit.native._lowbit_{level}")
+        if mod.ffi.string(mod.lib.lb_source_hash()).decode() == want:
+            return mod
+    except ImportError:
+        pass
+    d = _cache_dir()
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = [f for f in os.listdir(d) if f.startswith(f"_lowbit_{level}.") and f.endswith(".so")]
+        path = os.path.join(d, found[0]) if found else _build.build(level, d)
+    return _import_file(f"_lowbit_{level}", path)
+
+
+def library(level: str = None):
+    """(ffi, lib) of the best level this CPU runs (or `level`); None when nothing can be built."""
+    level = level or os.environ.get("LOWBIT_NATIVE_LEVEL") or None
+    key = level or "best"
+    if key in _libs:
+        return _libs[key]
+    result = None
+    try:
+        scalar = _load_level("scalar")
+        cpu = scalar.lib.lb_cpu_level()
+        for name in ([level] if level else ORDER):
+            if name not in _build.LEVELS:
+                raise ValueError(f"unknown native level {name!r} (known: {', '.join(ORDER)})")
+            if _build.LEVELS[name][1] > cpu:
+                if level:
+                    raise RuntimeError(f"this CPU cannot run the {name} kernels")
+                continue
+            mod = scalar if name == "scalar" else _load_level(name)
+            result = (mod.ffi, mod.lib)
+            break
+    except (OSError, ImportError, RuntimeError) as e:    # no compiler, read-only cache, ...
+        _errors[key] = str(e)
+        if level:
+            raise
+    if result is not None and result[1].lb_threads() == 1:
+        result[1].lb_init(default_threads())
+    _libs[key] = result
+    return result
+
+
+def available_levels() -> list:
+    """Levels this CPU can run, best first."""
+    lib = library("scalar")
+    cpu = lib[1].lb_cpu_level() if lib else -1
+    return [name for name in ORDER if _build.LEVELS[name][1] <= cpu]
+
+
+def default_threads() -> int:
+    env = os.environ.get("LOWBIT_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def enabled() -> bool:
+    return os.environ.get("LOWBIT_BACKEND", "").lower() not in ("numba", "python") and library() is not None
+
+
+def set_threads(n: int) -> int:
+    lib = library()
+    return lib[1].lb_init(int(n)) if lib else 1
+
+
+class NativeMatmul:
+    """kernels["c"] of a QuantType: y[n, rows] = x[n, cols] @ W^T (+ bias), fused dequant + dot."""
+
+    def __init__(self, type_name: str, level: str = None):
+        self.type_name, self.type_id, self.level = type_name, C_TYPES[type_name], level
+
+    def available(self) -> bool:
+        return library(self.level) is not None
+
+    def weight(self, raw: np.ndarray, cols: int, bias: np.ndarray = None):
+        """The C view of one weight (keeps what it points at alive in ._keep)."""
+        ffi, lib = library(self.level)
+        rows = raw.shape[0]
+        if lib.lb_row_bytes(self.type_id, cols) * rows != raw.nbytes:
+            raise ValueError(f"{self.type_name}: {raw.nbytes} bytes do not hold {rows} rows of {cols}")
+        w = ffi.new("lb_weight *")
+        w.type, w.rows, w.cols = self.type_id, rows, cols
+        w.data = ffi.cast("const uint8_t *", ffi.from_buffer(raw))
+        keep = [raw]
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, np.float32)
+            w.bias = ffi.cast("const float *", ffi.from_buffer(bias))
+            keep.append(bias)
+        return _Weight(w, keep)
+
+    def __call__(self, raw, x, y, cols=None, bias=None, accumulate=False):
+        ffi, lib = library(self.level)
+        x = np.ascontiguousarray(x, np.float32)
+        cols = cols or x.shape[1]
+        w = self.weight(np.ascontiguousarray(raw), cols, bias)
+        if y.dtype != np.float32 or not y.flags.c_contiguous or y.shape != (x.shape[0], raw.shape[0]):
+            raise ValueError("y must be a C-contiguous float32 array of shape (n, rows)")
+        rc = lib.lb_matmul(w.ptr, ffi.cast("const float *", ffi.from_buffer(x)),
+                           ffi.cast("float *", ffi.from_buffer(y)), x.shape[0], int(accumulate))
+        if rc != 0:
+            raise ValueError(f"native matmul rejected its arguments ({self.type_name}, {raw.shape}, {x.shape})")
+        return y
+
+
+class _Weight:
+    def __init__(self, ptr, keep):
+        self.ptr, self._keep = ptr, keep
+
+
+def register(types: dict):
+    """Give every type the C library knows a kernels['c'] entry (lazy: nothing is built here)."""
+    for name, qt in types.items():
+        if name in C_TYPES:
+            qt.kernels.setdefault("c", NativeMatmul(name))
+
+
+def get_rows(type_name: str, raw: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
+    """Rows `ids` of a [rows, cols] tensor of `type_name`, dequantized in C (only those rows are read)."""
+    ffi, lib = library()
+    w = NativeMatmul(type_name).weight(np.ascontiguousarray(raw), cols)
+    ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+    out = np.empty((ids.shape[0], cols), np.float32)
+    if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), ids.shape[0],
+                       ffi.cast("float *", ffi.from_buffer(out))) != 0:
+        raise ValueError(f"row id out of range 0..{raw.shape[0] - 1}")
+    return out
+
+
+def dequantize(type_name: str, raw: np.ndarray, shape) -> np.ndarray:
+    """Whole small tensor (norm weights, biases) to float32 in C: keeps Numba (and LLVM, tens of
+    MiB of RSS and seconds of load) out of loading a model that runs natively."""
+    ffi, lib = library()
+    shape = tuple(int(s) for s in shape)
+    cols = shape[-1] if shape else 1
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    raw2 = np.ascontiguousarray(raw).reshape(rows, -1)
+    w = NativeMatmul(type_name).weight(raw2, cols)
+    out = np.empty((rows, cols), np.float32)
+    ids = np.arange(rows, dtype=np.int64)
+    if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), rows,
+                       ffi.cast("float *", ffi.from_buffer(out))) != 0:
+        raise ValueError(f"cannot dequantize a {type_name} tensor of shape {list(shape)}")
+    return out.reshape(shape)

@@ -1,0 +1,72 @@
+"""Build the native kernels with cffi: one extension module per CPU feature level, from the same C
+source. Used by setup.py (cffi_modules, at install time) and by the loader (first use, into a
+per-user cache). Needs only gcc (or any C compiler setuptools finds)."""
+import hashlib
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ("lowbit_native.h", "lowbit_native.c")
+COMMON = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
+          "-fno-signed-zeros", "-ffp-contract=fast", "-pthread"]
+LEVELS = {   # name -> (compiler flags, lb_cpu_level() value it needs)
+    "avx512vnni": (["-DLB_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2",
+                    "-mfma", "-mf16c", "-mbmi2"], 2),
+    "avx2": (["-DLB_AVX2", "-mavx2", "-mfma", "-mf16c", "-mbmi2"], 1),
+    "scalar": ([], 0),
+}
+
+
+def source_hash() -> str:
+    h = hashlib.sha256()
+    for name in SOURCES + ("build.py",):
+        with open(os.path.join(HERE, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def cdef_text() -> str:
+    with open(os.path.join(HERE, "lowbit_native.h")) as f:
+        return "\n".join(line for line in f.read().splitlines() if not line.lstrip().startswith("#"))
+
+
+def make_ffi(level: str, module_name: str = None, src_dir: str = HERE) -> FFI:
+    """src_dir: where the C sources are, as the build will see it (setuptools wants paths relative
+    to setup.py; a build on first use passes absolute ones)."""
+    flags, _ = LEVELS[level]
+    ffi = FFI()
+    ffi.cdef(cdef_text())
+    ffi.set_source(module_name or f"_lowbit_{level}", '#include "lowbit_native.h"',
+                   sources=[os.path.join(src_dir, "lowbit_native.c")], include_dirs=[src_dir],
+                   extra_compile_args=COMMON + flags + [f'-DLB_SOURCE_HASH="{source_hash()}"'],
+                   libraries=["m"], extra_link_args=["-pthread"])
+    return ffi
+
+
+def build(level: str, outdir: str) -> str:
+    """Compile one level into outdir; returns the path of the extension module."""
+    ffi = make_ffi(level)
+    import shutil
+    tmp = os.path.join(outdir, f"build-{level}")
+    try:
+        built = ffi.compile(tmpdir=tmp, verbose=False, target=f"_lowbit_{level}.*")
+        final = os.path.join(outdir, os.path.basename(built))
+        os.replace(built, final)          # atomic: a concurrent reader sees no half-written module
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# setup.py's cffi_modules entries: built into the package at install time (run from the project
+# root, so the sources are named relative to it)
+_SETUP_DIR = os.path.join("lowbit", "native")
+ffi_avx512vnni = make_ffi("avx512vnni", "lowbit.native._lowbit_avx512vnni", _SETUP_DIR)
+ffi_avx2 = make_ffi("avx2", "lowbit.native._lowbit_avx2", _SETUP_DIR)
+ffi_scalar = make_ffi("scalar", "lowbit.native._lowbit_scalar", _SETUP_DIR)
+
+if __name__ == "__main__":
+    import sys
+    out = sys.argv[1] if len(sys.argv) > 1 else HERE
+    for lvl in LEVELS:
+        print(build(lvl, out))

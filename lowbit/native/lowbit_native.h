@@ -1,0 +1,41 @@
+/* lowbit native CPU kernels: the C API seen by cffi (build.py feeds this file, minus preprocessor
+   lines, to cffi's cdef, so keep it plain C declarations). */
+#include <stdint.h>
+
+/* Tensor types with a native kernel. A new type (e.g. a k-quant) adds an id here, its row size in
+   row_bytes(), an activation format and a dot4 kernel in lowbit_native.c, and its name in
+   lowbit/native/__init__.py's C_TYPES. */
+enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3, LB_Q2_K = 4, LB_Q3_K = 5, LB_Q4_K = 6, LB_Q5_K = 7,
+       LB_Q6_K = 8 };
+
+typedef struct {
+    int type;                 /* LB_* */
+    const uint8_t *data;      /* rows x row_bytes, straight from the memory map */
+    int64_t rows, cols;
+    const float *bias;        /* [rows] or NULL */
+} lb_weight;
+
+typedef struct {
+    int64_t dim, n_heads, n_kv_heads, head_dim, ffn;
+    float eps;
+    const float *attn_norm, *ffn_norm;
+    lb_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} lb_layer;
+
+int lb_init(int nthreads);            /* (re)start the pool; returns the thread count */
+int lb_threads(void);
+int lb_cpu_level(void);               /* 2: AVX-512 + VNNI, 1: AVX2 + FMA + F16C, 0: neither */
+const char *lb_level_name(void);      /* the level this library was compiled for */
+const char *lb_source_hash(void);
+int lb_type_supported(int type);
+int64_t lb_row_bytes(int type, int64_t cols);   /* -1 when cols does not fit the type */
+
+/* y[n, rows] (+)= x[n, cols] @ W^T (+ bias). Returns 0, or -1 on bad arguments. */
+int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accumulate);
+/* out[i] = row ids[i] of W, dequantized (embedding lookup); ids must be in range. */
+int lb_get_rows(const lb_weight *w, const int64_t *ids, int64_t n, float *out);
+int lb_rmsnorm(const float *x, const float *w, float eps, int64_t n, int64_t dim, float *out);
+/* One transformer block in place on x[n, dim] at positions pos0..pos0+n-1, appending k/v to the
+   layer's cache (n_ctx, n_kv_heads, head_dim); cos/sin: (n_ctx, head_dim/2) rotate-half tables. */
+int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float *k_cache, float *v_cache,
+                     int64_t n_ctx, const float *cos, const float *sin);

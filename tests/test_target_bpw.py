@@ -1,0 +1,119 @@
+"""`lowbit convert --target-bpw`: the allocation is optimal on its convex hull, files land at or
+under the target and load and run, the choice is recorded, bad requests give clear errors."""
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowbit
+from converters import convert
+from converters.target_bpw import _hull, allocate
+from lowbit import imatrix
+from lowbit.errors import ConvertError
+from lowbit.format import LowbitFile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+STORIES = os.path.join(SHARED, "models", "stories260K")
+STORIES_TEXT = os.path.join(SHARED, "data", "tinystories-sample.txt")
+
+
+def test_hull_drops_dominated_and_concave_points():
+    pts = [(100, 10.0, "a"), (150, 9.9, "b"), (200, 4.0, "c"), (250, 5.0, "d"), (300, 1.0, "e")]
+    assert [p[2] for p in _hull(pts)] == ["a", "c", "e"]
+
+
+def test_allocation_matches_brute_force_on_convex_problems():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        measured = {}
+        for k in range(4):
+            sizes = np.cumsum(rng.integers(10, 40, 4))
+            errs = np.sort(rng.uniform(0, 10, 4))[::-1]
+            # convex in size: decreasing error decrements per byte
+            errs = errs[0] * np.exp(-np.linspace(0, 3, 4) * rng.uniform(0.5, 2))
+            measured[f"t{k}"] = {f"q{j}": (int(sizes[j]), float(errs[j]), None) for j in range(4)}
+        budget = int(rng.integers(sum(m["q0"][0] for m in measured.values()),
+                                  sum(m["q3"][0] for m in measured.values()) + 1))
+        got = allocate(measured, budget)
+        used = sum(measured[n][t][0] for n, t in got.items())
+        assert used <= budget
+        err = sum(measured[n][t][1] for n, t in got.items())
+        best = min(sum(measured[n][t][1] for n, t in zip(measured, combo))
+                   for combo in itertools.product(["q0", "q1", "q2", "q3"], repeat=4)
+                   if sum(measured[n][t][0] for n, t in zip(measured, combo)) <= budget)
+        # greedy on hull steps is optimal up to the last step that did not fit
+        max_step = max(m["q3"][1] for m in measured.values()) + max(
+            m["q0"][1] - m["q3"][1] for m in measured.values())
+        assert err <= best + max_step
+    with pytest.raises(ConvertError, match="target is too low"):
+        allocate(measured, 10)
+
+
+@pytest.fixture(scope="module")
+def stories_imatrix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tbpw")
+    f32 = str(root / "stories-f32.lowbit")
+    convert(STORIES, f32, "f32", progress=False, log=lambda m: None)
+    stats, info = imatrix.compute(lowbit.load(f32), STORIES_TEXT, 64, 3, log=lambda *a, **k: None, hessian=True,
+                                  sensitivity_chunks=2)
+    path = str(root / "stories-h.imatrix")
+    imatrix.save(path, stats, "stories-f32.lowbit", "tinystories-sample.txt", info)
+    plain = str(root / "stories-plain.imatrix")
+    imatrix.save(plain, stats, "stories-f32.lowbit", "tinystories-sample.txt",
+                 {k: info[k] for k in ("chunks", "tokens", "n_ctx")})
+    return {"hessian": path, "plain": plain, "root": root}
+
+
+@pytest.mark.parametrize("kind", ["hessian", "plain"])
+def test_target_bpw_files_land_under_target_and_run(stories_imatrix, tmp_path, kind):
+    """stories260K's tokenizer blobs and norms alone are ~1.3 bits per weight: targets are high."""
+    ref = np.load(os.path.join(SHARED, "reference", "stories260K.npz"), allow_pickle=False)
+    results = []
+    for target in (5.0, 8.0):
+        out = str(tmp_path / f"t{target}.lowbit")
+        s = convert(STORIES, out, "ignored", progress=False, log=lambda m: None, imatrix=stories_imatrix[kind],
+                    target_bpw=target)
+        assert s["bits_per_weight"] <= target
+        assert s["bits_per_weight"] > target - 0.8      # the budget is used, not wasted
+        recipe = LowbitFile(out).metadata["provenance"]["recipe"]
+        assert recipe["type"] == "target_bpw" and recipe["target_bpw"]["target"] == target
+        assert set(recipe["types"].values()) <= {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"}
+        assert ("KL divergence" in recipe["target_bpw"]["error_measure"]) == (kind == "hessian")
+        assert (recipe["gptq"] is not None) == (kind == "hessian")
+        logits = lowbit.load(out).logits(ref["ids"].tolist())
+        assert np.isfinite(logits).all()
+        results.append((recipe["target_bpw"]["error"], np.linalg.norm(logits - ref["logits"])))
+    # more bits: less estimated error and logits closer to the reference
+    assert results[1][0] < results[0][0] and results[1][1] < results[0][1]
+
+
+def test_target_bpw_errors(stories_imatrix, tmp_path):
+    out = str(tmp_path / "o.lowbit")
+    with pytest.raises(ConvertError, match="needs --imatrix"):
+        convert(STORIES, out, "q4_k", progress=False, log=lambda m: None, target_bpw=4.0)
+    with pytest.raises(ConvertError, match="target is too low"):
+        convert(STORIES, out, "q4_k", progress=False, log=lambda m: None, imatrix=stories_imatrix["plain"],
+                target_bpw=1.5)
+    with pytest.raises(ConvertError, match="expected a number of bits per weight"):
+        convert(STORIES, out, "q4_k", progress=False, log=lambda m: None, imatrix=stories_imatrix["plain"],
+                target_bpw=-1)
+    assert not os.path.exists(out)
+
+
+def test_cli_target_bpw_with_override(stories_imatrix, tmp_path):
+    out = str(tmp_path / "cli.lowbit")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6",
+                        "--imatrix", stories_imatrix["plain"], "--override", r"blk\.0\.attn_v\.weight=q8_0",
+                        "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["bits_per_weight"] <= 6
+    assert LowbitFile(out).metadata["provenance"]["recipe"]["types"]["blk.0.attn_v.weight"] == "q8_0"
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 1 and "needs --imatrix" in p.stderr and "Traceback" not in p.stderr

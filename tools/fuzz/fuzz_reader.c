@@ -1,0 +1,101 @@
+/* libFuzzer harness for the C reference reader (AddressSanitizer + UndefinedBehaviorSanitizer):
+ * any input must open or fail with a named error; opened files must list, dequantize every known
+ * tensor and check CRCs inside the input's bytes.
+ *
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+ *       -I format_spec/reference tools/fuzz/fuzz_reader.c format_spec/reference/lowbit_reader.c -o /tmp/fuzz_reader
+ *   mkdir -p /tmp/fuzz-c && python tools/fuzz/seeds.py /tmp/fuzz-c
+ *   timeout 700 /tmp/fuzz_reader /tmp/fuzz-c -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-c-crash-
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lowbit_reader.h"
+
+static void check(const uint8_t *data, size_t size);
+
+static void put64(uint8_t *p, uint64_t v) {
+    int i;
+    for (i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Each input is tried as is, then with its header CRC, data_offset and data_len made consistent,
+ * so that mutations of the JSON reach the parser and the table checks. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    uint64_t hl, off;
+    uint8_t *fixed;
+    uint32_t crc;
+    if (size > 0 && data[0] == '{') {   /* structure-aware mode: JSON header, NUL, data region */
+        const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
+        size_t h = nul ? (size_t)(nul - data) : size, region = nul ? size - h - 1 : 0, total;
+        off = (48 + h + 63) / 64 * 64;
+        total = off + region;
+        fixed = (uint8_t *)calloc(total, 1);
+        if (!fixed) return 0;
+        memcpy(fixed, "\x89LOWBIT\n", 8);
+        fixed[8] = 1;
+        put64(fixed + 16, h);
+        put64(fixed + 24, off);
+        put64(fixed + 32, region);
+        crc = lb_crc32(data, h);
+        fixed[40] = (uint8_t)crc; fixed[41] = (uint8_t)(crc >> 8); fixed[42] = (uint8_t)(crc >> 16); fixed[43] = (uint8_t)(crc >> 24);
+        memcpy(fixed + 48, data, h);
+        if (region) memcpy(fixed + off, nul + 1, region);
+        check(fixed, total);
+        free(fixed);
+        return 0;
+    }
+    check(data, size);
+    if (size < 48) return 0;
+    hl = 0;
+    for (off = 0; off < 8; off++) hl |= (uint64_t)data[16 + off] << (8 * off);
+    if (hl == 0 || hl > size - 48) return 0;
+    off = (48 + hl + 63) / 64 * 64;
+    fixed = (uint8_t *)calloc(off > size ? off : size, 1);
+    if (!fixed) return 0;
+    memcpy(fixed, data, size);
+    if (off > size) size = off;
+    put64(fixed + 24, off);
+    put64(fixed + 32, size - off);
+    crc = lb_crc32(fixed + 48, hl);
+    fixed[40] = (uint8_t)crc; fixed[41] = (uint8_t)(crc >> 8); fixed[42] = (uint8_t)(crc >> 16); fixed[43] = (uint8_t)(crc >> 24);
+    check(fixed, size);
+    free(fixed);
+    return 0;
+}
+
+static void check(const uint8_t *data, size_t size) {
+    lb_file *f;
+    lb_error e;
+    size_t i, n, len;
+    /* a copy of exactly `size` bytes, so ASan flags any read past the input */
+    uint8_t *copy = (uint8_t *)malloc(size ? size : 1);
+    if (!copy) return;
+    if (size) memcpy(copy, data, size);
+    if (lb_open_memory(copy, size, &f, &e) != LB_OK) {
+        if (e.code == LB_OK || e.message[0] == 0 || strcmp(lb_error_name(e.code), "unknown") == 0) abort();
+        free(copy);
+        return;
+    }
+    lb_metadata_json(f, &len);
+    n = lb_metadata_count(f);
+    for (i = 0; i < n; i++) {
+        const char *k, *v;
+        size_t kl, vl;
+        if (lb_metadata_entry(f, i, &k, &kl, &v, &vl) != LB_OK) abort();
+    }
+    for (i = 0; i < lb_tensor_count(f); i++) {
+        const lb_tensor *t = lb_tensor_at(f, i);
+        float *out;
+        if (lb_find_tensor(f, t->name) == NULL && strlen(t->name) == t->name_len) abort();
+        lb_check_crc(f, t, &e);
+        if (t->elements > (1u << 24)) continue;   /* cannot happen for a known type within max_len */
+        out = (float *)malloc(t->elements * sizeof(float));
+        if (!out) continue;
+        if ((lb_dequantize(f, t, out, t->elements, &e) == LB_OK) != (t->known != 0)) abort();
+        free(out);
+    }
+    lb_close(f);
+    free(copy);
+}

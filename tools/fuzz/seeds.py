@@ -1,0 +1,31 @@
+"""Seed corpus for both fuzz harnesses: every vector of format_spec/vectors as is, plus its
+structure-aware form (JSON header, NUL, data region) that the harnesses turn back into a file.
+
+    python tools/fuzz/seeds.py /tmp/fuzz-corpus
+"""
+import os
+import sys
+
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "format_spec", "vectors")
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    n = 0
+    for name in sorted(os.listdir(VECTORS)):
+        if not name.endswith(".lowbit"):
+            continue
+        data = open(os.path.join(VECTORS, name), "rb").read()
+        open(os.path.join(out, name), "wb").write(data)
+        n += 1
+        if len(data) >= 48:
+            hl = int.from_bytes(data[16:24], "little")
+            off = int.from_bytes(data[24:32], "little")
+            if 0 < hl <= len(data) - 48 and data[48:49] == b"{" and off <= len(data):
+                open(os.path.join(out, name + ".json"), "wb").write(data[48:48 + hl] + b"\0" + data[off:])
+                n += 1
+    print(f"{n} seeds in {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
