@@ -53,16 +53,21 @@ def encode(base: QuantType, raw: np.ndarray, shape) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def parse(base: QuantType, flat: np.ndarray, shape, name="tensor"):
-    """Validate the header against the shape and the buffer; returns the pieces. Raises ValueError."""
+def parse(base: QuantType, flat: np.ndarray, shape, name="tensor", pieces=True):
+    """Validate the header against the shape and the buffer; returns the pieces (None with
+    pieces=False: validation only, allocating nothing sized by the shape). Raises ValueError."""
     rows, cols = _rows_cols(shape)
     if flat.size < FIXED:
         raise ValueError(f"{flat.size} bytes is shorter than the {FIXED}-byte entropy-coding header")
     r, n_idx, n_other, prefix, slen = HEAD.unpack_from(bytes(flat[:HEAD.size]))
-    eprefix, rb, ip, op = _split(base, shape)
-    if (r, n_idx, n_other, prefix) != (rows, len(ip), len(op), eprefix):
+    # counts by arithmetic (index bytes lie in whole blocks only), so that a hostile shape cannot make
+    # validation allocate position arrays the size of a huge row before the size check below
+    eprefix = base.prefix_bytes(shape) if base.prefix_bytes else 0
+    rb = base.row_bytes(cols)
+    e_idx = cols // base.block_size * len(base.index_positions(base.block_size))
+    if (r, n_idx, n_other, prefix) != (rows, e_idx, rb - e_idx, eprefix):
         raise ValueError(f"header (rows {r}, index bytes {n_idx}, other bytes {n_other}, prefix {prefix}) does not "
-                         f"match {base.name} {list(shape)} (expected {rows}, {len(ip)}, {len(op)}, {eprefix})")
+                         f"match {base.name} {list(shape)} (expected {rows}, {e_idx}, {rb - e_idx}, {eprefix})")
     lengths = np.array(flat[HEAD.size:FIXED])
     if not huffman.kraft_ok(lengths) or (rows * n_idx > 0 and not lengths.any()):
         raise ValueError("code lengths do not form a complete prefix code of at most 12 bits")
@@ -74,6 +79,9 @@ def parse(base: QuantType, flat: np.ndarray, shape, name="tensor"):
     o += 4 * (rows + 1)
     if offsets[0] != 0 or offsets[-1] != slen or (np.diff(offsets) < 0).any():
         raise ValueError("chunk offsets are not non-decreasing from 0 to the stream length")
+    if not pieces:
+        return None
+    _, _, ip, op = _split(base, shape)
     pre = flat[o:o + prefix]
     o += prefix
     other = flat[o:o + rows * n_other].reshape(rows, n_other)
@@ -186,7 +194,7 @@ def make_type(base: QuantType, lam: float) -> QuantType:
     quantize.__name__ = f"quantize_{base.name}_h"
 
     def check(flat, shape):
-        parse(base, flat, shape)
+        parse(base, flat, shape, pieces=False)
 
     return QuantType(base.name + ".h", base.block_size, base.block_bytes, quantize, base.dequant_row,
                      f"{base.name} with Huffman-coded indices (bit-identical weights)", tail_bytes=base.tail_bytes,
