@@ -28,7 +28,7 @@ PY_MESSAGES = {
     "header": r"no 'tensors' list|must be a JSON object", "file_size": r"its header describes",
     "tensor": r"is not an object|no valid name|has no type|invalid shape|invalid offset or nbytes|invalid crc32",
     "limit": r"over the cap|exceeds the cap", "duplicate": r"appears twice",
-    "layout": r"not a multiple of .* block size|bytes, but", "tiling": r"overlaps|leaves a gap|past the end of the data region|tensors end at",
+    "layout": r"not a multiple of .* block size|bytes, but|\(\w+\.h\): ", "tiling": r"overlaps|leaves a gap|past the end of the data region|tensors end at",
 }
 
 
