@@ -446,3 +446,32 @@ def test_huge_rows_of_self_sized_types_allocate_nothing(tmp_path):
         tracemalloc.stop()
         assert peak < (1 << 20), f"{peak} bytes allocated for a {len(data)}-byte file"
         assert both_reject(tmp_path, data) == "layout"
+
+
+def test_h_mode_fuzz_inputs_same_verdict(tmp_path):
+    """The fuzz harnesses' entropy-coded mode (tools/fuzz/h_mode.py): seeds made from the .h vectors
+    are valid files; random byte changes to them (header fields are then re-fixed, so the changes land
+    in code lengths, offsets, prefixes and streams) give the same verdict and weights in both readers."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "fuzz"))
+    import h_mode
+    seeds = []
+    for v in ("type_cbk2_h.lowbit", "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit"):
+        data = read(v)
+        off = int.from_bytes(data[24:32], "little")
+        for t in json.loads(data[48:48 + int.from_bytes(data[16:24], "little")])["tensors"]:
+            s = h_mode.seed(t["type"], t["shape"], data[off + t["offset"]:off + t["offset"] + t["nbytes"]])
+            if s is not None:
+                seeds.append(s)
+                assert same_verdict(tmp_path, h_mode.to_file(s))
+    assert len(seeds) >= 8
+    rng = random.Random(99)
+    verdicts = {True: 0, False: 0}
+    for i in range(120):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            pos = 6 + rng.randrange(min(len(b) - 6, 600) if rng.random() < 0.6 else len(b) - 6)
+            b[pos] = rng.choice([0, 1, 12, 13, 0xFF, rng.randrange(256), b[pos] ^ (1 << rng.randrange(8))])
+        if rng.random() < 0.2:
+            b[5] = rng.randrange(4)   # flags: keep the file's own header fields or S
+        verdicts[same_verdict(tmp_path, h_mode.to_file(bytes(b)))] += 1
+    assert verdicts[True] > 20 and verdicts[False] > 20, verdicts
