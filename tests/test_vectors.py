@@ -130,12 +130,13 @@ def test_dump_cli_reports_error_codes():
 
 
 def test_c_reader_under_sanitizers(tmp_path):
-    """lowbit_dump built with AddressSanitizer and UndefinedBehaviorSanitizer dequantizes every valid
+    """lowbit_dump built with AddressSanitizer and UndefinedBehaviorSanitizer (reading files into an
+    exactly sized heap buffer, LB_NO_MMAP, so a read past the end is caught) dequantizes every valid
     vector's tensors and rejects every invalid vector with its code: no out-of-bounds read, overflow
     or other undefined behaviour on any of them (the codebook and entropy-coded decoders included)."""
     from lowbit_ctypes import CFLAGS, HERE, compiler
     exe = str(tmp_path / "lowbit_dump_san")
-    r = subprocess.run([compiler(), *CFLAGS, "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-o", exe,
+    r = subprocess.run([compiler(), *CFLAGS, "-g", "-DLB_NO_MMAP", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-o", exe,
                         os.path.join(HERE, "lowbit_dump.c"), os.path.join(HERE, "lowbit_reader.c")], capture_output=True, text=True)
     if r.returncode != 0 and "sanitize" in r.stderr + r.stdout:
         pytest.skip(f"this C compiler has no AddressSanitizer/UBSan runtime: {r.stderr[-200:]}")
