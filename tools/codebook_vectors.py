@@ -215,6 +215,9 @@ def valid(rng, add):
             ("every_index", typ, (2, cols_all), vq_bytes(typ, 2, cols_all, body=bytes(all_body), rng=rng)),
             ("matrix", typ, (8, 2 * B), quant(typ, rng.randn(8, 2 * B))),
         ]
+        if typ != "cbk2":   # (cbk2's 2 KiB codebooks would take its file over the vectors' 11 KB)
+            tensors += [("cube", typ, (2, 1, 3, B), vq_bytes(typ, 6, B, rng=rng)),   # rows = 2 * 1 * 3: a row scale each
+                        ("vector", typ, (2 * B,), vq_bytes(typ, 1, 2 * B, rng=rng))]  # one-dimensional: one row
         if not learned:   # index k in order with d = 1 and s = 255: the dequantized tensor is the lattice
             lattice_body = bytearray()
             for b in range(256 // nv):
@@ -222,7 +225,7 @@ def valid(rng, add):
             tensors.insert(0, ("lattice", typ, (1, 256 * D), vq_bytes(typ, 1, 256 * D, d_bits=[0x3C00], body=lattice_body)))
         add(f"type_{typ}.lowbit", f"{typ}: special codebook values (signed zeros, subnormals, largest, infinities, NaN), "
             "row scales 1, subnormal, largest, infinite, NaN, 0; block scale bytes 0, 1, 255; every index value; "
-            "a quantized random matrix" + ("; the lattice itself (indices 0..255 at scale 1)" if not learned else ""),
+            "a quantized random matrix" + ("" if typ == "cbk2" else "; 4- and 1-dimensional shapes") + ("; the lattice itself (indices 0..255 at scale 1)" if not learned else ""),
             {"note": typ}, tensors)
 
     for base in list(VQ) + ["q4_k"]:
@@ -232,11 +235,14 @@ def valid(rng, add):
             special = vq_bytes(base, 3, B, special_codebook(rng, D) if VQ[base][2] else None, d_bits=[0x3C00, 0x8001, 0x7BFF],
                                body=special_body(rng, base, 3, B, [255, 0, 1]), rng=rng)
             one = vq_bytes(base, 2, 2 * B, rng=rng, body=bytes([200, *[7] * (B // D)] * 4))
-            tensors = [("special", typ, (3, B), huff_encode(base, (3, B), special)),
+            shapes = [] if base == "cbk2" else [  # (cbk2 as above)
+                ("cube", typ, (2, 3, B), huff_encode(base, (2, 3, B), vq_bytes(base, 6, B, rng=rng))),
+                ("vector", typ, (B,), huff_encode(base, (B,), vq_bytes(base, 1, B, rng=rng)))]
+            tensors = shapes + [("special", typ, (3, B), huff_encode(base, (3, B), special)),
                        ("one_symbol", typ, (2, 2 * B), huff_encode(base, (2, 2 * B), one)),
                        ("matrix", typ, (8, 2 * B), quant(typ, rng.randn(8, 2 * B)))]
             desc = (f"{typ}: the {base} special tensor entropy-coded; one symbol only (it and the next byte value "
-                    "get length 1); a quantized random matrix")
+                    "get length 1); a quantized random matrix" + ("" if base == "cbk2" else "; 3- and 1-dimensional shapes"))
         else:
             from make_vectors import kq_random
             krng = np.random.RandomState(7)
