@@ -16,7 +16,8 @@ from .gptq import DEFAULT_DAMP
 from .hf import Checkpoint
 
 # When a row does not fit a block type, the next type in this chain that fits is used.
-FALLBACK = {"q8_0": "f16"}
+FALLBACK = {"q8_0": "f16", "cbk2": "q2_k", "cbk2.h": "q2_k", "d4l2": "q2_k", "d4l2.h": "q2_k",
+            "cbk4": "q4_k", "cbk4.h": "q4_k", "q4_k.h": "q4_k"}
 
 
 def choose_type(name: str, shape, requested: str):

@@ -54,6 +54,12 @@ MIXES = {
     "q5_k_m": Mix("q5_k", {"attn_v": ("q6_k", "q5_k"), "ffn_down": ("q6_k", "q5_k"), "output": "q6_k"}, "q5_k",
                   f"q5_k; attn_v, ffn_down q6_k ({MORE_BITS}); output q6_k"),
     "q6_k": Mix("q6_k", {}, "q6_k", "q6_k everywhere"),
+    # Codebook mixes (format_spec/types/codebook.md): 2-bit learned codebooks, more bits where it matters.
+    "cb2_s": Mix("cbk2", {"attn_v": "cbk4.h", "output": "q4_k"}, "cbk2.h", "cbk2; attn_v cbk4.h; output q4_k"),
+    "cb2_m": Mix("cbk2", {"attn_v": "cbk4.h", "ffn_down": ("cbk4.h", "cbk2"), "output": "q4_k"}, "cbk2.h",
+                 f"cbk2; attn_v cbk4.h; ffn_down cbk4.h ({MORE_BITS}); output q4_k"),
+    "cb3_m": Mix("cbk2", {"attn_v": "cbk4", "ffn_down": "cbk4.h", "attn_output": "cbk4.h", "output": "q5_k"}, "cbk4.h",
+                 "cbk2; attn_v cbk4; ffn_down, attn_output cbk4.h; output q5_k"),
 }
 
 

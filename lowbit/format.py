@@ -202,7 +202,7 @@ def validate_tensor_table(path, header, data_len) -> dict:
             qt = quants.TYPES[typ]
             if not qt.fits(shape[-1]):
                 raise FormatError(path, f"{where}: row length {shape[-1]} is not a multiple of {typ}'s block size {qt.block_size}")
-            if nbytes != qt.nbytes(shape):
+            if not qt.self_sized and nbytes != qt.nbytes(shape):
                 raise FormatError(path, f"{where}: {nbytes} bytes, but {typ} {shape} needs {qt.nbytes(shape)}")
         if offset != expect:
             what = "overlaps the previous tensor" if offset < expect else "leaves a gap after the previous tensor"
@@ -244,13 +244,21 @@ class LowbitFile:
             self.size = size
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+        for t in self.tensors.values():   # self-sized types: validate their own headers (SPEC.md 5.2)
+            qt = quants.TYPES.get(t.type)
+            if qt is not None and qt.self_sized:
+                start = self.data_offset + t.offset
+                try:
+                    qt.check(self._buf[start:start + t.nbytes], t.shape)
+                except ValueError as e:
+                    raise FormatError(self.path, f"tensor {t.name!r} ({t.type}): {e}") from None
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 view of the map: (rows, row_bytes)."""
         t = self.info(name)
         start = self.data_offset + t.offset
         flat = self._buf[start:start + t.nbytes]
-        if t.type not in quants.TYPES:
+        if t.type not in quants.TYPES or quants.TYPES[t.type].whole_tensor:
             return flat
         return flat.reshape(t.rows, t.nbytes // t.rows)
 
@@ -308,9 +316,13 @@ class TensorSpec:
     produce: object   # () -> np.ndarray (uint8 or any dtype; its raw bytes are written)
 
 
-def _expected_nbytes(spec: TensorSpec) -> int:
+def _expected_nbytes(spec: TensorSpec, early: dict) -> int:
     if spec.type in quants.TYPES:
-        return quants.TYPES[spec.type].nbytes(spec.shape)
+        qt = quants.TYPES[spec.type]
+        if qt.self_sized:   # size known only once encoded: produce now, hold the (compressed) bytes
+            early[spec.name] = np.ascontiguousarray(spec.produce())
+            return early[spec.name].nbytes
+        return qt.nbytes(spec.shape)
     raise ValueError(f"{spec.name}: unknown type {spec.type}")
 
 
@@ -318,9 +330,9 @@ def write_lowbit(path, metadata: dict, specs: list, progress=None):
     """Write a lowbit file atomically: a temporary file beside the target, renamed over it
     only when complete. An interrupted write leaves nothing at `path`."""
     path = os.fspath(path)
-    table, offset = [], 0
+    table, offset, early = [], 0, {}
     for s in specs:
-        nbytes = _expected_nbytes(s)
+        nbytes = _expected_nbytes(s, early)
         table.append(TensorInfo(s.name, s.type, tuple(int(d) for d in s.shape), offset, nbytes, "0" * 8))
         offset = align(offset + nbytes)
     data_len = (table[-1].offset + table[-1].nbytes) if table else 0
@@ -335,7 +347,7 @@ def write_lowbit(path, metadata: dict, specs: list, progress=None):
         f.seek(data_offset)
         crcs = []
         for spec, info in zip(specs, table):
-            raw = np.ascontiguousarray(spec.produce())
+            raw = early.pop(spec.name) if spec.name in early else np.ascontiguousarray(spec.produce())
             data = memoryview(raw).cast("B")
             if data.nbytes != info.nbytes:
                 raise ValueError(f"{spec.name}: produced {data.nbytes} bytes, expected {info.nbytes}")

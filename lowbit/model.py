@@ -17,6 +17,7 @@ class Linear:
         if tuple(info.shape) != tuple(shape):
             raise FormatError(f.path, f"tensor {name!r} has shape {list(info.shape)}, the architecture needs {list(shape)}")
         self.name, self.qtype, self.raw = name, f.qtype(name), f.raw(name)
+        self.bound = self.qtype.bind(self.raw, tuple(shape)) if self.qtype.whole_tensor else None
         self.out_features, self.in_features = shape
         self.bias = None
         if bias is not None and bias in f.tensors:
@@ -26,10 +27,13 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
-        fused = self.qtype.kernels.get("c") if native.enabled() else None
-        if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
-            return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
-        kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
+        if self.bound is not None:
+            self.bound.matmul(x, y)
+        else:
+            fused = self.qtype.kernels.get("c") if native.enabled() else None
+            if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
+                return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
+            kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
         if self.bias is not None:
             y += self.bias
         return y
@@ -86,6 +90,7 @@ class Transformer:
         if emb.shape != (c.vocab_size, c.hidden_size):
             raise FormatError(f.path, f"token_embd.weight has shape {list(emb.shape)}, expected [{c.vocab_size}, {c.hidden_size}]")
         self.embed_qtype, self.embed_raw = f.qtype("token_embd.weight"), f.raw("token_embd.weight")
+        self.embed_bound = (self.embed_qtype.bind(self.embed_raw, emb.shape) if self.embed_qtype.whole_tensor else None)
         self.layers = [Layer(f, c, i) for i in range(c.num_layers)]
         self.output_norm = _vector(f, "output_norm.weight", c.hidden_size)
         out_name = "token_embd.weight" if c.tie_word_embeddings else "output.weight"
@@ -100,6 +105,8 @@ class Transformer:
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows of `tokens`, dequantized (only those rows are read)."""
+        if self.embed_bound is not None:
+            return self.embed_bound.gather(np.asarray(tokens, np.int64))
         if native.enabled() and self.embed_qtype.name in native.C_TYPES:   # in C: no Numba JIT
             return native.get_rows(self.embed_qtype.name, self.embed_raw, tokens, self.config.hidden_size)
         return np.ascontiguousarray(self.embed_qtype.dequantize(self.embed_raw[tokens], (len(tokens), self.config.hidden_size)),

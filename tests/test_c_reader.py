@@ -24,7 +24,14 @@ NAMES = list(dict.fromkeys([t for t in quants.TYPES if t != "u8"] + list(recipes
 # at every type and mix; pycode-30m (rows of 512 and 1280: whole super-blocks only) at a subset that
 # still holds every k-quant type, to keep this file near 2 minutes.
 PYCODE = ["bf16", "q8_0", "q2_k", "q4_k", "q3_k_m", "q5_k_m"]
-CASES = [(m, q) for m in ("stories260K", "pychat-30m") for q in NAMES] + [("pycode-30m", q) for q in PYCODE]
+# Codebook types and mixes cost about a minute each to quantize on pychat-30m (k-means): there it
+# runs one learned codebook with Huffman-coded indices, the lattice, and q4_k.h; stories260K runs
+# them all (and format_spec/vectors pins every decoder bit for bit).
+CODEBOOK = {n for n in NAMES if n.split(".")[0] in ("cbk2", "cbk4", "d4l2")
+            or (n in recipes.MIXES and recipes.MIXES[n].base.split(".")[0] in ("cbk2", "cbk4", "d4l2"))}
+PYCHAT_CODEBOOK = {"cbk2.h", "d4l2"}
+CASES = ([("stories260K", q) for q in NAMES] + [("pychat-30m", q) for q in NAMES if q not in CODEBOOK or q in PYCHAT_CODEBOOK]
+         + [("pycode-30m", q) for q in PYCODE])
 
 
 @pytest.fixture(scope="module")

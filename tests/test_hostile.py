@@ -332,3 +332,146 @@ def test_many_keys_are_linear(tmp_path):
     assert len(r.tensors()) == 20_000
     r.close()
     assert len(py_open(tmp_path, data).tensors) == 20_000
+
+
+# ----------------------------------------------------------------------------- codebook and entropy-coded types
+
+CODEBOOK_VECTORS = ["type_cbk2.lowbit", "type_cbk4.lowbit", "type_d4l2.lowbit", "type_cbk2_h.lowbit",
+                    "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit", "huffman_edges.lowbit"]
+
+
+def tensor_spans(data):
+    """(type, start, nbytes) of every tensor of a valid file, from its header."""
+    hl = int.from_bytes(data[16:24], "little")
+    off = int.from_bytes(data[24:32], "little")
+    return [(t["type"], off + t["offset"], t["nbytes"]) for t in json.loads(data[48:48 + hl])["tensors"]]
+
+
+def test_codebook_and_huffman_mutations_same_verdict(tmp_path):
+    """Bytes of the codebook and .h vectors changed where it matters most: the .h header fields
+    (rows, counts, stream length), code lengths, chunk offsets, and anywhere in prefixes (codebook, row
+    scales), other bytes and streams. Both readers accept or reject alike and dequantize identically."""
+    rng = random.Random(777)
+    files = [read(v) for v in CODEBOOK_VECTORS]
+    verdicts = {True: 0, False: 0}
+    for i in range(160):
+        data = rng.choice(files)
+        spans = tensor_spans(data)
+        typ, start, n = rng.choice(spans)
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            if typ.endswith(".h") and rng.random() < 0.7:
+                where = rng.choice(["field", "lengths", "offsets"])
+                if where == "field":   # u32 R, n_idx, n_other, P or the u64 S: nudged or set to an extreme
+                    o, w = rng.choice([(0, 4), (4, 4), (8, 4), (12, 4), (16, 8)])
+                    v = int.from_bytes(b[start + o:start + o + w], "little")
+                    v = rng.choice([v + 1, v - 1, 0, 2 ** (8 * w) - 1, v ^ (1 << rng.randrange(8 * w))]) % 2 ** (8 * w)
+                    b[start + o:start + o + w] = v.to_bytes(w, "little")
+                elif where == "lengths":
+                    b[start + 24 + rng.randrange(256)] = rng.choice([0, 1, 2, 11, 12, 13, 255, rng.randrange(16)])
+                else:
+                    rows = int.from_bytes(b[start:start + 4], "little")
+                    o = start + 280 + 4 * rng.randrange(min(rows + 1, (n - 280) // 4) or 1)
+                    v = int.from_bytes(b[o:o + 4], "little")
+                    b[o:o + 4] = (rng.choice([v + 1, v - 1, 0, 2 ** 32 - 1]) % 2 ** 32).to_bytes(4, "little")
+            else:
+                pos = start + rng.randrange(n)
+                b[pos] = rng.choice([0, 0xFF, 0x7C, 0x7E, rng.randrange(256), b[pos] ^ (1 << rng.randrange(8))])
+        verdicts[same_verdict(tmp_path, repair(bytes(b)))] += 1
+    assert verdicts[True] > 20 and verdicts[False] > 20, verdicts
+
+
+def _h_tensor(typ, shape, raw):
+    return build({}, [("w", typ, shape, raw)])
+
+
+def test_random_codes_and_streams_decode_alike(tmp_path):
+    """Any complete code over arbitrary stream bytes with arbitrary non-decreasing offsets is a valid
+    file (a damaged stream gives other index bytes, never a read outside its chunk): both readers
+    accept it and decode it to identical weights. Incomplete codes and bad offsets are rejected."""
+    import struct
+    from lowbit.quants import huffman
+    rng = np.random.RandomState(5)
+    for i in range(40):
+        base = ["cbk2", "cbk4", "d4l2", "q4_k"][i % 4]
+        typ = base + ".h"
+        cols = {"cbk2": 128, "cbk4": 64, "d4l2": 64, "q4_k": int(rng.choice([256, 300, 512]))}[base]
+        rows = int(rng.randint(1, 5))
+        from lowbit import quants
+        qt = quants.TYPES[typ]
+        B = quants.TYPES[base]
+        n_idx = cols // B.block_size * (B.block_bytes - 1 if base != "q4_k" else 128)
+        n_other = B.row_bytes(cols) - n_idx
+        P = B.prefix_bytes((rows, cols)) if B.prefix_bytes else 0
+        counts = rng.randint(0, 50, 256) * (rng.rand(256) < rng.choice([0.02, 0.2, 1.0]))
+        counts[rng.randint(256)] += 1
+        lengths = huffman.code_lengths(counts)
+        S = int(rng.randint(0, 40))
+        offsets = np.sort(rng.randint(0, S + 1, rows + 1))
+        offsets[0], offsets[-1] = 0, S
+        prefix = rng.randint(0, 256, P).astype(np.uint8)
+        if P:   # keep the codebook and row scales finite half of the time
+            if rng.rand() < 0.5:
+                prefix = np.asarray(rng.randn(P // 2), np.float16).view(np.uint8)
+        raw = (struct.pack("<IIIIQ", rows, n_idx, n_other, P, S) + lengths.astype(np.uint8).tobytes()
+               + offsets.astype("<u4").tobytes() + prefix.tobytes()
+               + rng.randint(0, 256, rows * n_other + S).astype(np.uint8).tobytes())
+        assert same_verdict(tmp_path, _h_tensor(typ, (rows, cols), raw)), (typ, rows, cols)
+        assert len(qt.bind(np.frombuffer(raw, np.uint8), (rows, cols)).base_bytes()) == P + rows * B.row_bytes(cols)
+        bad = bytearray(raw)
+        k = int(np.flatnonzero(lengths)[0])
+        bad[24 + k] = lengths[k] + 1 if lengths[k] < 12 else 0   # incomplete code
+        assert both_reject(tmp_path, _h_tensor(typ, (rows, cols), bytes(bad))) == "layout"
+        if S:
+            bad = bytearray(raw)
+            struct.pack_into("<I", bad, 280 + 4 * rows, S - 1)         # last offset short of S
+            assert both_reject(tmp_path, _h_tensor(typ, (rows, cols), bytes(bad))) == "layout"
+
+
+def test_huge_rows_of_self_sized_types_allocate_nothing(tmp_path):
+    """A few hundred bytes claiming a .h tensor of one row of 2^31 - 64 weights (or 2^47 rows): the
+    header check is arithmetic, so neither reader allocates for the claimed rows before rejecting."""
+    import struct
+    hostile = []
+    for typ, shape in [("cbk2.h", [1, 2 ** 31 - 64]), ("q4_k.h", [1, 2 ** 31 - 1]), ("d4l2.h", [2 ** 16, 2 ** 31 // 32 * 32 // 2 ** 15])]:
+        raw = struct.pack("<IIIIQ", 1, 0, 0, 0, 0) + bytes([1, 1]) + bytes(254) + bytes(8)
+        hostile.append(_h_tensor(typ, tuple(shape), raw))
+    for data in hostile:
+        p = tmp_path / "h.lowbit"
+        p.write_bytes(data)
+        tracemalloc.start()
+        with pytest.raises(FormatError, match=r"\.h\): header"):
+            LowbitFile(str(p))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < (1 << 20), f"{peak} bytes allocated for a {len(data)}-byte file"
+        assert both_reject(tmp_path, data) == "layout"
+
+
+def test_h_mode_fuzz_inputs_same_verdict(tmp_path):
+    """The fuzz harnesses' entropy-coded mode (tools/fuzz/h_mode.py): seeds made from the .h vectors
+    are valid files; random byte changes to them (header fields are then re-fixed, so the changes land
+    in code lengths, offsets, prefixes and streams) give the same verdict and weights in both readers."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "fuzz"))
+    import h_mode
+    seeds = []
+    for v in ("type_cbk2_h.lowbit", "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit"):
+        data = read(v)
+        off = int.from_bytes(data[24:32], "little")
+        for t in json.loads(data[48:48 + int.from_bytes(data[16:24], "little")])["tensors"]:
+            s = h_mode.seed(t["type"], t["shape"], data[off + t["offset"]:off + t["offset"] + t["nbytes"]])
+            if s is not None:
+                seeds.append(s)
+                assert same_verdict(tmp_path, h_mode.to_file(s))
+    assert len(seeds) >= 8
+    rng = random.Random(99)
+    verdicts = {True: 0, False: 0}
+    for i in range(120):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            pos = 6 + rng.randrange(min(len(b) - 6, 600) if rng.random() < 0.6 else len(b) - 6)
+            b[pos] = rng.choice([0, 1, 12, 13, 0xFF, rng.randrange(256), b[pos] ^ (1 << rng.randrange(8))])
+        if rng.random() < 0.2:
+            b[5] = rng.randrange(4)   # flags: keep the file's own header fields or S
+        verdicts[same_verdict(tmp_path, h_mode.to_file(bytes(b)))] += 1
+    assert verdicts[True] > 20 and verdicts[False] > 20, verdicts

@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import codebook_vectors  # noqa: E402
 
 MAGIC = b"\x89LOWBIT\n"
 PREFIX = struct.Struct("<8sIIQQQII")
@@ -94,7 +96,9 @@ def dequantize_reference(typ, shape, raw):
     elif typ in KQ:
         out = kq_dequantize(typ, shape, raw)
     else:
-        return None
+        out = codebook_vectors.dequantize(typ, shape, raw, kq_dequantize)
+        if out is None:
+            return None
     assert out.size == n
     return out
 
@@ -352,6 +356,7 @@ def valid_vectors():
         return text.replace('"EDGE"', "1.7976931348623158e308").encode() + b" \n"   # rounds to the largest double
     add("pretty_header.lowbit", "a header with whitespace (tabs, CR LF, trailing space) and \\u-escaped non-ASCII: valid JSON, so valid",
         {"unknown": "ünïcode 😀", "edge": "EDGE"}, [("t", "bf16", (2,), f16_bits([0x3F80, 0xC000]))], header_override=pretty)
+    codebook_vectors.valid(np.random.RandomState(20260501), add)   # cbk2, cbk4, d4l2 and the .h types
     return v
 
 
@@ -493,6 +498,18 @@ def invalid_vectors():
     add("unknown_huge_nbytes.lowbit", "tiling", "a tensor of an unknown type with nbytes 2^63 (offset + nbytes near wrapping)", one_tensor(type="zz", nbytes=2**63))
     add("data_len_long.lowbit", "tiling", "the data region is 64 bytes longer than its last tensor", raw_header(compact({"metadata": {}, "tensors": [entry()]}), b"\0" * 72))
     add("data_without_tensors.lowbit", "tiling", "64 data bytes but no tensors", raw_header(ok_header, b"\0" * 64))
+
+    def entry_file(typ, shape, raw, gap_after=False):
+        """One tensor of `typ` holding `raw` (nbytes = len(raw)), optionally then an f32 tensor one block too far."""
+        tensors = [entry(type=typ, shape=list(shape), nbytes=len(raw), crc32=f"{zlib.crc32(raw):08x}")]
+        data = raw
+        if gap_after:
+            data += b"\0" * (align(len(raw)) - len(raw))
+            tensors.append(entry(name="u", offset=len(data) + 64))
+            data += b"\0" * 64 + b"\0" * 8
+        return raw_header(compact({"metadata": {}, "tensors": tensors}), data)
+    codebook_vectors.invalid(lambda file, desc, data, code="layout": add(file, code, desc, data), entry_file,
+                             np.random.RandomState(20260502))
     bad_crc = bytearray(good)
     bad_crc[-1] ^= 1
     return iv, [("tensor_crc.lowbit", "tensor_crc", "structurally valid, one data byte flipped: only a CRC check (lowbit verify) finds it", bytes(bad_crc))]

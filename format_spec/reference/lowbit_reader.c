@@ -332,21 +332,37 @@ typedef struct {
     const char *name;
     uint32_t block_size;   /* weights per block along a row */
     uint32_t block_bytes;  /* bytes per block */
-    dequant_row_fn dequant_row;
+    dequant_row_fn dequant_row;   /* NULL for the codebook and entropy-coded types (see below) */
     tail_layout tail;
+    /* Codebook types (types/codebook.md): D weights per index byte, and whether the codebook is
+     * stored in the tensor's prefix (learned) or is the fixed D4 lattice. 0 for other types. */
+    uint32_t vq_dim, vq_learned;
+    /* Index bytes of a whole block (the bytes an entropy-coded variant replaces by Huffman codes,
+     * types/huffman.md): positions idx_first .. idx_first + idx_count - 1 of the block. */
+    uint32_t idx_first, idx_count;
+    /* Self-sized entropy-coded types `<base>.h`: the base type's name; NULL otherwise. */
+    const char *base;
 } type_info;
 
+#define NO_TAIL {0, 0, 0, 0}
 static const type_info TYPES[] = {
-    {"f32", 1, 4, dq_f32, {0, 0, 0, 0}},
-    {"f16", 1, 2, dq_f16, {0, 0, 0, 0}},
-    {"bf16", 1, 2, dq_bf16, {0, 0, 0, 0}},
-    {"u8", 1, 1, dq_u8, {0, 0, 0, 0}},
-    {"q8_0", 32, 34, dq_q8_0, {0, 0, 0, 0}},
-    {"q2_k", 256, 84, dq_q2_k, {16, 2, 4, 1}},
-    {"q3_k", 256, 110, dq_q3_k, {16, 3, 2, 1}},
-    {"q4_k", 256, 144, dq_q4_k, {32, 4, 4, 2}},
-    {"q5_k", 256, 176, dq_q5_k, {32, 5, 4, 2}},
-    {"q6_k", 256, 210, dq_q6_k, {16, 6, 2, 1}},
+    {"f32", 1, 4, dq_f32, NO_TAIL, 0, 0, 0, 0, NULL},
+    {"f16", 1, 2, dq_f16, NO_TAIL, 0, 0, 0, 0, NULL},
+    {"bf16", 1, 2, dq_bf16, NO_TAIL, 0, 0, 0, 0, NULL},
+    {"u8", 1, 1, dq_u8, NO_TAIL, 0, 0, 0, 0, NULL},
+    {"q8_0", 32, 34, dq_q8_0, NO_TAIL, 0, 0, 0, 0, NULL},
+    {"q2_k", 256, 84, dq_q2_k, {16, 2, 4, 1}, 0, 0, 0, 0, NULL},
+    {"q3_k", 256, 110, dq_q3_k, {16, 3, 2, 1}, 0, 0, 0, 0, NULL},
+    {"q4_k", 256, 144, dq_q4_k, {32, 4, 4, 2}, 0, 0, 16, 128, NULL},
+    {"q5_k", 256, 176, dq_q5_k, {32, 5, 4, 2}, 0, 0, 0, 0, NULL},
+    {"q6_k", 256, 210, dq_q6_k, {16, 6, 2, 1}, 0, 0, 0, 0, NULL},
+    {"cbk2", 64, 17, NULL, NO_TAIL, 4, 1, 1, 16, NULL},
+    {"cbk4", 32, 17, NULL, NO_TAIL, 2, 1, 1, 16, NULL},
+    {"d4l2", 32, 9, NULL, NO_TAIL, 4, 0, 1, 8, NULL},
+    {"cbk2.h", 64, 17, NULL, NO_TAIL, 0, 0, 0, 0, "cbk2"},
+    {"cbk4.h", 32, 17, NULL, NO_TAIL, 0, 0, 0, 0, "cbk4"},
+    {"d4l2.h", 32, 9, NULL, NO_TAIL, 0, 0, 0, 0, "d4l2"},
+    {"q4_k.h", 256, 144, NULL, {32, 4, 4, 2}, 0, 0, 0, 0, "q4_k"},
 };
 
 /* Bytes of one row of `cols` weights; 0 when the type cannot hold such a row or the size overflows. */
@@ -362,11 +378,175 @@ static int row_bytes_of(const type_info *ti, uint64_t cols, uint64_t *out) {
     return checked_add(whole, tail, out);
 }
 
+/* Per-tensor side data before the rows (SPEC.md 5.1): a codebook type's stored codebook
+ * (256 points of D binary16 values) and one binary16 scale per row. rows <= 2^48: no overflow. */
+static uint64_t prefix_bytes_of(const type_info *ti, uint64_t rows) {
+    if (!ti->vq_dim) return 0;
+    return (ti->vq_learned ? 256u * ti->vq_dim * 2u : 0u) + 2 * rows;
+}
+
 static const type_info *find_type(const char *name, size_t len) {
     size_t i;
     for (i = 0; i < sizeof TYPES / sizeof TYPES[0]; i++)
         if (strlen(TYPES[i].name) == len && memcmp(TYPES[i].name, name, len) == 0) return &TYPES[i];
     return NULL;
+}
+
+/* ---- codebook types (format_spec/types/codebook.md): one scale byte then B/D index bytes per block,
+ * w = (d_r * SCALE[s]) * P[idx][j] in float32, P the tensor's stored codebook or the D4 lattice. */
+
+/* 2^(r/16) for r = 0..15, correctly rounded to float32 (bit patterns, as codebook.md lists them). */
+static const uint32_t SCALE_FRAC_BITS[16] = {
+    0x3f800000u, 0x3f85aac3u, 0x3f8b95c2u, 0x3f91c3d3u, 0x3f9837f0u, 0x3f9ef532u, 0x3fa5fed7u, 0x3fad583fu,
+    0x3fb504f3u, 0x3fbd08a4u, 0x3fc5672au, 0x3fce248cu, 0x3fd744fdu, 0x3fe0ccdfu, 0x3feac0c7u, 0x3ff5257du};
+
+/* SCALE[s] = 2^((s - 255) / 16) for s >= 1, SCALE[0] = 0: 2^(r/16) times 2^q (q = -16 .. 0), exact. */
+static float vq_scale(uint32_t s) {
+    int32_t t = (int32_t)s - 255, q, r;
+    if (s == 0) return 0.0f;
+    q = t >= 0 ? t / 16 : -((15 - t) / 16);   /* floor(t / 16) */
+    r = t - 16 * q;
+    return f32_from_bits(SCALE_FRAC_BITS[r]) * f32_from_bits((uint32_t)(127 + q) << 23);
+}
+
+/* The codebook P[256][D] of a codebook type: read from the prefix, or the D4 lattice points of
+ * smallest norm in (squared norm, z0, z1, z2, z3) order. Norms up to 10 fill 256 entries, so
+ * coordinates stay within -3 .. 3. */
+static void vq_codebook(const type_info *ti, const uint8_t *prefix, float *P) {
+    uint32_t k = 0, i;
+    int n2, a, b, c, d;
+    if (ti->vq_learned) {
+        for (i = 0; i < 256u * ti->vq_dim; i++) P[i] = f16_at(prefix + 2 * i);
+        return;
+    }
+    for (n2 = 0; n2 <= 10; n2 += 2)
+        for (a = -3; a <= 3; a++)
+            for (b = -3; b <= 3; b++)
+                for (c = -3; c <= 3; c++)
+                    for (d = -3; d <= 3; d++)
+                        if (k < 256 && a * a + b * b + c * c + d * d == n2 && (a + b + c + d + 12) % 2 == 0) {
+                            P[4 * k] = (float)a; P[4 * k + 1] = (float)b; P[4 * k + 2] = (float)c; P[4 * k + 3] = (float)d;
+                            k++;
+                        }
+}
+
+static void vq_row(const type_info *ti, const float *P, float d, const uint8_t *raw, float *out, uint64_t cols) {
+    uint32_t D = ti->vq_dim, B = ti->block_size, nv = B / D, v, j;
+    uint64_t blk;
+    for (blk = 0; blk < cols / B; blk++) {
+        const uint8_t *q = raw + blk * (1 + nv);
+        float sc = d * vq_scale(q[0]);
+        for (v = 0; v < nv; v++)
+            for (j = 0; j < D; j++) out[blk * B + v * D + j] = sc * P[q[1 + v] * D + j];
+    }
+}
+
+/* ---- entropy-coded types `<base>.h` (format_spec/types/huffman.md) */
+
+#define HUFF_MAX_LEN 12u
+#define HUFF_FIXED 280u   /* u32 R, n_idx, n_other, P; u64 S; u8 len[256] */
+
+typedef struct {
+    const type_info *base;
+    uint64_t rows, n_idx, n_other, prefix, stream_len, row_bytes;
+    const uint8_t *lengths, *offsets, *pre, *other, *stream;
+} huff_tensor;
+
+/* Validate an entropy-coded tensor's header against its shape and nbytes (every MUST of huffman.md,
+ * in the order the Python reader checks them) and locate its parts. Reads nothing outside the
+ * tensor's nbytes bytes. */
+static lb_status huff_parse(const lb_tensor *t, const type_info *ti, huff_tensor *h, lb_error *err) {
+    const uint8_t *p = t->data;
+    uint64_t kraft = 0, need, part, r, prev;
+    uint32_t s;
+    int used = 0;
+    h->base = find_type(ti->base, strlen(ti->base));
+    h->rows = t->rows;
+    if (!h->base || !row_bytes_of(h->base, t->cols, &h->row_bytes))
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s': row length %llu does not fit %s", t->name, (unsigned long long)t->cols, ti->name);
+    h->n_idx = t->cols / h->base->block_size * h->base->idx_count;   /* tail blocks have no index bytes */
+    h->n_other = h->row_bytes - h->n_idx;
+    h->prefix = prefix_bytes_of(h->base, t->rows);
+    if (t->nbytes < HUFF_FIXED)
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s' (%s): %llu bytes is shorter than the %u-byte entropy-coding header",
+                    t->name, ti->name, (unsigned long long)t->nbytes, HUFF_FIXED);
+    if (rd32(p) != h->rows || rd32(p + 4) != h->n_idx || rd32(p + 8) != h->n_other || rd32(p + 12) != h->prefix)
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s' (%s): header (rows %u, index bytes %u, other bytes %u, prefix %u) does not match "
+                    "the shape (expected %llu, %llu, %llu, %llu)", t->name, ti->name, rd32(p), rd32(p + 4), rd32(p + 8), rd32(p + 12),
+                    (unsigned long long)h->rows, (unsigned long long)h->n_idx, (unsigned long long)h->n_other, (unsigned long long)h->prefix);
+    h->stream_len = rd64(p + 16);
+    h->lengths = p + 24;
+    for (s = 0; s < 256; s++) {
+        uint32_t l = h->lengths[s];
+        if (l > HUFF_MAX_LEN) { kraft = 0; used = -1; break; }
+        if (l) { kraft += 1u << (HUFF_MAX_LEN - l); used = 1; }
+    }
+    if (used < 0 || (used && kraft != 1u << HUFF_MAX_LEN) || (!used && h->rows * h->n_idx > 0))
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s' (%s): code lengths do not form a complete prefix code of at most 12 bits",
+                    t->name, ti->name);
+    /* 284 + 4R + P + R * n_other + S, each term checked (R <= 2^48, so 4(R + 1) cannot overflow) */
+    need = HUFF_FIXED + 4 * (h->rows + 1);
+    if (!checked_add(need, h->prefix, &need) || !checked_mul(h->rows, h->n_other, &part) || !checked_add(need, part, &need) ||
+        !checked_add(need, h->stream_len, &need) || need != t->nbytes)
+        return fail(err, LB_E_LAYOUT, "tensor '%.200s' (%s): header describes a different size than its %llu bytes",
+                    t->name, ti->name, (unsigned long long)t->nbytes);
+    h->offsets = p + HUFF_FIXED;
+    h->pre = h->offsets + 4 * (h->rows + 1);
+    h->other = h->pre + h->prefix;
+    h->stream = h->other + h->rows * h->n_other;
+    prev = 0;
+    for (r = 0; r <= h->rows; r++) {
+        uint64_t o = rd32(h->offsets + 4 * r);
+        if ((r == 0 && o != 0) || o < prev || (r == h->rows && o != h->stream_len))
+            return fail(err, LB_E_LAYOUT, "tensor '%.200s' (%s): chunk offsets are not non-decreasing from 0 to the stream length",
+                        t->name, ti->name);
+        prev = o;
+    }
+    return LB_OK;
+}
+
+/* Decoding table: for each 12-bit window, (symbol | length << 8) of the canonical code. */
+static void huff_table(const uint8_t *lengths, uint16_t *table) {
+    uint32_t code = 0, prev = 0, len, s, i, fill = 0;
+    for (len = 1; len <= HUFF_MAX_LEN; len++)
+        for (s = 0; s < 256; s++) {
+            if (lengths[s] != len) continue;
+            code <<= len - prev;
+            prev = len;
+            for (i = 0; i < 1u << (HUFF_MAX_LEN - len); i++) {
+                uint32_t at = (code << (HUFF_MAX_LEN - len)) + i;
+                if (at < (1u << HUFF_MAX_LEN)) { table[at] = (uint16_t)(s | (len << 8)); fill++; }
+            }
+            code++;
+        }
+    for (i = fill; i < (1u << HUFF_MAX_LEN); i++) table[i] = 0x100;   /* unreachable for a complete code */
+}
+
+/* The next 12 bits of a chunk at bit position `bit`, most significant first; bits past the chunk read as 0. */
+static uint32_t huff_peek(const uint8_t *c, uint64_t n, uint64_t bit) {
+    uint64_t at = bit >> 3;
+    uint32_t w = 0, k;
+    for (k = 0; k < 3; k++) w = (w << 8) | (at + k < n ? c[at + k] : 0u);
+    return (w >> (12 - (bit & 7))) & 0xFFFu;
+}
+
+/* Row r of the base type's bytes: other bytes in position order, index bytes decoded from chunk r. */
+static void huff_row(const huff_tensor *h, const uint16_t *table, uint64_t r, uint8_t *row) {
+    const type_info *b = h->base;
+    const uint8_t *other = h->other + r * h->n_other;
+    uint64_t start = rd32(h->offsets + 4 * r), n = rd32(h->offsets + 4 * (r + 1)) - start, bit = 0, p, whole;
+    const uint8_t *chunk = h->stream + start;
+    whole = h->n_idx ? h->n_idx / b->idx_count * b->block_bytes : 0;   /* bytes of whole blocks */
+    for (p = 0; p < h->row_bytes; p++) {
+        uint32_t in = (uint32_t)(p % b->block_bytes);
+        if (p < whole && in >= b->idx_first && in < b->idx_first + b->idx_count) {
+            uint32_t e = table[huff_peek(chunk, n, bit)];
+            row[p] = (uint8_t)(e & 0xFF);
+            bit += e >> 8;
+        } else {
+            row[p] = *other++;
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------------- strict JSON */
@@ -831,7 +1011,9 @@ static lb_status validate_table(lb_file *f, uint32_t root, lb_error *err) {
             if (t->cols % ti->block_size && !ti->tail.sub)
                 return fail(err, LB_E_LAYOUT, "tensor '%.200s': row length %llu is not a multiple of %s's block size %u",
                             t->name, (unsigned long long)t->cols, ti->name, ti->block_size);
-            if (!row_bytes_of(ti, t->cols, &row_bytes) || !checked_mul(row_bytes, t->rows, &need) || need != t->nbytes)
+            /* a self-sized type's size follows from its own header, checked after the table (validate_self_sized) */
+            if (!ti->base && (!row_bytes_of(ti, t->cols, &row_bytes) || !checked_mul(row_bytes, t->rows, &need) ||
+                              !checked_add(need, prefix_bytes_of(ti, t->rows), &need) || need != t->nbytes))
                 return fail(err, LB_E_LAYOUT, "tensor '%.200s': %llu bytes, but %s needs %llu", t->name,
                             (unsigned long long)t->nbytes, ti->name, (unsigned long long)need);
         }
@@ -851,6 +1033,19 @@ static lb_status validate_table(lb_file *f, uint32_t root, lb_error *err) {
     if (f->data_len != last_end)
         return fail(err, LB_E_TILING, "data region is %llu bytes but its tensors end at %llu",
                     (unsigned long long)f->data_len, (unsigned long long)last_end);
+    return LB_OK;
+}
+
+/* Self-sized tensors (SPEC.md 5.2): once the table and tiling are valid, each one's own header, in table order. */
+static lb_status validate_self_sized(lb_file *f, lb_error *err) {
+    size_t i;
+    for (i = 0; i < f->ntensors; i++) {
+        const lb_tensor *t = &f->tensors[i];
+        const type_info *ti = find_type(t->type, t->type_len);
+        huff_tensor h;
+        lb_status st;
+        if (ti && ti->base && (st = huff_parse(t, ti, &h, err)) != LB_OK) return st;
+    }
     return LB_OK;
 }
 
@@ -912,7 +1107,8 @@ static lb_status validate(lb_file *f, lb_error *err) {
                     (unsigned long long)f->size, (unsigned long long)data_offset, (unsigned long long)data_len);
     f->data_offset = data_offset;
     f->data_len = data_len;
-    return validate_table(f, root, err);
+    if ((st = validate_table(f, root, err)) != LB_OK) return st;
+    return validate_self_sized(f, err);
 }
 
 lb_status lb_open_memory(const void *data, size_t size, lb_file **out, lb_error *err) {
@@ -1037,6 +1233,34 @@ lb_status lb_metadata_entry(const lb_file *f, size_t i, const char **key, size_t
     return LB_OK;
 }
 
+/* Entropy-coded tensor: rebuild each row's base bytes, then dequantize them as the base type does. */
+static lb_status dequantize_huff(const lb_tensor *t, const type_info *ti, float *out, lb_error *err) {
+    huff_tensor h;
+    uint16_t table[1u << HUFF_MAX_LEN];
+    float P[256 * 4];
+    uint8_t *row;
+    uint64_t r;
+    lb_status st = huff_parse(t, ti, &h, err);   /* validated at open; checked again as it is cheap */
+    if (st != LB_OK) return st;
+    /* row_bytes < 5 bytes per weight of a row of `cols` weights the caller holds in float32 */
+    row = (uint8_t *)malloc(h.row_bytes ? (size_t)h.row_bytes : 1);
+    if (!row) return fail(err, LB_E_NOMEM, "out of memory for a row of tensor '%.200s'", t->name);
+    huff_table(h.lengths, table);
+    if (h.base->vq_dim) vq_codebook(h.base, h.pre, P);
+    for (r = 0; r < h.rows; r++) {
+        huff_row(&h, table, r, row);
+        if (h.base->vq_dim) {
+            uint64_t scales_at = h.prefix - 2 * h.rows;
+            vq_row(h.base, P, f16_at(h.pre + scales_at + 2 * r), row, out + r * t->cols, t->cols);
+        } else {
+            h.base->dequant_row(row, out + r * t->cols, t->cols);
+        }
+    }
+    free(row);
+    if (err) { err->code = LB_OK; err->message[0] = 0; }
+    return LB_OK;
+}
+
 lb_status lb_dequantize(const lb_file *f, const lb_tensor *t, float *out, uint64_t n, lb_error *err) {
     const type_info *ti;
     uint64_t r, row_bytes;
@@ -1046,9 +1270,18 @@ lb_status lb_dequantize(const lb_file *f, const lb_tensor *t, float *out, uint64
     if (!ti) return fail(err, LB_E_UNKNOWN_TYPE, "tensor '%.200s' has type '%.64s', which this reader cannot dequantize", t->name, t->type);
     if (n != t->elements) return fail(err, LB_E_ARG, "output holds %llu values, tensor '%.200s' has %llu",
                                       (unsigned long long)n, t->name, (unsigned long long)t->elements);
+    if (ti->base) return dequantize_huff(t, ti, out, err);
     if (!row_bytes_of(ti, t->cols, &row_bytes))   /* cannot fail: validated at open (rows * row_bytes == nbytes) */
         return fail(err, LB_E_LAYOUT, "tensor '%.200s' does not fit its type's layout", t->name);
-    for (r = 0; r < t->rows; r++) ti->dequant_row(t->data + r * row_bytes, out + r * t->cols, t->cols);
+    if (ti->vq_dim) {   /* codebook type: prefix = [codebook] row scales, then the rows */
+        uint64_t rows_at = prefix_bytes_of(ti, t->rows), scales_at = rows_at - 2 * t->rows;
+        float P[256 * 4];
+        vq_codebook(ti, t->data, P);
+        for (r = 0; r < t->rows; r++)
+            vq_row(ti, P, f16_at(t->data + scales_at + 2 * r), t->data + rows_at + r * row_bytes, out + r * t->cols, t->cols);
+    } else {
+        for (r = 0; r < t->rows; r++) ti->dequant_row(t->data + r * row_bytes, out + r * t->cols, t->cols);
+    }
     if (err) { err->code = LB_OK; err->message[0] = 0; }
     return LB_OK;
 }

@@ -1,7 +1,7 @@
 """The registry of tensor types. Adding a type = one module with a QuantType + one line here
 + its section in format_spec/SPEC.md."""
 from .base import QuantType
-from . import floats, kquants, q8_0
+from . import floats, kquants, q8_0, vq, huffcoded
 
 TYPES: dict = {}
 
@@ -13,9 +13,11 @@ def register(qt: QuantType) -> QuantType:
     return qt
 
 
-for _module in (floats, q8_0, kquants):
+for _module in (floats, q8_0, kquants, vq):
     for _qt in _module.TYPES:
         register(_qt)
+for _qt in huffcoded.make_types(TYPES):   # entropy-coded variants of index-based types
+    register(_qt)
 
 
 # fused native kernels (built lazily on first use): QuantType.kernels["c"]

@@ -24,6 +24,24 @@ class QuantType:
     # here: (remainder) -> bytes. None: rows must be whole blocks. (A row with a tail block is a
     # lowbit-only layout even when the type's whole blocks are byte-identical to GGML's.)
     tail_bytes: Optional[Callable] = None
+    # Per-tensor side data (SPEC.md 5.1): bytes at the start of the tensor before its rows (a learned
+    # codebook, per-row scales): (shape) -> bytes. Types with side data also give `bind`.
+    prefix_bytes: Optional[Callable] = None
+    # Self-sized types (SPEC.md 5.2; entropy-coded streams): nbytes follows from a header inside the
+    # tensor's bytes, not from the shape. `check(flat uint8, shape)` validates that header (raises
+    # ValueError naming the problem).
+    self_sized: bool = False
+    check: Optional[Callable] = None
+    # (flat uint8 tensor bytes, shape) -> object with .matmul(x, y), .gather(ids) -> float32[n, cols]
+    # and .dequantize() -> float32[rows, cols]: for types whose rows cannot be decoded alone.
+    bind: Optional[Callable] = None
+    # Byte positions within a row that hold quant indices (entropy-codable): (cols) -> int64 array.
+    index_positions: Optional[Callable] = None
+
+    @property
+    def whole_tensor(self) -> bool:
+        """True when the runtime must go through `bind` (side data or a self-sized stream)."""
+        return self.bind is not None
 
     def fits(self, cols: int) -> bool:
         """Whether a row of `cols` weights can be stored in this type."""
@@ -40,18 +58,22 @@ class QuantType:
         return self.ggml_type is not None and cols % self.block_size == 0
 
     def nbytes(self, shape) -> int:
+        if self.self_sized:
+            raise ValueError(f"{self.name}: a self-sized type's size comes from its own header")
         shape = tuple(int(s) for s in shape)
         if not shape:
             return self.block_bytes if self.block_size == 1 else 0
         rows = 1
         for s in shape[:-1]:
             rows *= s
-        return rows * self.row_bytes(shape[-1])
+        return rows * self.row_bytes(shape[-1]) + (self.prefix_bytes(shape) if self.prefix_bytes else 0)
 
     def dequantize(self, raw: np.ndarray, shape) -> np.ndarray:
         """Dequantize a whole tensor (for tools and tests; the runtime works row by row)."""
         from ..kernels import dequantize_rows
         shape = tuple(int(s) for s in shape)
+        if self.bind is not None:
+            return self.bind(np.ascontiguousarray(raw).reshape(-1), shape).dequantize().reshape(shape)
         cols = shape[-1] if shape else 1
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
         raw2 = np.ascontiguousarray(raw).reshape(rows, self.row_bytes(cols))

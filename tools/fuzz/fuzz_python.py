@@ -19,6 +19,9 @@ from lowbit.errors import FormatError
 
 from lowbit import config, format
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h_mode  # noqa: E402
+
 
 def _instrument(module):
     """Coverage for the pure-Python parsing code only (lowbit imports it before any harness
@@ -92,6 +95,11 @@ def from_header(data: bytes):
 
 
 def TestOneInput(data: bytes):
+    if data[:1] == b"H":   # one entropy-coded tensor (h_mode.py; fuzz_reader.c maps it the same way)
+        f = h_mode.to_file(data)
+        if f is not None:
+            check(f)
+            return
     if data[:1] == b"{":
         check(from_header(data))
         return

@@ -6,8 +6,13 @@
  *       -I format_spec/reference tools/fuzz/fuzz_reader.c format_spec/reference/lowbit_reader.c -o /tmp/fuzz_reader
  *   mkdir -p /tmp/fuzz-c && python tools/fuzz/seeds.py /tmp/fuzz-c
  *   timeout 700 /tmp/fuzz_reader /tmp/fuzz-c -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-c-crash-
+ *   PYTHONPATH=$PWD python tools/fuzz/replay_both.py /tmp/fuzz-c    # then: both readers agree on the corpus
+ *
+ * Input forms: a file as is; '{' a JSON header, NUL, the data region; 'H' one entropy-coded tensor
+ * (tools/fuzz/h_mode.py describes it; check_h below is the same mapping).
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,12 +25,67 @@ static void put64(uint8_t *p, uint64_t v) {
     for (i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
+static void put32(uint8_t *p, uint32_t v) {
+    int i;
+    for (i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Entropy-coded mode (the same mapping as tools/fuzz/h_mode.py, which documents it): 'H', type,
+ * rows, cols (2 bytes), flags, then one .h tensor's bytes; the harness writes its table and, unless
+ * the flags say otherwise, the header fields the shape fixes, so mutations reach the code lengths,
+ * offsets, prefix and stream. */
+static void check_h(const uint8_t *data, size_t size) {
+    static const char *types[4] = {"cbk2.h", "cbk4.h", "d4l2.h", "q4_k.h"};
+    static const uint32_t B[4] = {64, 32, 32, 256}, BB[4] = {17, 17, 9, 144}, NIDX[4] = {16, 16, 8, 128}, CB[4] = {2048, 1024, 0, 0};
+    uint32_t t = data[1] % 4, rows = 1 + data[2] % 4, cols, flags = data[5];
+    uint64_t n = size - 6, rb, n_idx, n_other, P, fixedsz, off, total, crc;
+    char header[256];
+    int hl;
+    uint8_t *file;
+    cols = t == 3 ? 1 + (uint32_t)(data[3] | (data[4] << 8)) % 600 : (1 + data[3] % 4) * B[t];
+    rb = cols / B[t] * BB[t] + (t == 3 && cols % 256 ? 4 + (cols % 256 + 31) / 32 * 18 : 0);
+    n_idx = cols / B[t] * NIDX[t];
+    n_other = rb - n_idx;
+    P = t == 3 ? 0 : CB[t] + 2 * rows;
+    hl = snprintf(header, sizeof header, "{\"tensors\":[{\"name\":\"t\",\"type\":\"%s\",\"shape\":[%u,%u],\"offset\":0,"
+                  "\"nbytes\":%lu,\"crc32\":\"00000000\"}]}", types[t], rows, cols, (unsigned long)n);
+    off = (48 + (uint64_t)hl + 63) / 64 * 64;
+    total = off + n;
+    file = (uint8_t *)calloc(total, 1);
+    if (!file) return;
+    memcpy(file + off, data + 6, n);
+    if (n >= 280) {
+        uint8_t *raw = file + off;
+        if (!(flags & 1)) { put32(raw, rows); put32(raw + 4, (uint32_t)n_idx); put32(raw + 8, (uint32_t)n_other); put32(raw + 12, (uint32_t)P); }
+        fixedsz = 284 + 4 * rows + P + rows * n_other;
+        if (!(flags & 2) && n >= fixedsz) {
+            put64(raw + 16, n - fixedsz);
+            put32(raw + 280, 0);
+            put32(raw + 280 + 4 * rows, (uint32_t)(n - fixedsz));
+        }
+    }
+    memcpy(file, "\x89LOWBIT\n", 8);
+    file[8] = 1;
+    put64(file + 16, (uint64_t)hl);
+    put64(file + 24, off);
+    put64(file + 32, n);
+    crc = lb_crc32((const uint8_t *)header, (size_t)hl);
+    put32(file + 40, (uint32_t)crc);
+    memcpy(file + 48, header, (size_t)hl);
+    check(file, (size_t)total);
+    free(file);
+}
+
 /* Each input is tried as is, then with its header CRC, data_offset and data_len made consistent,
  * so that mutations of the JSON reach the parser and the table checks. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t hl, off;
     uint8_t *fixed;
     uint32_t crc;
+    if (size >= 6 && data[0] == 'H') {
+        check_h(data, size);
+        return 0;
+    }
     if (size > 0 && data[0] == '{') {   /* structure-aware mode: JSON header, NUL, data region */
         const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
         size_t h = nul ? (size_t)(nul - data) : size, region = nul ? size - h - 1 : 0, total;
@@ -90,7 +150,9 @@ static void check(const uint8_t *data, size_t size) {
         float *out;
         if (lb_find_tensor(f, t->name) == NULL && strlen(t->name) == t->name_len) abort();
         lb_check_crc(f, t, &e);
-        if (t->elements > (1u << 24)) continue;   /* cannot happen for a known type within max_len */
+        /* cannot happen for a known type within max_len: even an entropy-coded (.h) tensor, whose
+         * stream may be empty, stores at least one byte per 64 weights of each row (its other bytes) */
+        if (t->elements > (1u << 24)) continue;
         out = (float *)malloc(t->elements * sizeof(float));
         if (!out) continue;
         if ((lb_dequantize(f, t, out, t->elements, &e) == LB_OK) != (t->known != 0)) abort();

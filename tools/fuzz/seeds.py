@@ -1,10 +1,15 @@
 """Seed corpus for both fuzz harnesses: every vector of format_spec/vectors as is, plus its
-structure-aware form (JSON header, NUL, data region) that the harnesses turn back into a file.
+structure-aware form (JSON header, NUL, data region) that the harnesses turn back into a file, plus
+each small entropy-coded tensor as an 'H' input (h_mode.py).
 
     python tools/fuzz/seeds.py /tmp/fuzz-corpus
 """
+import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h_mode  # noqa: E402
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "format_spec", "vectors")
 
@@ -24,6 +29,12 @@ def main(out):
             if 0 < hl <= len(data) - 48 and data[48:49] == b"{" and off <= len(data):
                 open(os.path.join(out, name + ".json"), "wb").write(data[48:48 + hl] + b"\0" + data[off:])
                 n += 1
+                table = json.loads(data[48:48 + hl])["tensors"] if name.endswith("_h.lowbit") or name.startswith("huffman") else []
+                for t in table:   # entropy-coded tensors of the valid vectors: 'H' inputs
+                    s = h_mode.seed(t["type"], t["shape"], data[off + t["offset"]:off + t["offset"] + t["nbytes"]])
+                    if s is not None:
+                        open(os.path.join(out, f"{name}.{t['name']}.h"), "wb").write(s)
+                        n += 1
     print(f"{n} seeds in {out}")
 
 

@@ -1,0 +1,321 @@
+"""Codebook (vector) quantization: cbk2, cbk4 (a k-means codebook learned per tensor and stored in
+the tensor's own bytes) and d4l2 (a fixed D4-lattice codebook that costs no storage).
+format_spec/types/codebook.md is normative.
+
+Tensor bytes: [codebook K x D fp16 (learned types only)] [fp16 d_row per row] [rows]. A row of C
+weights is cut into blocks of B weights, each block into vectors of D consecutive weights; a block is
+one scale byte s then B/D index bytes, each an index into a codebook of K = 256 entries of D values:
+    w[b*B + v*D + j] = d_row * SCALE[s_b] * codebook[idx[b, v], j]
+with SCALE[0] = 0 and SCALE[s] = 2^((s - 255) / 16)."""
+import numpy as np
+from numba import njit, prange
+
+from .base import QuantType
+from .fp16 import read_f16
+
+K = 256
+# name: (D, B, learned codebook)
+PARAMS = {
+    "cbk2": (4, 64, True),    # 2 bits/weight of indices + 1/8 of scales
+    "cbk4": (2, 32, True),    # 4 bits/weight of indices + 1/4 of scales
+    "d4l2": (4, 32, False),   # 2 bits/weight of indices + 1/4 of scales, fixed lattice codebook
+}
+SCALE = np.concatenate([[0.0], np.exp2((np.arange(1, 256) - 255) / 16.0)]).astype(np.float32)
+
+
+def d4_lattice_codebook() -> np.ndarray:
+    """The 256 points of smallest norm of the D4 lattice {z in Z^4 : sum(z) even}, ordered by
+    (squared norm, then the point's coordinates lexicographically ascending). No storage: every reader
+    derives it. (D4 is closed under every sign flip, so signs cost nothing extra.)"""
+    r = np.arange(-4, 5)
+    z = np.stack(np.meshgrid(r, r, r, r, indexing="ij"), -1).reshape(-1, 4)
+    p = z[z.sum(1) % 2 == 0].astype(np.float64)
+    n2 = (p * p).sum(1)
+    order = np.lexsort(tuple(p[:, j] for j in range(3, -1, -1)) + (n2,))
+    return np.ascontiguousarray(p[order[:K]], dtype=np.float32)
+
+
+D4_CODEBOOK = d4_lattice_codebook()
+
+
+def layout(name, shape):
+    """(codebook bytes, prefix bytes, row bytes, rows)."""
+    D, B, learned = PARAMS[name]
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    cbb = K * D * 2 if learned else 0
+    return cbb, cbb + 2 * rows, cols // B * (1 + B // D), rows
+
+
+# ----------------------------------------------------------------------------- decoding
+
+@njit(cache=True)
+def _dq_row(cb, D, B, d, raw, out):
+    cols = out.shape[0]
+    nb = cols // B
+    nv = B // D
+    for b in range(nb):
+        sc = d * SCALE_NB[raw[b * (nv + 1)]]
+        base = b * (nv + 1) + 1
+        for v in range(nv):
+            k = np.int64(raw[base + v])
+            for j in range(D):
+                out[b * B + v * D + j] = sc * cb[k, j]
+
+
+SCALE_NB = SCALE   # a global array: Numba freezes it as a constant
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matmul(cb, D, B, dr, raw, x, y):
+    """y[t, r] = dot(W[r], x[t]). One token: a fused decode-dot (each index byte read once, the
+    codebook entry dotted with x, then scaled per block). More tokens: the row is decoded once into a
+    thread-local buffer and reused."""
+    rows = raw.shape[0]
+    n, cols = x.shape
+    nb = cols // B
+    nv = B // D
+    if n == 1:
+        for r in prange(rows):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                s = np.float32(0.0)
+                base = b * (nv + 1) + 1
+                for v in range(nv):
+                    k = np.int64(raw[r, base + v])
+                    o = b * B + v * D
+                    for j in range(D):
+                        s += cb[k, j] * x[0, o + j]
+                acc += SCALE_NB[raw[r, b * (nv + 1)]] * s
+            y[0, r] = dr[r] * acc
+        return
+    for r in prange(rows):
+        w = np.empty(cols, np.float32)
+        _dq_row(cb, D, B, dr[r], raw[r], w)
+        for t in range(n):
+            s = np.float32(0.0)
+            for i in range(cols):
+                s += w[i] * x[t, i]
+            y[t, r] = s
+
+
+@njit(parallel=True, cache=True)
+def _dequant_rows(cb, D, B, dr, raw, ids, out):
+    for t in prange(ids.shape[0]):
+        _dq_row(cb, D, B, dr[ids[t]], raw[ids[t]], out[t])
+
+
+class Bound:
+    """A cbk*/d4l2 tensor bound to its codebook for the runtime."""
+
+    def __init__(self, name, flat, shape):
+        D, B, learned = PARAMS[name]
+        cbb, prefix, rb, rows = layout(name, shape)
+        if learned:
+            self.cb = np.ascontiguousarray(flat[:cbb]).view("<f2").astype(np.float32).reshape(K, D)
+        else:
+            self.cb = D4_CODEBOOK
+        self.dr = np.ascontiguousarray(flat[cbb:prefix]).view("<f2").astype(np.float32)
+        self.D, self.B, self.cols = D, B, shape[-1]
+        self.raw = flat[prefix:prefix + rows * rb].reshape(rows, rb)
+
+    def matmul(self, x, y):
+        _matmul(self.cb, self.D, self.B, self.dr, self.raw, np.ascontiguousarray(x, np.float32), y)
+
+    def gather(self, ids):
+        out = np.empty((len(ids), self.cols), np.float32)
+        _dequant_rows(self.cb, self.D, self.B, self.dr, self.raw, np.asarray(ids, np.int64), out)
+        return out
+
+    def dequantize(self):
+        return self.gather(np.arange(self.raw.shape[0]))
+
+
+# ----------------------------------------------------------------------------- quantization
+
+@njit(parallel=True, cache=True)
+def _assign(V, Hw, cb, pen, idx, err):
+    """idx[i] = argmin_k sum_j Hw[i,j] (V[i,j] - cb[k,j])^2 + pen[k]."""
+    N, D = V.shape
+    for i in prange(N):
+        best, bk = 1e300, 0
+        for k in range(cb.shape[0]):
+            e = pen[k]
+            for j in range(D):
+                t = V[i, j] - cb[k, j]
+                e += Hw[i, j] * t * t
+            if e < best:
+                best, bk = e, k
+        idx[i] = bk
+        err[i] = best - pen[bk]
+
+
+@njit(cache=True)
+def _update(V, Hw, idx, cb, counts):
+    num = np.zeros(cb.shape)
+    den = np.zeros(cb.shape)
+    counts[:] = 0
+    for i in range(V.shape[0]):
+        k = idx[i]
+        counts[k] += 1
+        for j in range(V.shape[1]):
+            num[k, j] += Hw[i, j] * V[i, j]
+            den[k, j] += Hw[i, j]
+    for k in range(cb.shape[0]):
+        for j in range(cb.shape[1]):
+            if den[k, j] > 0:
+                cb[k, j] = num[k, j] / den[k, j]
+
+
+def _penalty(counts, lam):
+    if lam <= 0:
+        return np.zeros(K)
+    p = (counts + 0.5) / (counts.sum() + 0.5 * K)
+    return lam * -np.log2(p)
+
+
+def fit_codebook(V, Hw, iters=14, lam=0.0, seed=0, max_fit=65536):
+    """Importance-weighted k-means (entropy-constrained when lam > 0) over normalized vectors."""
+    rng = np.random.default_rng(seed)
+    N = V.shape[0]
+    sub = rng.choice(N, max_fit, replace=False) if N > max_fit else np.arange(N)
+    Vs, Hs = np.ascontiguousarray(V[sub]), np.ascontiguousarray(Hw[sub])
+    cb = Vs[rng.choice(len(Vs), K, replace=len(Vs) < K)].astype(np.float64).copy()
+    idx = np.zeros(len(Vs), np.int64)
+    err = np.zeros(len(Vs))
+    counts = np.zeros(K, np.int64)
+    pen = np.zeros(K)
+    for it in range(iters):
+        _assign(Vs, Hs, cb, pen, idx, err)
+        _update(Vs, Hs, idx, cb, counts)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty) and lam <= 0:   # re-seed empty cells at the worst-served vectors
+            worst = np.argsort(err)[-len(empty):]
+            cb[empty] = Vs[worst]
+        if lam > 0 and it >= 2:
+            pen = _penalty(counts, lam)
+    return cb, pen
+
+
+def _f16_round(a):
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def encode_scales(target):
+    """target float[rows, nb] >= 0 -> (d_row fp16 as float32 [rows], s uint8 [rows, nb], actual scales)."""
+    dmax = target.max(axis=1)
+    d = _f16_round(dmax)
+    d = np.where((d < dmax) & (d > 0), np.nextafter(d.astype(np.float16), np.float16(np.inf)).astype(np.float32), d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.round(255 + 16 * np.log2(target / np.where(d > 0, d, 1)[:, None]))
+    s = np.where(target > 0, np.clip(s, 1, 255), 0).astype(np.uint8)
+    return d, s, d[:, None] * SCALE[s]
+
+
+def quantize_vq(name, w, imatrix=None, lam=0.0):
+    """float32[rows, cols] -> uint8 tensor bytes (prefix + rows). `imatrix`: mean squared input per
+    column (weights the squared error); `lam` > 0: entropy-constrained assignment (bits traded for
+    error, for the Huffman-coded variants)."""
+    D, B, learned = PARAMS[name]
+    w = np.ascontiguousarray(w, np.float32)
+    if w.ndim != 2:
+        w = w.reshape(-1, w.shape[-1])
+    rows, cols = w.shape
+    if cols % B:
+        raise ValueError(f"{name}: row length {cols} is not a multiple of {B}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name}: weights contain NaN or infinite values")
+    h = np.ones(cols) if imatrix is None else np.asarray(imatrix, np.float64).reshape(-1)
+    if h.shape[0] != cols:
+        raise ValueError(f"{name}: importance vector has {h.shape[0]} values, rows have {cols}")
+    h = np.maximum(h, 1e-6 * max(h.mean(), 1e-30)) if h.mean() > 0 else np.ones(cols)
+    h = h / h.mean()
+    nb, nv = cols // B, cols // D
+    W = w.astype(np.float64)
+    blocks = W.reshape(rows, nb, B)
+    hb = h.reshape(nb, B)
+    sigma = np.sqrt((blocks ** 2 * hb).sum(-1) / hb.sum(-1))
+    alpha = 1.0
+    if not learned:   # the lattice's points are fixed: fit the one multiplier (folded into the scales)
+        alpha = _best_alpha(blocks, hb, sigma)
+    d, s, scale = encode_scales(sigma * alpha)
+    V, Hw = _normalized(W, h, scale, B, D)
+    cb, pen = fit_codebook(V, Hw, lam=lam) if learned else (D4_CODEBOOK.astype(np.float64), np.zeros(K))
+    idx = np.zeros(len(V), np.int64)
+    err = np.zeros(len(V))
+    _assign(V, Hw, cb, pen, idx, err)
+    # refit each block's scale by least squares for its chosen points, then reassign once
+    C = cb[idx].reshape(rows, nb, B)
+    num = (blocks * C * hb).sum(-1)
+    den = (C * C * hb).sum(-1)
+    ls = np.where(den > 0, num / np.where(den > 0, den, 1), 0)
+    d, s, scale = encode_scales(np.maximum(ls, 0))
+    V, Hw = _normalized(W, h, scale, B, D)
+    _assign(V, Hw, cb, pen, idx, err)
+    if learned:   # one more codebook update for the final assignment
+        counts = np.zeros(K, np.int64)
+        _update(V, Hw, idx, cb, counts)
+        cb = cb.astype(np.float16).astype(np.float64)   # assign against the stored (fp16) points
+        _assign(V, Hw, cb, pen, idx, err)
+    cbb, prefix, rb, _ = layout(name, (rows, cols))
+    out = np.zeros(prefix + rows * rb, np.uint8)
+    if learned:
+        out[:cbb] = cb.astype("<f2").reshape(-1).view(np.uint8)
+    out[cbb:prefix] = d.astype("<f2").view(np.uint8)
+    body = out[prefix:].reshape(rows, nb, 1 + B // D)
+    body[:, :, 0] = s
+    body[:, :, 1:] = idx.reshape(rows, nb, B // D).astype(np.uint8)
+    return out
+
+
+def _normalized(W, h, scale, B, D):
+    rows, cols = W.shape
+    sc = np.repeat(scale, B, axis=1)                      # [rows, cols]
+    V = np.where(sc > 0, W / np.where(sc > 0, sc, 1), 0).reshape(-1, D)
+    Hw = (h[None, :] * sc * sc).reshape(-1, D)
+    m = Hw.mean()
+    Hw = Hw / (m if m > 0 else 1)
+    return np.ascontiguousarray(V), np.ascontiguousarray(Hw)
+
+
+def _best_alpha(blocks, hb, sigma):
+    rows, nb, B = blocks.shape
+    sel = np.arange(rows)[: max(1, min(rows, 4096 // max(nb, 1) + 1))]
+    W = blocks[sel].reshape(len(sel), -1)
+    h = hb.reshape(-1)
+    best, ba = np.inf, 1.0
+    for a in np.linspace(0.2, 1.4, 25):
+        _, _, scale = encode_scales(sigma[sel] * a)
+        V, Hw = _normalized(W, h, scale, B, 4)
+        idx = np.zeros(len(V), np.int64)
+        err = np.zeros(len(V))
+        _assign(V, Hw, D4_CODEBOOK.astype(np.float64), np.zeros(K), idx, err)
+        e = err.sum()
+        if e < best:
+            best, ba = e, a
+    return ba
+
+
+def make_type(name):
+    D, B, learned = PARAMS[name]
+
+    def quantize(w, imatrix=None, **kw):
+        return quantize_vq(name, w, imatrix, **kw)
+    quantize.__name__ = f"quantize_{name}"
+
+    def index_positions(cols):
+        nv = B // D
+        p = np.arange(cols // B * (1 + nv), dtype=np.int64)
+        return p[p % (1 + nv) != 0]
+
+    def dequant_row_unbound(raw, out):   # rows cannot be decoded without the tensor's side data
+        raise ValueError("codebook types are decoded through bind()")
+
+    what = "learned k-means codebook (stored)" if learned else "fixed D4-lattice codebook (no storage)"
+    return QuantType(name, B, 1 + B // D, quantize, dequant_row_unbound,
+                     f"{D}-weight vectors as 1-byte indices into a {what}, u8 log scale per {B} weights, "
+                     "fp16 row scale", prefix_bytes=lambda shape, n=name: layout(n, shape)[1],
+                     bind=lambda flat, shape, n=name: Bound(n, flat, shape), index_positions=index_positions)
+
+
+TYPES = [make_type(n) for n in PARAMS]
