@@ -150,3 +150,14 @@ def test_sensitivities_match_whole_forward_passes(files):
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-4), k
     assert isinstance(m.transformer.layers[0].wq, Linear) and isinstance(m.transformer.output, Linear)
+
+
+@pytest.mark.parametrize("backend", ["", "numba"])
+def test_gram_matrix_on_both_backends(monkeypatch, backend):
+    """X^T X of the covariance observers, native f32 matmul or (LOWBIT_BACKEND=numba) NumPy."""
+    monkeypatch.setenv("LOWBIT_BACKEND", backend)
+    x = np.random.default_rng(3).standard_normal((77, 40)).astype(np.float32) * 3
+    g = imatrix._gram(x[:, :]) if backend else imatrix._gram(np.asfortranarray(x))
+    want = x.astype(np.float64).T @ x.astype(np.float64)
+    assert g.dtype == np.float32 and g.shape == (40, 40)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
