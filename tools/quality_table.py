@@ -12,7 +12,8 @@ KLD against bits/weight with llama.cpp's points (/work/shared/baselines/llamacpp
 The shared test world is ../shared beside the checkout (LOWBIT_SHARED overrides it).
 bits/weight = file bytes x 8 / weights of the Hugging Face checkpoint (llama.cpp's definition
 in the baselines). Runs are cached in --workdir: converted files, the F16 base log-probs and
-the imatrix are reused when their inputs did not change.
+the imatrix are reused when their inputs did not change (for converted files and rows: the options
+and a hash of converters/ and lowbit/quants/, so a quantizer change converts again).
 """
 import argparse
 import importlib
