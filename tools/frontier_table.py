@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import lowbit  # noqa: E402
 from lowbit import imatrix as imx, perplexity  # noqa: E402
 from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, converter_version,  # noqa: E402
-                           hf_weights, llamacpp_rows, log_quiet, log_stderr)
+                           hf_weights, llamacpp_rows, log_quiet)
 
 DEFAULT_POINTS = {
     "pycode-30m": "q2_k,q2_k+gptq,bpw2.87,q3_k+gptq,bpw3.48,q4_k_m+gptq,bpw5.05",

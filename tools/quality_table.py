@@ -16,8 +16,6 @@ the imatrix are reused when their inputs did not change (for converted files and
 and a hash of converters/ and lowbit/quants/, so a quantizer change converts again).
 """
 import argparse
-import importlib
-import inspect
 import json
 import os
 import sys
