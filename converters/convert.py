@@ -174,7 +174,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                     break
         measured = tbm.measure(names, shapes, ck.tensor, im["vectors"], covs, ck.config.tie_word_embeddings,
                                use_gptq=bool(covs), fixed=fixed, sensitivity=im["sensitivity"],
-                               log=log if progress else None)
+                               log=log if progress else None, warn=log)
         n_weights = sum(int(np.prod(shapes[n])) for n in names)
         # bytes that are not 2-D weights: vectors, tokenizer blobs, and a generous header estimate
         other = sum(4 * int(np.prod(shapes[n])) for n in names if len(shapes[n]) != 2)
@@ -203,7 +203,9 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
 
     def quantize(name, qt):
         if tb is not None and types[name] in tb["measured"].get(name, {}):
-            return tb["measured"][name][types[name]][2]
+            raw = tb["measured"][name][types[name]][2]     # None: measured earlier (cache), quantize now
+            if raw is not None:
+                return raw
         w = ck.tensor(name)
         if name in covs and qt.name in GPTQ_TYPES:
             H = covs[name]

@@ -15,7 +15,10 @@ allocation then minimizes an estimate of the total KL divergence.
 
 Allocation: per tensor, the lower convex hull of its (bytes, error) points; then greedy marginal
 gain over hull steps (largest error reduction per byte first) while the file stays under budget,
-which is optimal for the convex relaxation (a Lagrangian allocation)."""
+which is optimal for the convex relaxation (a Lagrangian allocation).
+
+The (bytes, error) measurements are cached on disk per weight (converters/measure_cache.py), so
+converting the same checkpoint with the same imatrix at another target measures nothing again."""
 import heapq
 
 import numpy as np
@@ -24,21 +27,30 @@ from lowbit import quants
 from lowbit.imatrix import LOOKUP
 from lowbit.errors import ConvertError
 
+from . import measure_cache
 from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky, output_error
 
-CANDIDATES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
+# The types a weight may get, in any order; a new type is appended here (its measurements are
+# cached per type, so adding one measures only the new type).
+CANDIDATES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
 
 
 def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
-            candidates=CANDIDATES, fixed: dict = None, sensitivity: dict = None, log=None) -> dict:
-    """{name: {type: (bytes, error, packed uint8[rows, row_bytes])}} for every 2-D weight in
-    `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
+            candidates=None, fixed: dict = None, sensitivity: dict = None, log=None, warn=None,
+            cache: bool = True) -> dict:
+    """{name: {type: (bytes, error, packed uint8[rows, row_bytes] or None)}} for every 2-D weight
+    in `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
     one type (overrides); `sensitivity` {weight name or LOOKUP: KL divergence per unit of output
-    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence."""
+    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence.
+    With `cache`, measurements found in the on-disk cache are reused (their packed bytes are then
+    None: the caller quantizes the type it chooses) and new ones are stored; `warn` receives
+    the cache's warnings."""
+    candidates = CANDIDATES if candidates is None else candidates
     fixed = fixed or {}
     sens = sensitivity or {}
     out = {}
     U_for = {}
+    digests = {}           # id(covariance) -> its hash (q/k/v share one matrix)
     for k, name in enumerate(names):
         shape = shapes[name]
         if len(shape) != 2:
@@ -47,17 +59,33 @@ def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gp
         rows, cols = shape
         H = covs.get(name)
         im = vectors.get(name)
-        U = None
-        if use_gptq and H is not None:
-            U = U_for.get(id(H))
-            if U is None:
-                U_for.clear()          # groups are consecutive: keep only the current factor
-                U = U_for[id(H)] = inverse_cholesky(H)
+        gptq_here = use_gptq and H is not None
         types = [fixed[name]] if name in fixed else [t for t in candidates if quants.get(t).fits(cols)]
+        key, cached = None, {}
+        if cache:
+            if H is not None and id(H) not in digests:
+                digests.clear()
+                digests[id(H)] = measure_cache.array_digest(H)
+            parts = {"imatrix": measure_cache.array_digest(im),
+                     "cov": digests[id(H)] if H is not None else "none", "gptq": gptq_here,
+                     "sensitivity": sens.get(name, 1.0)}
+            if name == "token_embd.weight":
+                parts.update(tied=bool(tied), lookup_sensitivity=sens.get(LOOKUP, 1.0))
+            key = measure_cache.entry_key(name, measure_cache.array_digest(w), parts)
+            cached = measure_cache.load(key, warn)
+        U = None
         res = {}
         for t in types:
+            if t in cached:
+                res[t] = (cached[t][0], cached[t][1], None)
+                continue
             qt = quants.get(t)
-            if U is not None and t in GPTQ_TYPES:
+            if gptq_here and t in GPTQ_TYPES:
+                if U is None:
+                    U = U_for.get(id(H))
+                    if U is None:
+                        U_for.clear()          # groups are consecutive: keep only the current factor
+                        U = U_for[id(H)] = inverse_cholesky(H)
                 raw = gptq_quantize(t, w, H, im, U=U)
             else:
                 raw = qt.quantize(w, im)
@@ -67,11 +95,14 @@ def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gp
                     e += output_error(t, w, raw, H, im) * sens.get(name, 1.0)
             else:
                 e = output_error(t, w, raw, H, im) * sens.get(name, 1.0)
-            res[t] = (int(raw.nbytes), e, raw)
+            res[t] = (int(raw.nbytes), float(e), raw)
+        new = [t for t in types if t not in cached]
+        if cache and new:
+            measure_cache.save(key, name, {**cached, **{t: res[t][:2] for t in new}}, warn)
         out[name] = res
         if log:
             log(f"target-bpw: measured {name} ({k + 1}/{len(names)}): " +
-                ", ".join(f"{t} {v[1]:.4g}" for t, v in res.items()))
+                ", ".join(f"{t} {v[1]:.4g}{' (cached)' if t in cached else ''}" for t, v in res.items()))
     return out
 
 

@@ -115,6 +115,30 @@ class Transformer:
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
 
+    def layer_forward(self, li: int, x: np.ndarray, h: np.ndarray, cache: KVCache, pos0: int):
+        """Layer `li` on the residual stream x (n, dim) of positions pos0.., in place; h is
+        scratch of x's shape; the layer's keys and values go into the cache (the per-matmul
+        path: imatrix observation and sensitivities start runs at a given layer)."""
+        c, L, n = self.config, self.layers[li], x.shape[0]
+        H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
+        # attention
+        ops.rmsnorm(x, L.attn_norm, c.rms_norm_eps, h)
+        q = L.wq(h).reshape(n, H, D)
+        k = L.wk(h).reshape(n, KVH, D)
+        v = L.wv(h).reshape(n, KVH, D)
+        ops.rope(q, self.cos, self.sin, pos0)
+        ops.rope(k, self.cos, self.sin, pos0)
+        cache.k[li, pos0:pos0 + n] = k
+        cache.v[li, pos0:pos0 + n] = v
+        att = np.empty((n, H, D), np.float32)
+        ops.attention(q, cache.k[li], cache.v[li], pos0, att)
+        x += L.wo(att.reshape(n, H * D))
+        # feed-forward (SwiGLU)
+        ops.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, h)
+        gate = L.w_gate(h)
+        ops.swiglu(gate, L.w_up(h))
+        x += L.w_down(gate)
+
     def forward(self, tokens, cache: KVCache, all_logits: bool = False, return_hidden: bool = False):
         """Run `tokens` at positions cache.pos.. and append them to the cache. Returns logits
         for every token (all_logits) or only the last one: (n or 1, vocab); with return_hidden,
@@ -128,30 +152,13 @@ class Transformer:
             raise ValueError(f"context is full: {pos0} + {n} tokens exceed the context length {cache.n_ctx}")
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
         if self.native is not None:
             return self.native.forward(tokens, cache, all_logits, return_hidden)
 
         x = self.embed(tokens)
         h = np.empty_like(x)
-        for li, L in enumerate(self.layers):
-            # attention
-            ops.rmsnorm(x, L.attn_norm, c.rms_norm_eps, h)
-            q = L.wq(h).reshape(n, H, D)
-            k = L.wk(h).reshape(n, KVH, D)
-            v = L.wv(h).reshape(n, KVH, D)
-            ops.rope(q, self.cos, self.sin, pos0)
-            ops.rope(k, self.cos, self.sin, pos0)
-            cache.k[li, pos0:pos0 + n] = k
-            cache.v[li, pos0:pos0 + n] = v
-            att = np.empty((n, H, D), np.float32)
-            ops.attention(q, cache.k[li], cache.v[li], pos0, att)
-            x += L.wo(att.reshape(n, H * D))
-            # feed-forward (SwiGLU)
-            ops.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, h)
-            gate = L.w_gate(h)
-            ops.swiglu(gate, L.w_up(h))
-            x += L.w_down(gate)
+        for li in range(len(self.layers)):
+            self.layer_forward(li, x, h, cache, pos0)
         cache.pos = pos0 + n
         last = x if all_logits else x[-1:]
         out = np.empty_like(last)

@@ -108,3 +108,56 @@ def test_bad_inputs(files, tmp_path):
         imatrix.load(files["stories260K"])
     with pytest.raises(LowbitError, match="not found"):
         imatrix.load(str(tmp_path / "missing.imatrix"))
+
+
+def _sensitivities_by_whole_forward(model, chunks, rel=0.1, seed=0):
+    """The definition: every noisy run is a whole forward pass with one weight's output noisy."""
+    from lowbit.perplexity import log_softmax
+    t = model.transformer
+    saved, t.native = t.native, None
+    rng = np.random.default_rng(seed)
+    clean = [log_softmax(t.forward(ch, t.new_cache(), all_logits=True)) for ch in chunks]
+
+    def kld(noisy):
+        kl = sum(float(np.maximum((np.exp(lp) * (lp - log_softmax(t.forward(ch, t.new_cache(), all_logits=True))))
+                                  .sum(axis=1), 0).sum()) for ch, lp in zip(chunks, clean))
+        return kl / sum(lp.shape[0] for lp in clean) / (noisy.energy / noisy.count)
+
+    out = {}
+    for obj, attr in [(L, a) for L in t.layers for a in imatrix.LINEARS] + [(t, "output")]:
+        lin = getattr(obj, attr)
+        setattr(obj, attr, imatrix.Noisy(lin, rel, rng))
+        out[lin.name] = kld(getattr(obj, attr))
+        setattr(obj, attr, lin)
+    noisy = imatrix.Noisy(None, rel, rng)
+    orig = t.embed
+    t.embed = lambda tokens: noisy.add(orig(tokens))
+    out[imatrix.LOOKUP] = kld(noisy)
+    del t.embed
+    t.native = saved
+    return out
+
+
+def test_sensitivities_match_whole_forward_passes(files):
+    """The noisy runs start at the noisy weight's layer from the clean stream: same numbers as
+    whole forward passes (up to the threaded kernels' run-to-run rounding, ~5e-6)."""
+    from lowbit import perplexity
+    m = lowbit.load(files["stories260K"])
+    chunks = perplexity.make_chunks(m, m.tokenize(open(STORIES_TEXT).read()), 64, 2)
+    got = imatrix.sensitivities(m, chunks, log=quiet)
+    want = _sensitivities_by_whole_forward(m, chunks)
+    assert set(got) == set(want) and len(got) == 7 * m.config.num_layers + 2
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-4), k
+    assert isinstance(m.transformer.layers[0].wq, Linear) and isinstance(m.transformer.output, Linear)
+
+
+@pytest.mark.parametrize("backend", ["", "numba"])
+def test_gram_matrix_on_both_backends(monkeypatch, backend):
+    """X^T X of the covariance observers, native f32 matmul or (LOWBIT_BACKEND=numba) NumPy."""
+    monkeypatch.setenv("LOWBIT_BACKEND", backend)
+    x = np.random.default_rng(3).standard_normal((77, 40)).astype(np.float32) * 3
+    g = imatrix._gram(x[:, :]) if backend else imatrix._gram(np.asfortranarray(x))
+    want = x.astype(np.float64).T @ x.astype(np.float64)
+    assert g.dtype == np.float32 and g.shape == (40, 40)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())

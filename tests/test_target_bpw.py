@@ -1,5 +1,6 @@
 """`lowbit convert --target-bpw`: the allocation is optimal on its convex hull, files land at or
-under the target and load and run, the choice is recorded, bad requests give clear errors."""
+under the target and load and run, the choice is recorded, bad requests give clear errors, and
+the measurement cache gives the same files without measuring again."""
 import itertools
 import json
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from converters import convert
+from converters import convert, measure_cache, target_bpw
 from converters.target_bpw import _hull, allocate
 from lowbit import imatrix
 from lowbit.errors import ConvertError
@@ -20,6 +21,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 STORIES = os.path.join(SHARED, "models", "stories260K")
 STORIES_TEXT = os.path.join(SHARED, "data", "tinystories-sample.txt")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_measure_cache(tmp_path_factory):
+    """This module's conversions measure into their own cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path_factory.mktemp("measure-cache")))
+    yield
+    mp.undo()
 
 
 def test_hull_drops_dominated_and_concave_points():
@@ -117,3 +127,76 @@ def test_cli_target_bpw_with_override(stories_imatrix, tmp_path):
     p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 1 and "needs --imatrix" in p.stderr and "Traceback" not in p.stderr
+
+
+def _same_file(a, b):
+    """Same tensors byte for byte and the same metadata apart from the creation time."""
+    fa, fb = LowbitFile(a), LowbitFile(b)
+    ma, mb = fa.metadata, fb.metadata
+    ma["provenance"].pop("created")
+    mb["provenance"].pop("created")
+    assert ma == mb
+    assert list(fa.tensors) == list(fb.tensors)
+    for name in fa.tensors:
+        assert np.array_equal(fa.raw(name), fb.raw(name)), name
+
+
+def test_measure_cache_reuses_measurements_and_gives_identical_files(stories_imatrix, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path / "cache"))
+    imat = stories_imatrix["hessian"]
+    first = str(tmp_path / "first.lowbit")
+    convert(STORIES, first, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=6.0)
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == 7 * 5 + 1       # one per 2-D weight: 5 layers x 7 matrices + the tied embedding
+    # a second conversion, at this and at another target, must not measure anything
+    def no_measuring(*a, **k):
+        raise AssertionError("measured although every measurement is cached")
+    monkeypatch.setattr(target_bpw, "output_error", no_measuring)
+    logs = []
+    for target in (6.0, 8.0):
+        out = str(tmp_path / f"cached{target}.lowbit")
+        convert(STORIES, out, "ignored", progress=True, log=logs.append, imatrix=imat, target_bpw=target)
+    assert any("(cached)" in m for m in logs) and not any("warning" in m for m in logs)
+    monkeypatch.undo()
+    # the same files as conversions without a cache
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", "off")
+    for target in (6.0, 8.0):
+        fresh = str(tmp_path / f"fresh{target}.lowbit")
+        convert(STORIES, fresh, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=target)
+        _same_file(fresh, str(tmp_path / f"cached{target}.lowbit"))
+    _same_file(first, str(tmp_path / "cached6.0.lowbit"))
+    assert LowbitFile(str(tmp_path / "cached8.0.lowbit")).metadata["provenance"]["recipe"]["types"] != \
+        LowbitFile(first).metadata["provenance"]["recipe"]["types"]
+
+
+def test_measure_cache_keys_on_imatrix_and_options(stories_imatrix, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path / "cache"))
+    for kw in ({"imatrix": stories_imatrix["hessian"]}, {"imatrix": stories_imatrix["hessian"], "gptq": False},
+               {"imatrix": stories_imatrix["plain"]}):
+        before = len(list((tmp_path / "cache").rglob("*.json")))
+        convert(STORIES, str(tmp_path / "o.lowbit"), "ignored", progress=False, log=lambda m: None,
+                target_bpw=6.0, **kw)
+        assert len(list((tmp_path / "cache").rglob("*.json"))) == before + 36, kw   # nothing shared
+
+
+def test_measure_cache_ignores_corrupt_entries(stories_imatrix, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path / "cache"))
+    imat = stories_imatrix["plain"]
+    ref = str(tmp_path / "ref.lowbit")
+    convert(STORIES, ref, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=6.0)
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    good = json.loads(entries[1].read_text())
+    entries[0].write_bytes(b"\x00garbage{")                                         # not JSON
+    entries[1].write_text(json.dumps({**good, "types": {"q4_k": {"bytes": 10, "error": float("nan")}}}))
+    entries[2].write_text(json.dumps({**good, "key": "0" * 64}))                     # another key's entry
+    logs = []
+    out = str(tmp_path / "again.lowbit")
+    convert(STORIES, out, "ignored", progress=False, log=logs.append, imatrix=imat, target_bpw=6.0)
+    warned = [m for m in logs if m.startswith("warning: ignoring")]
+    assert len(warned) == 3 and all(any(str(e) in m for m in warned) for e in entries[:3])
+    _same_file(ref, out)
+    # the entries were measured again and rewritten: no warnings the next time
+    logs.clear()
+    convert(STORIES, out, "ignored", progress=False, log=logs.append, imatrix=imat, target_bpw=6.0)
+    assert not [m for m in logs if "warning" in m]
+    assert measure_cache.load(good["key"]) and json.loads(entries[1].read_text()) == good

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import lowbit  # noqa: E402
 from lowbit import imatrix as imx, perplexity  # noqa: E402
-from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, hf_weights,  # noqa: E402
-                           llamacpp_rows, log_quiet, log_stderr)
+from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, converter_version,  # noqa: E402
+                           hf_weights, llamacpp_rows, log_quiet)
 
 DEFAULT_POINTS = {
     "pycode-30m": "q2_k,q2_k+gptq,bpw2.87,q3_k+gptq,bpw3.48,q4_k_m+gptq,bpw5.05",
@@ -48,7 +48,7 @@ def parse_point(p: str):
 def convert_point(model_dir, out, kw, imatrix_path):
     from converters import convert
     stamp = out + ".json"
-    key = {**kw, "imatrix": imatrix_path, "src": os.path.abspath(model_dir)}
+    key = {**kw, "imatrix": imatrix_path, "src": os.path.abspath(model_dir), "code": converter_version()}
     if os.path.exists(out) and os.path.exists(stamp) and json.load(open(stamp)) == key:
         return
     t = time.perf_counter()
@@ -96,7 +96,7 @@ def main(argv=None):
     done = json.load(open(done_path)) if os.path.exists(done_path) else {}
     for p in (args.points or DEFAULT_POINTS[args.model]).split(","):
         label, kw = parse_point(p.strip())
-        key = f"{label}|{os.path.basename(base)}|{os.path.basename(imatrix_path)}|{args.chunks}"
+        key = f"{label}|{os.path.basename(base)}|{os.path.basename(imatrix_path)}|{args.chunks}|{converter_version()}"
         if key in done:
             rows.append(done[key])
             continue

@@ -12,11 +12,10 @@ KLD against bits/weight with llama.cpp's points (/work/shared/baselines/llamacpp
 The shared test world is ../shared beside the checkout (LOWBIT_SHARED overrides it).
 bits/weight = file bytes x 8 / weights of the Hugging Face checkpoint (llama.cpp's definition
 in the baselines). Runs are cached in --workdir: converted files, the F16 base log-probs and
-the imatrix are reused when their inputs did not change.
+the imatrix are reused when their inputs did not change (for converted files and rows: the options
+and a hash of converters/ and lowbit/quants/, so a quantizer change converts again).
 """
 import argparse
-import importlib
-import inspect
 import json
 import os
 import sys
@@ -104,10 +103,31 @@ def log_stderr(msg, end="\n"):
     print(msg, end=end, file=sys.stderr, flush=True)
 
 
+_CODE = None
+
+
+def converter_version() -> str:
+    """Hash of the converter and quantizer sources: a cached file or row made by other code is
+    converted and measured again."""
+    global _CODE
+    if _CODE is None:
+        import hashlib
+        h = hashlib.sha256()
+        for d in (os.path.join(ROOT, "converters"), os.path.join(ROOT, "lowbit", "quants")):
+            for name in sorted(os.listdir(d)):
+                if name.endswith(".py"):
+                    h.update(name.encode())
+                    h.update(open(os.path.join(d, name), "rb").read())
+        _CODE = h.hexdigest()[:16]
+    return _CODE
+
+
 def convert_cached(model_dir, out, qtype, imatrix_path=None):
     from converters import convert
     stamp = out + ".json"
     key = {"qtype": qtype, "imatrix": imatrix_path, "src": os.path.abspath(model_dir)}
+    if qtype not in ("f16", "bf16", "f32"):    # the reference files do not depend on the quantizers
+        key["code"] = converter_version()
     if os.path.exists(out) and os.path.exists(stamp) and json.load(open(stamp)) == key:
         return
     kw = {"imatrix": imatrix_path} if imatrix_path else {}
@@ -190,7 +210,7 @@ def main(argv=None):
         for with_imatrix in ([False, True] if want_imatrix and uses_imatrix(name) else [False]):
             out = os.path.join(work, f"{args.model}-{name}{'-imatrix' if with_imatrix else ''}.lowbit")
             key = (f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}|"
-                   f"{args.row_chunks}")
+                   f"{args.row_chunks}|{converter_version()}")
             if key in done:
                 rows.append(done[key])
                 continue
