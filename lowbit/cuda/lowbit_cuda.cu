@@ -67,7 +67,6 @@ static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (
 static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
-static bool g_att_stage = true; // decode attention: earlier keys/values copied into shared memory before the PDL wait (LOWBIT_CUDA_ATT_STAGE=0: off)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -114,13 +113,6 @@ __device__ __forceinline__ void l2_prefetch(const void* p, uint32_t n) {
 __device__ __forceinline__ void l2_prefetch_line(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
-
-// 16 bytes global -> shared without registers (cp.async, L2 only), and the wait for this thread's copies
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 __device__ __forceinline__ float h2f(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xFFFF))); }
 __device__ __forceinline__ float bf2f(uint32_t bits) { return __uint_as_float((bits & 0xFFFF) << 16); }
@@ -1466,7 +1458,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
 // and this token's k are rotated here; the first head of each kv group stores k and v in the
 // cache (other heads use kcur/vcur for the newest position and only read older ones from the
 // cache). xq != 0: the last block to finish quantizes the whole output row for wo (q8_K, XQ).
-constexpr int AD_THREADS = 512, AD_WARPS = AD_THREADS / 32, AD_TILE = 1024, AD_STAGE_BYTES = 192 * 1024;
+constexpr int AD_THREADS = 512, AD_WARPS = AD_THREADS / 32, AD_TILE = 1024;
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -1482,36 +1474,19 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
                                                                  const float* __restrict__ cosT, const float* __restrict__ sinT,
-                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch, int stage) {
-    extern __shared__ __align__(16) __half kvs[];   // stage > 0: [stage][D] keys (16-byte chunks swizzled), then [stage][D] values
+                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
     __shared__ __align__(16) __half kcur[256], vcur[256];
     __shared__ bool last;
     pdl_launch();
     const int h = blockIdx.x, kvh = h / (H / KVH), tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    // stage > 0 (D a multiple of 64): the keys and values of the first `stage` earlier positions are
-    // copied into shared memory before the PDL wait, while the qkv GEMV still runs: written by
-    // earlier decode steps or prompt passes, which the stream completed before this step's graph
-    // (or launch) began. The position is read again after the wait; only rows below both are used.
-    int nst = 0;
-    if (stage) {
-        nst = min(*(volatile const int32_t*)pos0p, stage);
-        const int cpr = D >> 3;   // 16-byte chunks per row; a key row's chunk c lands at c ^ (j & 7), so
-                                  // the score loop (a thread per position, same chunk) hits distinct banks
-        for (int i = tid; i < nst * cpr; i += AD_THREADS) {
-            const int j = i / cpr, c = i - j * cpr;
-            const size_t o = ((size_t)j * KVH + kvh) * D + 8 * c;
-            cp_async16(kvs + (size_t)j * D + 8 * (c ^ (j & 7)), kc + o);
-            cp_async16(kvs + (size_t)(stage + j) * D + 8 * c, vc + o);
-        }
-    }
     if (prefetch) {
         // The keys and values of the positions before this token were written by earlier steps, so
         // they go to L2 while the qkv GEMV still runs. A hint only: a position read before the wait
         // may be stale (an older, smaller one), and any row below it lies inside the cache.
         const int np = min(*(volatile const int32_t*)pos0p, AD_TILE), lpr = (2 * D + 127) >> 7;
-        for (int i = tid + nst * lpr; i < np * lpr; i += AD_THREADS) {
+        for (int i = tid; i < np * lpr; i += AD_THREADS) {
             const int j = i / lpr;
             const size_t o = ((size_t)j * KVH + kvh) * D * 2 + 128 * (i - j * lpr);
             l2_prefetch_line((const char*)kc + o);
@@ -1520,7 +1495,6 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
     }
     pdl_wait();
     const int len = *pos0p + 1, half_d = D / 2;
-    nst = min(nst, len - 1);
     const float scale = rsqrtf((float)D);
     {
         const float* qrow = q + (size_t)h * D;
@@ -1537,7 +1511,6 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
             if (store) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kh; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vh; }
         }
     }
-    if (stage) cp_async_wait_all();
     __syncthreads();
     float M = -INFINITY, L = 0.f, acc[8];
 #pragma unroll
@@ -1550,15 +1523,6 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
             float s = 0.f;
             if (j == len - 1) {
                 for (int i = 0; i < D; i++) s += qs[i] * __half2float(kcur[i]);
-            } else if (j < nst) {
-                const __half* kr = kvs + (size_t)j * D;
-#pragma unroll 4
-                for (int i8 = 0; i8 < D / 8; i8++) {
-                    const uint4 u = *reinterpret_cast<const uint4*>(kr + 8 * (i8 ^ (j & 7)));
-                    const float4 qa = *reinterpret_cast<const float4*>(qs + 8 * i8), qb = *reinterpret_cast<const float4*>(qs + 8 * i8 + 4);
-                    s += qa.x * h2f(u.x) + qa.y * h2f(u.x >> 16) + qa.z * h2f(u.y) + qa.w * h2f(u.y >> 16)
-                       + qb.x * h2f(u.z) + qb.y * h2f(u.z >> 16) + qb.z * h2f(u.w) + qb.w * h2f(u.w >> 16);
-                }
             } else if ((D & 7) == 0) {
                 const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + kvh) * D);
 #pragma unroll 4
@@ -1592,7 +1556,7 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
                     pp[u] = 0.f; vv[u] = make_uint2(0, 0);
                     if (jj < n) {
                         pp[u] = sc[jj];
-                        const __half* vr = j == len - 1 ? vcur : j < nst ? kvs + (size_t)(stage + j) * D : vc + ((size_t)j * KVH + kvh) * D;
+                        const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
                         vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
                     }
                 }
@@ -1607,7 +1571,7 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
             for (int jj = warp; jj < n; jj += AD_WARPS) {
                 const int j = t0 + jj;
                 const float p = sc[jj];
-                const __half* vr = j == len - 1 ? vcur : j < nst ? kvs + (size_t)(stage + j) * D : vc + ((size_t)j * KVH + kvh) * D;
+                const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
 #pragma unroll
                 for (int e = 0; e < 8; e++) { const int i = lane + 32 * e; if (i < D) acc[e] += p * __half2float(vr[i]); }
             }
@@ -1695,8 +1659,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_dp4a_q6k = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_L2PF");
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
-    e = getenv("LOWBIT_CUDA_ATT_STAGE");
-    g_att_stage = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2009,17 +1971,9 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
-    // staged positions: as many keys + values as AD_STAGE_BYTES of shared memory hold, at most a tile
-    const int stage = g_att_stage && D % 64 == 0 ? min(AD_TILE, AD_STAGE_BYTES / (4 * D)) : 0;
-    const size_t smem = (size_t)stage * 4 * D;
-    static size_t smem_set = 0;
-    if (smem > smem_set) {
-        CK(cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
-    }
-    cudaError_t r = launch_smem(attn_decode_kernel, dim3(H), dim3(AD_THREADS), smem, (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
-                                (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
-                                (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf, stage);
+    cudaError_t r = launch(attn_decode_kernel, dim3(H), dim3(AD_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
+                           (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
     CKL("attn_decode_kernel");
     return 0;
