@@ -44,9 +44,6 @@ typedef struct {
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
     int32_t l2pf;                  // dp4a decode: row groups per block prefetched into L2 ahead (set by lb_gemv)
-    uint64_t qx_src;               // dp4a decode: float x that the GEMV's own blocks quantize into xq first (set by lb_gemv, 0: none)
-    uint64_t qx_count;             // their device counters: [256-blocks published, blocks done]
-    int32_t qx_cols, qx_pad;
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -71,9 +68,6 @@ static bool g_att_pf = true;    // decode attention: cached keys/values prefetch
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
 static int g_rows_q6 = 8;       // q6_k (LOWBIT_CUDA_ROWS_Q6=4|8|16)
-static int g_qxf = 1;           // a decode GEMV whose x is not yet quantized (down) quantizes it in its own blocks (LOWBIT_CUDA_QXF=0:
-                                // quant_x_kernel instead; 1: q6_k in 8-row groups, 4: q6_k in 4-row groups, whose body does not spill)
-static unsigned int* g_qx_count = nullptr;   // (the counters of that in-grid handoff, zeroed again by each launch's last block)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -798,51 +792,6 @@ __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* _
     if (b < (cols + 255) >> 8) quant_x_block(x, b, cols - 256 * b, threadIdx.x & 31, xq, cap);
 }
 
-// The down GEMV's input quantized inside the GEMV (job.qx_src), without quant_x_kernel's launch
-// boundary: after the PDL wait, warp w of block b quantizes 256-block 4b + w (and every 4 nblk-th
-// after), publishes it (fence, then the counter), and every warp spins until all nbx blocks are
-// published before its first x load. All the GEMV's blocks are resident by then (a persistent grid
-// of at most the blocks that fit, and the previous grid done), so the spin cannot deadlock. The x
-// loads after it go through L1 safely: no block reads xq between the PDL wait and the barrier.
-__device__ __forceinline__ unsigned int ld_acquire(const unsigned int* p) {
-    unsigned int v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-// (the GEMV issues its first weight loads between the two halves, not before its PDL wait as
-// without qx: the quantization's registers and the loads in flight would not fit together)
-__device__ __forceinline__ void qx_publish(const float* x, int cols, uint8_t* xq, int cap, unsigned int* count, int bid, int nblk) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nbx = (cols + 255) >> 8;
-    unsigned int mine = 0;
-    for (int b = bid * GEMV_WARPS + warp; b < nbx; b += nblk * GEMV_WARPS, mine++) quant_x_block(x, b, cols - 256 * b, lane, xq, cap);
-    if (mine) {
-        __threadfence();
-        __syncwarp();
-        if (lane == 0) atomicAdd(count, mine);
-    }
-}
-__device__ __forceinline__ void qx_wait(const lb_job& job) {
-    const int nbx = (job.qx_cols + 255) >> 8;
-    if ((threadIdx.x & 31) == 0)
-        while (ld_acquire((const unsigned int*)job.qx_count) < (unsigned int)nbx) {}
-    __syncwarp();
-}
-// the prologue of such a GEMV (its body's own PDL wait is then a no-op; its first weight loads
-// come after this barrier instead of before the wait)
-__device__ __forceinline__ void qx_prologue(const lb_job& job, int bid, int nblk) {
-    pdl_wait();
-    qx_publish((const float*)job.qx_src, job.qx_cols, (uint8_t*)job.xq, job.xq_cap, (unsigned int*)job.qx_count, bid, nblk);
-    qx_wait(job);
-}
-// at the end of such a GEMV: the last block to finish (every warp has passed the barrier) zeroes the counters
-__device__ __forceinline__ void qx_done(const lb_job& job, int nblk) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned int* cnt = (unsigned int*)job.qx_count;
-        if (atomicAdd(cnt + 1, 1u) == (unsigned int)nblk - 1) { cnt[0] = 0; cnt[1] = 0; }
-    }
-}
-
 // q4_k decode against q8_K activations with integer dot products (dp4a): per 32 weights a lane
 // does 4 16-byte loads (weights, header: broadcast, x lo/hi: L1), 12 logic ops, 8 dp4a, a few
 // for the scales; the float path needed ~4 instructions per weight.
@@ -1012,13 +961,10 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
 #undef Q4Q_LOAD
 }
 
-// QX: x arrives as floats (job.qx_src) and the blocks quantize it first (qx_prologue)
-template <int M, int H, bool QX = false>
+template <int M, int H>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q4k_q8_kernel(const lb_job job, const float* __restrict__ x) {
     pdl_launch();
-    if (QX) qx_prologue(job, blockIdx.x, gridDim.x);
     q4k_q8_blocks<M, H>(job, blockIdx.x, gridDim.x);
-    if (QX) qx_done(job, gridDim.x);
 }
 
 // q6_k decode against q8_K activations, the same geometry as gemv_q4k_q8_kernel (one matrix type
@@ -1158,12 +1104,10 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
 #undef Q6Q_LOAD
 }
 
-template <int P, bool QX = false>
+template <int P>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_kernel(const lb_job job, const float* __restrict__ x) {
     pdl_launch();
-    if (QX) qx_prologue(job, blockIdx.x, gridDim.x);
     q6k_q8_blocks<P>(job, blockIdx.x, gridDim.x);
-    if (QX) qx_done(job, gridDim.x);
 }
 
 // q4_k and q6_k matrices of one job (qkv where v is q6_k) in one launch: blocks [0, nb4) do the
@@ -1671,14 +1615,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_rows_q6 = rows_env("LOWBIT_CUDA_ROWS_Q6", 8, true);
     e = getenv("LOWBIT_CUDA_FUSE46");
     g_fuse46 = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_QXF");
-    g_qxf = e && (atoi(e) == 0 || atoi(e) == 4) ? atoi(e) : 1;
-    if (!g_qx_count) {
-        void* p = nullptr;
-        CK(cudaMalloc(&p, 16));
-        CK(cudaMemset(p, 0, 16));
-        g_qx_count = (unsigned int*)p;
-    }
     return 0;
 }
 
@@ -1792,14 +1728,6 @@ static int launch_q8act(lb_job j, int type) {
     const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
     const int rg = j.ksplit;
-    if (j.qx_src) {   // x quantized by the GEMV's own blocks (8-row groups; q6_k 4-row ones with LOWBIT_CUDA_QXF=4)
-        cudaError_t r = type == T_Q6_K ? (rg == 4 ? launch(gemv_q6k_q8_kernel<1, true>, grid, block, j, (const float*)0)
-                                                  : launch(gemv_q6k_q8_kernel<2, true>, grid, block, j, (const float*)0))
-                                       : launch(gemv_q4k_q8_kernel<2, 2, true>, grid, block, j, (const float*)0);
-        if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
-        CKL("gemv q8-activation kernel");
-        return 0;
-    }
     cudaError_t r = type == T_Q6_K ? (rg == 16 ? launch(gemv_q6k_q8_kernel<4>, grid, block, j, (const float*)0)
                                     : rg == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
                                               : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
@@ -1841,19 +1769,9 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
-    j4.qx_src = j6.qx_src = 0;
-    // x not quantized yet and one dp4a launch (down): its own blocks quantize x (qx_in_grid; every
-    // block resident at once: at most 4 per SM, as __launch_bounds__ guarantees)
-    const bool qxf = g_qxf && g_bpsm <= 4 && !job.xq_ready && (j4.nmat > 0) != (j6.nmat > 0) && rest->nmat == 0 && job.mode != 2 &&
-                     (j4.nmat ? g_rows_q4 : g_rows_q6) == 8;
-    if (qxf) {
-        lb_job& d = j4.nmat ? j4 : j6;
-        const int nbx = (job.m[0].cols + 255) >> 8;
-        if (nbx > job.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", job.xq_cap, nbx); return -1; }
-        d.qx_src = x; d.qx_count = (uint64_t)g_qx_count; d.qx_cols = job.m[0].cols;
-    } else if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
+    if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
     j4.ksplit = job.mode == 2 ? g_rows_gu : g_rows_q4;   // rows per group (in the ksplit field)
-    j6.ksplit = qxf && j6.nmat && g_qxf == 4 ? 4 : g_rows_q6;
+    j6.ksplit = g_rows_q6;
     if (j4.nmat && j6.nmat && g_fuse46 && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);   // (its bodies: 8 rows)
     if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }

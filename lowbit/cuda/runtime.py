@@ -25,9 +25,6 @@ typedef struct {
     uint64_t xq;
     int32_t xq_cap;
     int32_t l2pf;
-    uint64_t qx_src;
-    uint64_t qx_count;
-    int32_t qx_cols, qx_pad;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
