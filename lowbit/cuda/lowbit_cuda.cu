@@ -64,6 +64,7 @@ static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (
 static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
+static int g_att_threads = 512; // decode attention: threads per block (LOWBIT_CUDA_ATT_NT=256|512)
 static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loads in flight per warp (LOWBIT_CUDA_ATT_PV16=0: 8)
 static bool g_norm_mb = true;   // decode RMSNorm: a block per 256 outputs, each summing the whole row (LOWBIT_CUDA_NORM_MB=0: one block)
 static int g_qx_wpb = 4;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4)
@@ -1451,7 +1452,8 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
 // and this token's k are rotated here; the first head of each kv group stores k and v in the
 // cache (other heads use kcur/vcur for the newest position and only read older ones from the
 // cache). xq != 0: the last block to finish quantizes the whole output row for wo (q8_K, XQ).
-constexpr int AD_THREADS = 512, AD_WARPS = AD_THREADS / 32, AD_TILE = 1024;
+constexpr int AD_TILE = 1024;   // (threads per block: the kernel's NT, 256 or 512)
+template <int AD_WARPS>
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -1463,13 +1465,16 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
     for (int w = 1; w < AD_WARPS; w++) r = is_max ? fmaxf(r, wred[w]) : r + wred[w];
     return r;
 }
-template <int PVU>   // P.V (head_dim 128): positions whose values are loaded at once per warp (8 or 16)
-__global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+// NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
+// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16)
+template <int NT, int PVU>
+__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
                                                                  const float* __restrict__ cosT, const float* __restrict__ sinT,
                                                                  uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
     __shared__ __align__(16) float qs[256];
+    constexpr int AD_THREADS = NT, AD_WARPS = NT / 32;
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
     __shared__ __align__(16) __half kcur[256], vcur[256];
     __shared__ bool last;
@@ -1533,10 +1538,10 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
             sc[jj] = s;
             lmax = fmaxf(lmax, s);
         }
-        const float Mn = fmaxf(M, block_reduce(lmax, true, wred)), corr = __expf(M - Mn);
+        const float Mn = fmaxf(M, block_reduce<AD_WARPS>(lmax, true, wred)), corr = __expf(M - Mn);
         float lsum = 0.f;
         for (int jj = tid; jj < n; jj += AD_THREADS) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
-        L = L * corr + block_reduce(lsum, false, wred);   // (its barriers also publish sc)
+        L = L * corr + block_reduce<AD_WARPS>(lsum, false, wred);   // (its barriers also publish sc)
         M = Mn;
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[e] *= corr;
@@ -1653,6 +1658,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_dp4a_q6k = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_L2PF");
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_NT");
+    g_att_threads = e && atoi(e) == 256 ? 256 : 512;
     e = getenv("LOWBIT_CUDA_ATT_PV16");
     g_att_pv16 = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_NORM_MB");
@@ -1952,7 +1959,9 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
-    cudaError_t r = launch(g_att_pv16 ? attn_decode_kernel<16> : attn_decode_kernel<8>, dim3(H), dim3(AD_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+    const int nt = g_att_threads;
+    cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
+                                     : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
