@@ -66,8 +66,10 @@ static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefe
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static int g_att_threads = 512; // decode attention: threads per block (LOWBIT_CUDA_ATT_NT=256|512)
 static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loads in flight per warp (LOWBIT_CUDA_ATT_PV16=0: 8)
-static bool g_norm_mb = true;   // decode RMSNorm: a block per 256 outputs, each summing the whole row (LOWBIT_CUDA_NORM_MB=0: one block)
-static int g_qx_wpb = 4;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4)
+static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads per 256 outputs, each summing the whole row
+                                // (LOWBIT_CUDA_NORM_MB=128|256; 0: one 1024-thread block, rmsnorm_kernel)
+static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
+static bool g_att_q = true;     // decode attention's last block quantizes wo's input (LOWBIT_CUDA_ATT_Q=0: a quant_x_kernel launch after it)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1227,12 +1229,12 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
     }
 }
 
-// One decode row, a block of NORM_MB_THREADS per 256 outputs: every block sums the squares of the
+// One decode row, a block of NORM_MB_THREADS (128 or 256) per 256 outputs: every block sums the squares of the
 // whole row (the same order in every block, so all get the same 1/rms) and its first warp
 // normalizes and quantizes its own 256-block. A 1024-thread block (rmsnorm_kernel) needs a whole
 // SM free of the previous GEMV's blocks before it can start, and then reduces 32 partial sums
 // serially; these small blocks start as single GEMV blocks retire and reduce 8.
-constexpr int NORM_MB_THREADS = 256;
+template <int NORM_MB_THREADS>
 __global__ void __launch_bounds__(NORM_MB_THREADS) rmsnorm_mb_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim,
                                                                      float eps, uint8_t* __restrict__ xq, int cap) {
     __shared__ double part[NORM_MB_THREADS / 32];
@@ -1663,9 +1665,11 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_ATT_PV16");
     g_att_pv16 = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_NORM_MB");
-    g_norm_mb = !(e && e[0] == '0');
+    g_norm_mb = e && (atoi(e) == 0 || atoi(e) == 128) ? atoi(e) : 256;
     e = getenv("LOWBIT_CUDA_QX_WPB");
-    g_qx_wpb = e && (atoi(e) == 1 || atoi(e) == 2) ? atoi(e) : 4;
+    g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
+    e = getenv("LOWBIT_CUDA_ATT_Q");
+    g_att_q = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -1922,7 +1926,7 @@ LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, floa
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
     if (n == 1 && g_norm_mb) {
-        cudaError_t r = launch(rmsnorm_mb_kernel, dim3((dim + 255) / 256), dim3(NORM_MB_THREADS), (const float*)x, (const float*)w, (float*)out,
+        cudaError_t r = launch(g_norm_mb == 128 ? rmsnorm_mb_kernel<128> : rmsnorm_mb_kernel<256>, dim3((dim + 255) / 256), dim3(g_norm_mb), (const float*)x, (const float*)w, (float*)out,
                                dim, eps, (uint8_t*)xq, cap);
         if (r != cudaSuccess) return fail("rmsnorm_mb_kernel launch", r);
         CKL("rmsnorm_mb_kernel");
@@ -1959,6 +1963,8 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
+    const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (A/B)
+    if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
                                      : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
@@ -1966,6 +1972,12 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
     CKL("attn_decode_kernel");
+    if (xq_own) {
+        const int nbx = (H * D + 255) >> 8;
+        r = launch(quant_x_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)out, H * D, (uint8_t*)xq_own, cap);
+        if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
+        CKL("quant_x_kernel");
+    }
     return 0;
 }
 
