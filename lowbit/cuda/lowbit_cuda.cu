@@ -69,7 +69,8 @@ static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loa
 static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads per 256 outputs, each summing the whole row
                                 // (LOWBIT_CUDA_NORM_MB=128|256; 0: one 1024-thread block, rmsnorm_kernel)
 static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
-static bool g_att_q = true;     // decode attention's last block quantizes wo's input (LOWBIT_CUDA_ATT_Q=0: a quant_x_kernel launch after it)
+static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
+                                // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1669,7 +1670,7 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_QX_WPB");
     g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
     e = getenv("LOWBIT_CUDA_ATT_Q");
-    g_att_q = !(e && e[0] == '0');
+    g_att_q = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -1963,7 +1964,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
-    const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (A/B)
+    const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (the default)
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
