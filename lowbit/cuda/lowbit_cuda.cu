@@ -65,7 +65,6 @@ static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
 static int g_att_threads = 512; // decode attention: threads per block (LOWBIT_CUDA_ATT_NT=256|512)
-static int g_att_minb = 1;      // decode attention (512 threads) built for this many blocks per SM (LOWBIT_CUDA_ATT_LB=1|2)
 static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loads in flight per warp (LOWBIT_CUDA_ATT_PV16=0: 8)
 static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads per 256 outputs, each summing the whole row
                                 // (LOWBIT_CUDA_NORM_MB=128|256; 0: one 1024-thread block, rmsnorm_kernel)
@@ -1471,10 +1470,8 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
 }
 // NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
 // PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16)
-// MINB: blocks per SM the build must allow (2: at most 64 registers, so a block can start beside
-// two of the qkv GEMV's four blocks per SM instead of one)
-template <int NT, int PVU, int MINB = 1>
-__global__ void __launch_bounds__(NT, MINB) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+template <int NT, int PVU>
+__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
                                                                  const float* __restrict__ cosT, const float* __restrict__ sinT,
@@ -1666,8 +1663,6 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_NT");
     g_att_threads = e && atoi(e) == 256 ? 256 : 512;
-    e = getenv("LOWBIT_CUDA_ATT_LB");
-    g_att_minb = e && atoi(e) == 2 ? 2 : 1;
     e = getenv("LOWBIT_CUDA_ATT_PV16");
     g_att_pv16 = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_NORM_MB");
@@ -1973,8 +1968,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                           : g_att_minb == 2 ? (g_att_pv16 ? attn_decode_kernel<512, 16, 2> : attn_decode_kernel<512, 8, 2>)
-                                             : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                                     : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
