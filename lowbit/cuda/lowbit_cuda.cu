@@ -64,6 +64,13 @@ static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (
 static int g_q4k_split = 4;
 static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
                                 // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
+static int g_att_threads = 512; // decode attention: threads per block (LOWBIT_CUDA_ATT_NT=256|512)
+static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loads in flight per warp (LOWBIT_CUDA_ATT_PV16=0: 8)
+static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads per 256 outputs, each summing the whole row
+                                // (LOWBIT_CUDA_NORM_MB=128|256; 0: one 1024-thread block, rmsnorm_kernel)
+static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
+static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
+                                // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1223,6 +1230,52 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
     }
 }
 
+// One decode row, a block of NORM_MB_THREADS (128 or 256) per 256 outputs: every block sums the squares of the
+// whole row (the same order in every block, so all get the same 1/rms) and its first warp
+// normalizes and quantizes its own 256-block. A 1024-thread block (rmsnorm_kernel) needs a whole
+// SM free of the previous GEMV's blocks before it can start, and then reduces 32 partial sums
+// serially; these small blocks start as single GEMV blocks retire and reduce 8.
+template <int NORM_MB_THREADS>
+__global__ void __launch_bounds__(NORM_MB_THREADS) rmsnorm_mb_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim,
+                                                                     float eps, uint8_t* __restrict__ xq, int cap) {
+    __shared__ double part[NORM_MB_THREADS / 32];
+    pdl_launch();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, b = blockIdx.x, o = 256 * b + 8 * lane;
+    const bool vec = (dim & 3) == 0;
+    float g[8], v[8];
+    if (warp == 0) norm_load8(w + o, dim - o, vec, g);
+    pdl_wait();
+    if (warp == 0) norm_load8(x + o, dim - o, vec, v);
+    double s = 0.0;
+    if (vec) {
+        for (int i = 4 * threadIdx.x; i < dim; i += 4 * NORM_MB_THREADS) {
+            const float4 a = *reinterpret_cast<const float4*>(x + i);
+            s += (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NORM_MB_THREADS) s += (double)x[i] * x[i];
+    }
+#pragma unroll
+    for (int k = 16; k > 0; k >>= 1) s += __shfl_xor_sync(0xffffffffu, s, k);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (warp) return;
+    double t = 0.0;
+#pragma unroll
+    for (int i = 0; i < NORM_MB_THREADS / 32; i++) t += part[i];
+    const float inv = (float)(1.0 / sqrt(t / dim + (double)eps));
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = v[i] * inv * g[i];
+    if (vec && dim - o >= 8) {
+        *reinterpret_cast<float4*>(out + o) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(out + o + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) if (o + i < dim) out[o + i] = v[i];
+    }
+    if (xq) quant_x_vals(v, b, lane, xq, cap);
+}
+
 // RoPE (Hugging Face rotate-half: i pairs with i + D/2) on q in place and on k, then k and v
 // go into the fp16 cache at positions *pos0 + t. Layout of a layer's cache: [ctx][KVH][D].
 __global__ void rope_store_kernel(float* __restrict__ q, int ldq, const float* __restrict__ k, const float* __restrict__ v, int ldkv,
@@ -1402,7 +1455,8 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
 // and this token's k are rotated here; the first head of each kv group stores k and v in the
 // cache (other heads use kcur/vcur for the newest position and only read older ones from the
 // cache). xq != 0: the last block to finish quantizes the whole output row for wo (q8_K, XQ).
-constexpr int AD_THREADS = 512, AD_WARPS = AD_THREADS / 32, AD_TILE = 1024;
+constexpr int AD_TILE = 1024;   // (threads per block: the kernel's NT, 256 or 512)
+template <int AD_WARPS>
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -1414,12 +1468,16 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
     for (int w = 1; w < AD_WARPS; w++) r = is_max ? fmaxf(r, wred[w]) : r + wred[w];
     return r;
 }
-__global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+// NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
+// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16)
+template <int NT, int PVU>
+__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
                                                                  const float* __restrict__ cosT, const float* __restrict__ sinT,
                                                                  uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
     __shared__ __align__(16) float qs[256];
+    constexpr int AD_THREADS = NT, AD_WARPS = NT / 32;
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
     __shared__ __align__(16) __half kcur[256], vcur[256];
     __shared__ bool last;
@@ -1483,19 +1541,19 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
             sc[jj] = s;
             lmax = fmaxf(lmax, s);
         }
-        const float Mn = fmaxf(M, block_reduce(lmax, true, wred)), corr = __expf(M - Mn);
+        const float Mn = fmaxf(M, block_reduce<AD_WARPS>(lmax, true, wred)), corr = __expf(M - Mn);
         float lsum = 0.f;
         for (int jj = tid; jj < n; jj += AD_THREADS) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
-        L = L * corr + block_reduce(lsum, false, wred);   // (its barriers also publish sc)
+        L = L * corr + block_reduce<AD_WARPS>(lsum, false, wred);   // (its barriers also publish sc)
         M = Mn;
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[e] *= corr;
-        if (D == 128) {   // lane: dims 4 lane..+3 (8-byte loads), 8 positions' loads in flight per warp
-            for (int j0 = warp; j0 < n; j0 += 8 * AD_WARPS) {
-                uint2 vv[8];
-                float pp[8];
+        if (D == 128) {   // lane: dims 4 lane..+3 (8-byte loads), PVU positions' loads in flight per warp
+            for (int j0 = warp; j0 < n; j0 += PVU * AD_WARPS) {
+                uint2 vv[PVU];
+                float pp[PVU];
 #pragma unroll
-                for (int u = 0; u < 8; u++) {
+                for (int u = 0; u < PVU; u++) {
                     const int jj = j0 + u * AD_WARPS, j = t0 + jj;
                     pp[u] = 0.f; vv[u] = make_uint2(0, 0);
                     if (jj < n) {
@@ -1505,7 +1563,7 @@ __global__ void __launch_bounds__(AD_THREADS, 1) attn_decode_kernel(const float*
                     }
                 }
 #pragma unroll
-                for (int u = 0; u < 8; u++) {
+                for (int u = 0; u < PVU; u++) {
                     acc[0] += pp[u] * h2f(vv[u].x); acc[1] += pp[u] * h2f(vv[u].x >> 16);
                     acc[2] += pp[u] * h2f(vv[u].y); acc[3] += pp[u] * h2f(vv[u].y >> 16);
                 }
@@ -1603,6 +1661,16 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_dp4a_q6k = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_L2PF");
     if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_NT");
+    g_att_threads = e && atoi(e) == 256 ? 256 : 512;
+    e = getenv("LOWBIT_CUDA_ATT_PV16");
+    g_att_pv16 = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_NORM_MB");
+    g_norm_mb = e && (atoi(e) == 0 || atoi(e) == 128) ? atoi(e) : 256;
+    e = getenv("LOWBIT_CUDA_QX_WPB");
+    g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
+    e = getenv("LOWBIT_CUDA_ATT_Q");
+    g_att_q = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -1693,7 +1761,7 @@ static int quant_x_once(const lb_job& j, uint64_t x, bool* quantized) {
     const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
     if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
     if (!j.xq_ready && !*quantized) {
-        cudaError_t r = launch(quant_x_kernel, dim3((nbx + 3) / 4), dim3(128), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
+        cudaError_t r = launch(quant_x_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
         *quantized = true;
@@ -1858,6 +1926,13 @@ LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, floa
     if (dim > NORM_MAX) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_MAX); return -1; }
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
+    if (n == 1 && g_norm_mb) {
+        cudaError_t r = launch(g_norm_mb == 128 ? rmsnorm_mb_kernel<128> : rmsnorm_mb_kernel<256>, dim3((dim + 255) / 256), dim3(g_norm_mb), (const float*)x, (const float*)w, (float*)out,
+                               dim, eps, (uint8_t*)xq, cap);
+        if (r != cudaSuccess) return fail("rmsnorm_mb_kernel launch", r);
+        CKL("rmsnorm_mb_kernel");
+        return 0;
+    }
     cudaError_t r = launch(rmsnorm_kernel, dim3(n), dim3(NORM_THREADS), (const float*)x, (const float*)w, (float*)out, dim, eps,
                            (uint8_t*)xq, cap);
     if (r != cudaSuccess) return fail("rmsnorm_kernel launch", r);
@@ -1889,11 +1964,21 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
-    cudaError_t r = launch(attn_decode_kernel, dim3(H), dim3(AD_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+    const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (the default)
+    if (xq_own) xq = 0;
+    const int nt = g_att_threads;
+    cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
+                                     : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
     CKL("attn_decode_kernel");
+    if (xq_own) {
+        const int nbx = (H * D + 255) >> 8;
+        r = launch(quant_x_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)out, H * D, (uint8_t*)xq_own, cap);
+        if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
+        CKL("quant_x_kernel");
+    }
     return 0;
 }
 
