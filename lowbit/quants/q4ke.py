@@ -1,0 +1,160 @@
+"""q4_ke: q4_k's exact bytes (GGML Q4_K for whole super-blocks, the k-quant tail block otherwise),
+quantized for entropy coding. format_spec/types/q4_ke.md is normative (it defers to kquants.md for
+every byte); what differs from q4_k is only the quantizer, so `q4_ke.h` (huffcoded.py) can code
+its nibbles ~12% smaller with bit-identical weights.
+
+Why a separate quantizer: q4_k fits each 32-weight sub-block's 16 levels to its range, so all 16
+nibble values are about equally likely (~3.9 bits of entropy, Huffman saves ~1%). Uniform scalar
+quantization with a step set by the signal level (not the block's extremes), followed by entropy
+coding, sits within ~0.25 bit of the rate-distortion bound: here every sub-block is symmetric
+(w = step * (q - 8), dmin = 8 d, min = scale) and its step is
+
+    max(K * sqrt(rms_row * rms_subblock) / sqrt(mean importance of its columns), clip-free step)
+
+so the outer levels are rare (~3.4 bits of entropy per weight). Importance (the imatrix, normalized
+to mean 1 over the row) shrinks the step where errors cost more, as a rate-distortion optimum with a
+weighted squared error asks (step ~ 1/sqrt(weight))."""
+import numpy as np
+from numba import njit, prange
+
+from .base import QuantType
+from .fp16 import f16_bits_to_f32
+from .kquant_fit import f16_bits
+from .kquants import QK, _pack_full, _pack_tail, dequant_row_q4_k, tail_bytes_fn
+
+S = 32                 # weights per sub-block (q4_k's)
+K_STEP = 0.40          # step / signal level: ~12% smaller .h files at ~1.6x q4_k's squared error
+IMP_CLAMP = 3.0        # the importance factor on the step stays within [1/3, 3]
+
+
+@njit(cache=True)
+def _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L):
+    """One super-block x[0:n] (h: importance per weight, mean ~1): fills sc (= m), L; returns
+    fp16 bits (d, dmin = 8 d)."""
+    nsub = (n + S - 1) // S
+    for j in range(nsub):
+        lo, hi = j * S, min(j * S + S, n)
+        s2, hs, xmin, xmax = 0.0, 0.0, 0.0, 0.0
+        for i in range(lo, hi):
+            s2 += x[i] * x[i]
+            hs += h[i]
+            xmin = min(xmin, x[i])
+            xmax = max(xmax, x[i])
+        rms = np.sqrt(s2 / (hi - lo))
+        f = 1.0 / np.sqrt(max(hs / (hi - lo), 1e-30))
+        f = min(max(f, 1.0 / IMP_CLAMP), IMP_CLAMP)
+        target = k * np.sqrt(sig_t * rms) * f
+        need = max(-xmin / 8.0, xmax / 7.0)
+        if need > target:
+            # range-limited: a little clipping of the extremes can pay; pick the step among
+            # 0.80..1.00 x the clip-free one by the weighted squared error
+            best, bs = np.inf, need
+            for c in range(9):
+                st = need * (0.80 + 0.025 * c)
+                if st < target:
+                    continue
+                e = 0.0
+                for i in range(lo, hi):
+                    q = min(max(np.rint(x[i] / st), -8.0), 7.0)
+                    t = x[i] - st * q
+                    e += h[i] * t * t
+                if e < best:
+                    best, bs = e, st
+            target = bs
+        steps[j] = target
+    smax = 0.0
+    for j in range(nsub):
+        smax = max(smax, steps[j])
+    d = smax / 63.0
+    db = f16_bits(d)
+    df = f16_bits_to_f32(db)
+    if df < d and df > 0 or (df == 0.0 and d > 0.0):   # round up so that every scale fits 6 bits
+        db += 1
+        df = f16_bits_to_f32(db)
+    dmb = f16_bits(8.0 * df)                             # exact: a power-of-two multiple of an fp16
+    for j in range(nsub):
+        s = int(np.rint(steps[j] / df)) if df > 0 else 1
+        s = min(max(s, 1), 63)
+        sc[j] = s
+        m[j] = s
+        ds = np.float32(np.float32(df) * np.float32(s))
+        lo, hi = j * S, min(j * S + S, n)
+        for i in range(lo, hi):
+            q = min(max(np.rint(x[i] / ds), -8.0), 7.0) if ds > 0 else 0.0
+            L[i] = int(q) + 8
+        for i in range(hi, j * S + S):
+            L[i] = 8
+    return db, dmb
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows(w, im, k, out):
+    rows, cols = w.shape
+    nfull = cols // QK
+    nblk = nfull + (1 if cols % QK else 0)
+    for r in prange(rows):
+        s2 = 0.0
+        for i in range(cols):
+            s2 += np.float64(w[r, i]) * w[r, i]
+        sig_t = np.sqrt(s2 / cols)     # the row's rms: rows of one tensor can differ a lot in scale
+        x = np.zeros(QK, np.float64)
+        h = np.zeros(QK, np.float64)
+        L = np.zeros(QK, np.int64)
+        sc = np.zeros(16, np.int64)
+        m = np.zeros(16, np.int64)
+        steps = np.zeros(8, np.float64)
+        for b in range(nblk):
+            n = min(QK, cols - b * QK)
+            x[:] = 0.0
+            L[:] = 8
+            for i in range(n):
+                x[i] = w[r, b * QK + i]
+                h[i] = im[b * QK + i]
+            d, dmin = _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L)
+            o = b * 144
+            if n == QK:
+                _pack_full(4, out[r], o, d, dmin, sc, m, L)
+            else:
+                _pack_tail(4, S, 4, out[r], o, n, d, dmin, sc, m, L)
+
+
+def quantize(w, imatrix=None, k=K_STEP):
+    """float32[rows, cols] -> uint8[rows, row_bytes] in q4_k's layout. `imatrix`: mean squared input
+    per column (normalized here to mean 1)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        w = w.reshape(1, -1) if w.ndim == 1 else w.reshape(-1, w.shape[-1])
+    rows, cols = w.shape
+    if not np.isfinite(w).all():
+        raise ValueError("q4_ke: weights contain NaN or infinite values")
+    im = np.ones(cols, np.float64)
+    if imatrix is not None:
+        v = np.asarray(imatrix, dtype=np.float64).reshape(-1)
+        if v.shape[0] != cols:
+            raise ValueError(f"q4_ke: importance vector has {v.shape[0]} values, rows have {cols}")
+        if not np.isfinite(v).all() or (v < 0).any():
+            raise ValueError("q4_ke: importance vector has negative, NaN or infinite values")
+        if v.mean() > 0:
+            im = np.maximum(v, 1e-6 * v.mean()) / v.mean()
+    out = np.zeros((rows, TYPE.row_bytes(cols)), np.uint8)
+    _quantize_rows(w, im, float(k), out)
+    return out
+
+
+def index_positions(cols):
+    """Nibble bytes of a q4_k row: qs (bytes 16..143) of every whole super-block and the packed
+    quants of the tail block (its last 16 bytes per 32-weight sub-block)."""
+    nfull, rem = divmod(cols, QK)
+    p = np.arange(nfull * 144, dtype=np.int64)
+    p = p[p % 144 >= 16]
+    if rem:
+        nsub = (rem + S - 1) // S
+        p = np.concatenate([p, nfull * 144 + 4 + 2 * nsub + np.arange(16 * nsub, dtype=np.int64)])
+    return p
+
+
+TYPE = QuantType("q4_ke", QK, 144, quantize, dequant_row_q4_k,
+                 "q4_k bytes (GGML Q4_K) quantized for entropy coding: symmetric sub-blocks, step from the "
+                 "signal level; plain file = q4_k size, q4_ke.h ~12% smaller", ggml_type=12,
+                 tail_bytes=tail_bytes_fn("q4_k"), index_positions=index_positions)
+TYPES = [TYPE]
