@@ -105,8 +105,8 @@ def test_q4_ke_h_codes_tail_blocks():
     assert np.array_equal(b.base_bytes(), plain.reshape(-1))
     assert enc.size <= 0.9 * plain.size, (enc.size, plain.size)
     a = quants.get("q4_ke").dequantize(plain, w.shape)
-    x = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
-    for n in (1, 3):
+    x = np.random.default_rng(0).standard_normal((6, 384)).astype(np.float32)
+    for n in (1, 3, 6):   # 6: the prompt path (row blocks + BLAS)
         y = np.empty((n, w.shape[0]), np.float32)
         b.matmul(x[:n], y)
         assert np.allclose(y, x[:n] @ a.T, atol=1e-4)

@@ -18,6 +18,10 @@ from . import huffman, vq
 from .base import QuantType
 
 HEAD = struct.Struct("<IIIIQ")
+# Several tokens at once (a prompt): rows are decoded a block at a time (never the whole tensor)
+# and multiplied with BLAS; a single token takes the fused decode-dot.
+BLAS_TOKENS = 4
+ROW_BLOCK = 256
 FIXED = HEAD.size + 256     # 280
 
 
@@ -153,6 +157,11 @@ class Bound:
 
     def matmul(self, x, y):
         x = np.ascontiguousarray(x, np.float32)
+        if x.shape[0] >= BLAS_TOKENS:   # a prompt: decode ROW_BLOCK rows at a time, multiply with BLAS
+            for r0 in range(0, self.rows, ROW_BLOCK):
+                ids = np.arange(r0, min(r0 + ROW_BLOCK, self.rows))
+                np.matmul(x, self.gather(ids).T, out=y[:, r0:r0 + len(ids)])
+            return
         a = (self.rb, self.other, self.op, self.stream, self.offsets, self.table, self.ip, x, y)
         if self.vqb is not None:
             _matmul_vq(self.vqb.cb, self.vqb.D, self.vqb.B, self.vqb.dr, *a)

@@ -25,10 +25,12 @@ from .kquants import QK, _pack_full, _pack_tail, dequant_row_q4_k, tail_bytes_fn
 S = 32                 # weights per sub-block (q4_k's)
 K_STEP = 0.40          # step / signal level: ~12% smaller .h files at ~1.6x q4_k's squared error
 IMP_CLAMP = 3.0        # the importance factor on the step stays within [1/3, 3]
+A_ROW = 0.5            # step ~ rms_row^A_ROW * rms_subblock^(1 - A_ROW)
+B_IMP = 0.5            # step ~ importance^-B_IMP (0.5: the weighted-MSE rate-distortion optimum)
 
 
 @njit(cache=True)
-def _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L):
+def _fit_superblock(x, h, n, sig_t, k, a, bi, steps, sc, m, L):
     """One super-block x[0:n] (h: importance per weight, mean ~1): fills sc (= m), L; returns
     fp16 bits (d, dmin = 8 d)."""
     nsub = (n + S - 1) // S
@@ -41,9 +43,9 @@ def _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L):
             xmin = min(xmin, x[i])
             xmax = max(xmax, x[i])
         rms = np.sqrt(s2 / (hi - lo))
-        f = 1.0 / np.sqrt(max(hs / (hi - lo), 1e-30))
+        f = max(hs / (hi - lo), 1e-30) ** -bi
         f = min(max(f, 1.0 / IMP_CLAMP), IMP_CLAMP)
-        target = k * np.sqrt(sig_t * rms) * f
+        target = k * sig_t ** a * rms ** (1.0 - a) * f
         need = max(-xmin / 8.0, xmax / 7.0)
         if need > target:
             # range-limited: a little clipping of the extremes can pay; pick the step among
@@ -88,7 +90,7 @@ def _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L):
 
 
 @njit(parallel=True, cache=True)
-def _quantize_rows(w, im, k, out):
+def _quantize_rows(w, im, k, a, bi, out):
     rows, cols = w.shape
     nfull = cols // QK
     nblk = nfull + (1 if cols % QK else 0)
@@ -110,7 +112,7 @@ def _quantize_rows(w, im, k, out):
             for i in range(n):
                 x[i] = w[r, b * QK + i]
                 h[i] = im[b * QK + i]
-            d, dmin = _fit_superblock(x, h, n, sig_t, k, steps, sc, m, L)
+            d, dmin = _fit_superblock(x, h, n, sig_t, k, a, bi, steps, sc, m, L)
             o = b * 144
             if n == QK:
                 _pack_full(4, out[r], o, d, dmin, sc, m, L)
@@ -118,7 +120,7 @@ def _quantize_rows(w, im, k, out):
                 _pack_tail(4, S, 4, out[r], o, n, d, dmin, sc, m, L)
 
 
-def quantize(w, imatrix=None, k=K_STEP):
+def quantize(w, imatrix=None, k=K_STEP, a=A_ROW, bi=B_IMP):
     """float32[rows, cols] -> uint8[rows, row_bytes] in q4_k's layout. `imatrix`: mean squared input
     per column (normalized here to mean 1)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -137,7 +139,7 @@ def quantize(w, imatrix=None, k=K_STEP):
         if v.mean() > 0:
             im = np.maximum(v, 1e-6 * v.mean()) / v.mean()
     out = np.zeros((rows, TYPE.row_bytes(cols)), np.uint8)
-    _quantize_rows(w, im, float(k), out)
+    _quantize_rows(w, im, float(k), float(a), float(bi), out)
     return out
 
 
@@ -158,3 +160,62 @@ TYPE = QuantType("q4_ke", QK, 144, quantize, dequant_row_q4_k,
                  "signal level; plain file = q4_k size, q4_ke.h ~12% smaller", ggml_type=12,
                  tail_bytes=tail_bytes_fn("q4_k"), index_positions=index_positions)
 TYPES = [TYPE]
+
+
+# ----------------------------------------------------------------------------- GPTQ error feedback
+
+@njit(parallel=True, cache=True)
+def _gptq_block(W, U, c0, n, im, sig, k, a, bi, bidx, err, out):
+    """Columns c0..c0+n (one super-block) of every row of W (float64, updated in place): steps fitted
+    on the error-updated weights, then each column rounded in turn and its error spread over the
+    block's later columns; err[r, i] = (w - q) / U[c, c] for the lazy update of the rest."""
+    rows = W.shape[0]
+    for r in prange(rows):
+        x = np.zeros(QK, np.float64)
+        h = np.zeros(QK, np.float64)
+        L = np.zeros(QK, np.int64)
+        sc = np.zeros(16, np.int64)
+        m = np.zeros(16, np.int64)
+        steps = np.zeros(8, np.float64)
+        for i in range(n):
+            x[i] = W[r, c0 + i]
+            h[i] = im[c0 + i]
+        L[:] = 8
+        d, dmin = _fit_superblock(x, h, n, sig[r], k, a, bi, steps, sc, m, L)
+        df = np.float32(f16_bits_to_f32(d))
+        for i in range(n):
+            c = c0 + i
+            v = W[r, c]
+            ds = np.float32(df * np.float32(sc[i // S]))
+            q = min(max(np.rint(v / ds), -8.0), 7.0) if ds > 0.0 else 0.0
+            L[i] = int(q) + 8
+            e = (v - np.float32(ds * np.float32(q))) / U[c, c]
+            err[r, i] = e
+            for j in range(i + 1, n):
+                W[r, c0 + j] -= e * U[c, c0 + j]
+        o = bidx * 144
+        if n == QK:
+            _pack_full(4, out[r], o, d, dmin, sc, m, L)
+        else:
+            _pack_tail(4, S, 4, out[r], o, n, d, dmin, sc, m, L)
+
+
+def gptq_quantize(w, U, imatrix=None, k=K_STEP, a=A_ROW, bi=B_IMP):
+    """q4_ke bytes of float32[rows, cols] with GPTQ error feedback; U = converters.gptq.inverse_cholesky(H)."""
+    w = np.asarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    if not np.isfinite(w).all():
+        raise ValueError("q4_ke: weights contain NaN or infinite values")
+    im = np.ones(cols, np.float64) if imatrix is None else np.asarray(imatrix, np.float64).reshape(-1).copy()
+    im = np.maximum(im, 1e-6 * im.mean()) / im.mean() if im.mean() > 0 else np.ones(cols)
+    W = w.astype(np.float64)
+    sig = np.sqrt((W * W).mean(1))          # the original rows' rms sets the step, as in quantize()
+    out = np.zeros((rows, TYPE.row_bytes(cols)), np.uint8)
+    for b in range((cols + QK - 1) // QK):
+        c0 = b * QK
+        n = min(QK, cols - c0)
+        err = np.zeros((rows, n), np.float64)
+        _gptq_block(W, U, c0, n, im, sig, float(k), float(a), float(bi), b, err, out)
+        if c0 + n < cols:
+            W[:, c0 + n:] -= err @ U[c0:c0 + n, c0 + n:]
+    return out
