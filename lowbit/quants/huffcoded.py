@@ -160,7 +160,7 @@ class Bound:
         if x.shape[0] >= BLAS_TOKENS:   # a prompt: decode ROW_BLOCK rows at a time, multiply with BLAS
             for r0 in range(0, self.rows, ROW_BLOCK):
                 ids = np.arange(r0, min(r0 + ROW_BLOCK, self.rows))
-                np.matmul(x, self.gather(ids).T, out=y[:, r0:r0 + len(ids)])
+                y[:, r0:r0 + len(ids)] = x @ self.gather(ids).T   # (matmul into a strided out skips BLAS)
             return
         a = (self.rb, self.other, self.op, self.stream, self.offsets, self.table, self.ip, x, y)
         if self.vqb is not None:

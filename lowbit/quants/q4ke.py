@@ -9,11 +9,12 @@ quantization with a step set by the signal level (not the block's extremes), fol
 coding, sits within ~0.25 bit of the rate-distortion bound: here every sub-block is symmetric
 (w = step * (q - 8), dmin = 8 d, min = scale) and its step is
 
-    max(K * sqrt(rms_row * rms_subblock) / sqrt(mean importance of its columns), clip-free step)
+    max(K * sqrt(rms_row * rms_subblock) / (mean importance of its columns)^0.25, clip-free step)
 
 so the outer levels are rare (~3.4 bits of entropy per weight). Importance (the imatrix, normalized
-to mean 1 over the row) shrinks the step where errors cost more, as a rate-distortion optimum with a
-weighted squared error asks (step ~ 1/sqrt(weight))."""
+to mean 1 over the row) shrinks the step where errors cost more (a weighted-squared-error optimum
+says ^0.5; ^0.25 measured better on pycode-30m's KLD). The step's mix of row and sub-block rms
+(0.5/0.5) beat pure row (0.0354) and pure sub-block (0.0361) on 20 chunks: 0.0342, no imatrix."""
 import numpy as np
 from numba import njit, prange
 
@@ -23,10 +24,10 @@ from .kquant_fit import f16_bits
 from .kquants import QK, _pack_full, _pack_tail, dequant_row_q4_k, tail_bytes_fn
 
 S = 32                 # weights per sub-block (q4_k's)
-K_STEP = 0.40          # step / signal level: ~12% smaller .h files at ~1.6x q4_k's squared error
+K_STEP = 0.40          # step / signal level: ~12% smaller .h files (0.35: 8.7%, too little), ~2.7x q4_k's squared error
 IMP_CLAMP = 3.0        # the importance factor on the step stays within [1/3, 3]
 A_ROW = 0.5            # step ~ rms_row^A_ROW * rms_subblock^(1 - A_ROW)
-B_IMP = 0.5            # step ~ importance^-B_IMP (0.5: the weighted-MSE rate-distortion optimum)
+B_IMP = 0.25           # step ~ importance^-B_IMP (0.5, the weighted-MSE optimum, measured worse on KLD)
 
 
 @njit(cache=True)

@@ -125,7 +125,7 @@ class Bound:
             rows = self.raw.shape[0]
             for r0 in range(0, rows, 256):
                 ids = np.arange(r0, min(r0 + 256, rows))
-                np.matmul(x, self.gather(ids).T, out=y[:, r0:r0 + len(ids)])
+                y[:, r0:r0 + len(ids)] = x @ self.gather(ids).T   # (matmul into a strided out skips BLAS)
             return
         _matmul(self.cb, self.D, self.B, self.dr, self.raw, np.ascontiguousarray(x, np.float32), y)
 
