@@ -84,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--workdir", help="default /tmp/lowbit-quality/MODEL (quality_table's cache)")
     ap.add_argument("--kld", action="store_true", help="quality rows (tools/quality_table.py)")
     ap.add_argument("--no-imatrix", action="store_true", help="--kld: only rows without the imatrix")
+    ap.add_argument("--kld-types", help="--kld: only these of --types (a .h type's weights are its base's)")
     ap.add_argument("--huffman", action="store_true", help="Huffman saving and bit-identical check per .h file")
     ap.add_argument("--speed", action="store_true", help="lowbit bench generation tokens/s per file")
     ap.add_argument("--threads", type=int, default=2)
@@ -97,21 +98,31 @@ def main(argv=None):
     n_weights = qt.hf_weights(os.path.join(qt.SHARED, "models", args.model))
 
     if args.kld:
-        qargv = [args.model, "--chunks", str(args.chunks), "--types", ",".join(names), "--workdir", work,
+        kld_names = args.kld_types.split(",") if args.kld_types else names
+        qargv = [args.model, "--chunks", str(args.chunks), "--types", ",".join(kld_names), "--workdir", work,
                  "--json", os.path.join(work, "codebook-rows.json"), "--plot", os.path.join(work, "codebook-kld.png")]
         if args.no_imatrix:
             qargv.append("--no-imatrix")
         qt.main(qargv)
 
     variants = {"yes": [True], "no": [False], "both": [False, True]}[args.imatrix]
+    model_dir = os.path.join(qt.SHARED, "models", args.model)
+    imatrix_path = os.path.join(work, f"{args.model}-calib-n100.imatrix")   # quality_table's
     files = []
-    for name in names:
-        for im in variants:
-            p = file_path(work, args.model, name, im and qt.uses_imatrix(name))
-            if os.path.exists(p) and p not in [x[2] for x in files]:
-                files.append((name, im and qt.uses_imatrix(name), p))
-    if (args.huffman or args.speed) and not files:
-        raise SystemExit(f"no converted files in {work} for {names}: run with --kld first")
+    if args.huffman or args.speed:
+        for name in names:
+            for im in variants:
+                im = im and qt.uses_imatrix(name)
+                p = file_path(work, args.model, name, im)
+                if p in [x[2] for x in files]:
+                    continue
+                if im and not os.path.exists(imatrix_path):
+                    raise SystemExit(f"no imatrix {imatrix_path}: run with --kld first (quality_table makes it)")
+                qt.convert_cached(model_dir, p, name, imatrix_path if im else None)
+                if name.endswith(".h") and name[:-2] in quants.TYPES:   # its plain twin, for the byte check
+                    qt.convert_cached(model_dir, file_path(work, args.model, name[:-2], im), name[:-2],
+                                      imatrix_path if im else None)
+                files.append((name, im, p))
 
     if args.huffman:
         print(f"\n{args.model}: Huffman coding (bits/weight over {n_weights:,} checkpoint weights)\n")
