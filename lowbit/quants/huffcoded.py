@@ -104,16 +104,18 @@ def _rebuild_rows(other, op, stream, offsets, table, ip, ids, out):
 def _matmul_generic(dequant_row, rb, other, op, stream, offsets, table, ip, x, y):
     """Fused decode (Huffman -> the row's base bytes) - dequantize - dot, one row per thread."""
     n, cols = x.shape
-    for r in prange(other.shape[0]):
+    rows = other.shape[0]
+    for c in prange((rows + 63) // 64):   # 64 rows per task: the buffers are allocated once per task
         buf = np.empty(rb, np.uint8)
         w = np.empty(cols, np.float32)
-        _rebuild(r, other, op, stream, offsets, table, ip, buf)
-        dequant_row(buf, w)
-        for t in range(n):
-            s = np.float32(0.0)
-            for i in range(cols):
-                s += w[i] * x[t, i]
-            y[t, r] = s
+        for r in range(c * 64, min(rows, c * 64 + 64)):
+            _rebuild(r, other, op, stream, offsets, table, ip, buf)
+            dequant_row(buf, w)
+            for t in range(n):
+                s = np.float32(0.0)
+                for i in range(cols):
+                    s += w[i] * x[t, i]
+                y[t, r] = s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
