@@ -21,7 +21,7 @@ from lowbit.errors import ConvertError
 from lowbit.quants.fp16 import f16_bits_to_f32
 from lowbit.quants.kquants import KIND, PARAMS, QK, _pack_full, _pack_tail, block_weights, fit_block
 
-GPTQ_TYPES = tuple(PARAMS)          # the k-quants; other types are quantized as usual
+GPTQ_TYPES = tuple(PARAMS) + ("q4_ke", "q4_ke.h")   # the k-quants (+ q4_ke); other types are quantized as usual
 DEFAULT_DAMP = 0.01                 # fraction of mean(diag H) added to the diagonal
 
 
@@ -97,6 +97,11 @@ def gptq_quantize(qtype: str, w: np.ndarray, H: np.ndarray, imatrix=None, damp: 
     input second-moment matrix H (float[cols, cols]); returns uint8[rows, row_bytes] in the
     type's ordinary layout. `imatrix` (default diag H) weights the scale fits; a precomputed
     inverse_cholesky(H) can be passed as U (it depends only on H)."""
+    if qtype in ("q4_ke", "q4_ke.h"):   # its own block fit (lowbit/quants/q4ke.py); .h: coded after
+        from lowbit.quants import huffcoded, q4ke
+        raw = q4ke.gptq_quantize(w, inverse_cholesky(H, damp) if U is None else U, np.diag(H) if imatrix is None
+                                 else imatrix)
+        return raw if qtype == "q4_ke" else huffcoded.encode(quants.get("q4_ke"), raw, np.shape(w))
     if qtype not in PARAMS:
         raise ValueError(f"GPTQ applies to k-quants ({', '.join(PARAMS)}), not {qtype}")
     S, bits, _, block_bytes, _ = PARAMS[qtype]

@@ -40,8 +40,8 @@ def test_quantize_dequantize(attn_q, name, bound):
     assert np.array_equal(w, spec_dequant(name, raw, attn_q.shape))
     err = np.sqrt(((w - attn_q) ** 2).mean() / (attn_q ** 2).mean())
     assert err < bound, err
-    x = np.random.default_rng(0).standard_normal((3, attn_q.shape[1])).astype(np.float32)
-    for n in (1, 3):
+    x = np.random.default_rng(0).standard_normal((6, attn_q.shape[1])).astype(np.float32)
+    for n in (1, 3, 6):
         y = np.empty((n, attn_q.shape[0]), np.float32)
         q.bind(raw, attn_q.shape).matmul(x[:n], y)
         assert np.allclose(y, x[:n] @ w.T, atol=1e-3)

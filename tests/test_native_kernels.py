@@ -14,6 +14,7 @@ SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 
 KQUANTS = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+KQ_ACT = (*KQUANTS, "q4_ke")   # types whose C kernel quantizes activations like the k-quants (q4_ke: q4_k bytes)
 
 
 def _quantize_act(x, block=32):
@@ -31,7 +32,7 @@ def _act(type_name, x):
     """The activations a type's C kernel multiplies."""
     if type_name == "q8_0":
         return _quantize_act(x, 32)
-    return _quantize_act(x, 256) if type_name in KQUANTS else x
+    return _quantize_act(x, 256) if type_name in KQ_ACT else x
 
 
 def _case(type_name, rows, cols, n, seed):
@@ -71,7 +72,7 @@ def test_matmul_matches_references(level, type_name, rows, cols, n):
     # the Numba path multiplies float activations: differs only by the activation quantization
     y_numba = np.empty_like(y)
     kernels.matmul(qt.dequant_row, raw, x, y_numba)
-    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQUANTS) else 1e-5, f"{type_name}@{level} vs numba")
+    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) else 1e-5, f"{type_name}@{level} vs numba")
     _check(y_numba, x, wd, 1e-5, "numba vs numpy")
 
 

@@ -13,7 +13,8 @@ import numpy as np
 from . import build as _build
 
 # lowbit type name -> the C library's type id (lowbit_native.h); a new type adds one entry.
-C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8}
+C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8,
+           "q4_ke": 6}   # q4_ke is q4_k's layout (another quantizer)
 ORDER = ["avx512vnni", "avx2", "scalar"]
 
 _libs = {}

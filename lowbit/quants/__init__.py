@@ -1,7 +1,7 @@
 """The registry of tensor types. Adding a type = one module with a QuantType + one line here
 + its section in format_spec/SPEC.md."""
 from .base import QuantType
-from . import floats, kquants, q8_0, vq, huffcoded
+from . import floats, kquants, q8_0, q4ke, vq, huffcoded
 
 TYPES: dict = {}
 
@@ -13,7 +13,7 @@ def register(qt: QuantType) -> QuantType:
     return qt
 
 
-for _module in (floats, q8_0, kquants, vq):
+for _module in (floats, q8_0, kquants, q4ke, vq):
     for _qt in _module.TYPES:
         register(_qt)
 for _qt in huffcoded.make_types(TYPES):   # entropy-coded variants of index-based types

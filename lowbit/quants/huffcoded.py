@@ -18,6 +18,10 @@ from . import huffman, vq
 from .base import QuantType
 
 HEAD = struct.Struct("<IIIIQ")
+# Several tokens at once (a prompt): rows are decoded a block at a time (never the whole tensor)
+# and multiplied with BLAS; a single token takes the fused decode-dot.
+BLAS_TOKENS = 4
+ROW_BLOCK = 256
 FIXED = HEAD.size + 256     # 280
 
 
@@ -108,16 +112,18 @@ def _rebuild_rows(other, op, stream, offsets, table, ip, ids, out):
 def _matmul_generic(dequant_row, rb, other, op, stream, offsets, table, ip, x, y):
     """Fused decode (Huffman -> the row's base bytes) - dequantize - dot, one row per thread."""
     n, cols = x.shape
-    for r in prange(other.shape[0]):
+    rows = other.shape[0]
+    for c in prange((rows + 63) // 64):   # 64 rows per task: the buffers are allocated once per task
         buf = np.empty(rb, np.uint8)
         w = np.empty(cols, np.float32)
-        _rebuild(r, other, op, stream, offsets, table, ip, buf)
-        dequant_row(buf, w)
-        for t in range(n):
-            s = np.float32(0.0)
-            for i in range(cols):
-                s += w[i] * x[t, i]
-            y[t, r] = s
+        for r in range(c * 64, min(rows, c * 64 + 64)):
+            _rebuild(r, other, op, stream, offsets, table, ip, buf)
+            dequant_row(buf, w)
+            for t in range(n):
+                s = np.float32(0.0)
+                for i in range(cols):
+                    s += w[i] * x[t, i]
+                y[t, r] = s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -161,6 +167,11 @@ class Bound:
 
     def matmul(self, x, y):
         x = np.ascontiguousarray(x, np.float32)
+        if x.shape[0] >= BLAS_TOKENS:   # a prompt: decode ROW_BLOCK rows at a time, multiply with BLAS
+            for r0 in range(0, self.rows, ROW_BLOCK):
+                ids = np.arange(r0, min(r0 + ROW_BLOCK, self.rows))
+                y[:, r0:r0 + len(ids)] = x @ self.gather(ids).T   # (matmul into a strided out skips BLAS)
+            return
         a = (self.rb, self.other, self.op, self.stream, self.offsets, self.table, self.ip, x, y)
         if self.vqb is not None:
             _matmul_vq(self.vqb.cb, self.vqb.D, self.vqb.B, self.vqb.dr, *a)
@@ -210,7 +221,7 @@ def q4_k_index_positions(cols):
 def make_types(registry):
     # Entropy-constrained codebook assignment (lam, in squared-error units per bit relative to the mean
     # weighted error of a vector) makes the indices compressible; k-quants are coded as they are.
-    lams = {"cbk2": 0.05, "cbk4": 0.02, "d4l2": 0.0, "q4_k": 0.0}
+    lams = {"cbk2": 0.05, "cbk4": 0.02, "d4l2": 0.0, "q4_k": 0.0, "q4_ke": 0.0}
     import dataclasses
     bases = dict(registry)
     bases["q4_k"] = dataclasses.replace(registry["q4_k"], index_positions=q4_k_index_positions)
