@@ -357,6 +357,14 @@ def invalid(add, entry_file, rng):
         entry_file("cbk2.h", [1, 96], good))
     add("h_rows_huge.lowbit", "d4l2.h of 2^33 rows (R cannot be represented in the u32 header)",
         entry_file("d4l2.h", [2**17, 2**16, 32], good))
+    # q4_k.h and q4_ke.h share q4_k's bytes but not the index bytes of a tail block: each one's header
+    # on the other type is a count mismatch
+    from make_vectors import kq_random
+    kq = kq_random(np.random.RandomState(17), "q4_k", 2, 300)
+    add("h_q4_ke_with_q4_k_counts.lowbit", "q4_ke.h [2, 300] whose header counts the tail's quants as other bytes "
+        "(q4_k.h's n_idx 128, n_other 56; q4_ke.h needs 176, 8)", entry_file("q4_ke.h", [2, 300], huff_encode("q4_k", (2, 300), kq)))
+    add("h_q4_k_with_q4_ke_counts.lowbit", "q4_k.h [2, 300] whose header counts the tail's quants as index bytes "
+        "(q4_ke.h's n_idx 176, n_other 8; q4_k.h needs 128, 56)", entry_file("q4_k.h", [2, 300], huff_encode("q4_ke", (2, 300), kq)))
     add("cbk2_no_codebook.lowbit", "cbk2 [2, 64] sized without its 2048-byte codebook",
         entry_file("cbk2", [2, 64], vq_bytes("cbk2", 2, 64, rng=rng)[2048:]))
     add("d4l2_no_row_scales.lowbit", "d4l2 [2, 64] sized without its row scales",
