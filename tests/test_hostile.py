@@ -337,7 +337,8 @@ def test_many_keys_are_linear(tmp_path):
 # ----------------------------------------------------------------------------- codebook and entropy-coded types
 
 CODEBOOK_VECTORS = ["type_cbk2.lowbit", "type_cbk4.lowbit", "type_d4l2.lowbit", "type_cbk2_h.lowbit",
-                    "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit", "huffman_edges.lowbit"]
+                    "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit", "type_q4_ke_h.lowbit",
+                    "huffman_edges.lowbit"]
 
 
 def tensor_spans(data):
@@ -392,15 +393,17 @@ def test_random_codes_and_streams_decode_alike(tmp_path):
     import struct
     from lowbit.quants import huffman
     rng = np.random.RandomState(5)
-    for i in range(40):
-        base = ["cbk2", "cbk4", "d4l2", "q4_k"][i % 4]
+    for i in range(50):
+        base = ["cbk2", "cbk4", "d4l2", "q4_k", "q4_ke"][i % 5]
         typ = base + ".h"
-        cols = {"cbk2": 128, "cbk4": 64, "d4l2": 64, "q4_k": int(rng.choice([256, 300, 512]))}[base]
+        cols = {"cbk2": 128, "cbk4": 64, "d4l2": 64}.get(base) or int(rng.choice([172, 256, 300, 512]))
         rows = int(rng.randint(1, 5))
         from lowbit import quants
         qt = quants.TYPES[typ]
         B = quants.TYPES[base]
-        n_idx = cols // B.block_size * (B.block_bytes - 1 if base != "q4_k" else 128)
+        n_idx = cols // B.block_size * (B.block_bytes - 1 if base not in ("q4_k", "q4_ke") else 128)
+        if base == "q4_ke":   # the tail block's packed quants are index bytes too (huffman.md)
+            n_idx += 16 * -(-(cols % 256) // 32)
         n_other = B.row_bytes(cols) - n_idx
         P = B.prefix_bytes((rows, cols)) if B.prefix_bytes else 0
         counts = rng.randint(0, 50, 256) * (rng.rand(256) < rng.choice([0.02, 0.2, 1.0]))
@@ -433,7 +436,7 @@ def test_huge_rows_of_self_sized_types_allocate_nothing(tmp_path):
     header check is arithmetic, so neither reader allocates for the claimed rows before rejecting."""
     import struct
     hostile = []
-    for typ, shape in [("cbk2.h", [1, 2 ** 31 - 64]), ("q4_k.h", [1, 2 ** 31 - 1]), ("d4l2.h", [2 ** 16, 2 ** 31 // 32 * 32 // 2 ** 15])]:
+    for typ, shape in [("cbk2.h", [1, 2 ** 31 - 64]), ("q4_k.h", [1, 2 ** 31 - 1]), ("q4_ke.h", [1, 2 ** 31 - 1]), ("d4l2.h", [2 ** 16, 2 ** 31 // 32 * 32 // 2 ** 15])]:
         raw = struct.pack("<IIIIQ", 1, 0, 0, 0, 0) + bytes([1, 1]) + bytes(254) + bytes(8)
         hostile.append(_h_tensor(typ, tuple(shape), raw))
     for data in hostile:
@@ -455,7 +458,7 @@ def test_h_mode_fuzz_inputs_same_verdict(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "tools", "fuzz"))
     import h_mode
     seeds = []
-    for v in ("type_cbk2_h.lowbit", "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit"):
+    for v in ("type_cbk2_h.lowbit", "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit", "type_q4_ke_h.lowbit"):
         data = read(v)
         off = int.from_bytes(data[24:32], "little")
         for t in json.loads(data[48:48 + int.from_bytes(data[16:24], "little")])["tensors"]:

@@ -84,7 +84,11 @@ def index_mask(base, cols):
         return np.arange(rb) % (1 + B // D) != 0
     from make_vectors import kq_row_bytes   # q4_k: bytes 16..143 of every whole super-block
     p = np.arange(kq_row_bytes("q4_k", cols))
-    return (p < cols // 256 * 144) & (p % 144 >= 16)
+    m = (p < cols // 256 * 144) & (p % 144 >= 16)
+    if base == "q4_ke" and cols % 256:      # and the tail block's packed quants: t + 4 + 2 nsub .. t + 4 + 18 nsub - 1
+        t, nsub = cols // 256 * 144, -(-(cols % 256) // 32)
+        m |= (p >= t + 4 + 2 * nsub) & (p <= t + 4 + 18 * nsub - 1)
+    return m
 
 
 def base_prefix(base, shape):
@@ -164,10 +168,12 @@ def huff_decode(typ, shape, raw):
 def dequantize(typ, shape, raw, kq_dequantize):
     if typ in VQ:
         return vq_dequantize(typ, shape, raw)
-    if typ.endswith(".h") and (typ[:-2] in VQ or typ[:-2] == "q4_k"):
+    if typ == "q4_ke":   # q4_ke.md: q4_k's bytes and dequantization
+        return kq_dequantize("q4_k", shape, bytes(raw))
+    if typ.endswith(".h") and (typ[:-2] in VQ or typ[:-2] in ("q4_k", "q4_ke")):
         base = typ[:-2]
         b = huff_decode(typ, shape, bytes(raw))
-        return vq_dequantize(base, shape, b) if base in VQ else kq_dequantize(base, shape, b)
+        return vq_dequantize(base, shape, b) if base in VQ else kq_dequantize("q4_k", shape, b)
     return None
 
 
@@ -228,7 +234,21 @@ def valid(rng, add):
             "a quantized random matrix" + ("" if typ == "cbk2" else "; 4- and 1-dimensional shapes") + ("; the lattice itself (indices 0..255 at scale 1)" if not learned else ""),
             {"note": typ}, tensors)
 
-    for base in list(VQ) + ["q4_k"]:
+    # q4_ke (q4_ke.md): q4_k's bytes, so q4_k's random rows (blocks, block + tail, tail-only) and a matrix
+    # from its own quantizer (symmetric sub-blocks: dmin = 8 d, min = scale) with a tail; its own rng, so
+    # that the other vectors stay as they were
+    from make_vectors import kq_random
+    krng = np.random.RandomState(11)
+    add("type_q4_ke.lowbit", "q4_ke: random q4_k bytes in rows of 256, 384 (block + 128-weight tail), 172 and 1 weights "
+        "(decoded exactly as q4_k), and matrices from the q4_ke quantizer with rows of 256 and 300 weights", {"note": "q4_ke"},
+        [("whole", "q4_ke", (2, 256), kq_random(krng, "q4_k", 2, 256)),
+         ("block_tail", "q4_ke", (2, 384), kq_random(krng, "q4_k", 2, 384)),
+         ("tail_172", "q4_ke", (3, 172), kq_random(krng, "q4_k", 3, 172)),
+         ("tail_1", "q4_ke", (1, 1), kq_random(krng, "q4_k", 1, 1)),
+         ("matrix", "q4_ke", (4, 256), quant("q4_ke", krng.randn(4, 256))),
+         ("matrix_tail", "q4_ke", (3, 300), quant("q4_ke", krng.randn(3, 300)))])
+
+    for base in list(VQ) + ["q4_k", "q4_ke"]:
         typ = base + ".h"
         if base in VQ:
             D, B, _ = VQ[base]
@@ -243,6 +263,19 @@ def valid(rng, add):
                        ("matrix", typ, (8, 2 * B), quant(typ, rng.randn(8, 2 * B)))]
             desc = (f"{typ}: the {base} special tensor entropy-coded; one symbol only (it and the next byte value "
                     "get length 1); a quantized random matrix" + ("" if base == "cbk2" else "; 3- and 1-dimensional shapes"))
+        elif base == "q4_ke":
+            krng = np.random.RandomState(13)
+            one = np.frombuffer(kq_random(krng, "q4_k", 2, 300), np.uint8).reshape(2, -1).copy()
+            one[:, index_mask("q4_ke", 300)] = 0x88   # every nibble 8 (the middle level), block and tail
+            tensors = [("whole", typ, (2, 512), huff_encode(base, (2, 512), kq_random(krng, "q4_k", 2, 512))),
+                       ("block_tail", typ, (2, 384), huff_encode(base, (2, 384), kq_random(krng, "q4_k", 2, 384))),
+                       ("tail_only", typ, (3, 172), huff_encode(base, (3, 172), kq_random(krng, "q4_k", 3, 172))),
+                       ("tail_1", typ, (1, 1), huff_encode(base, (1, 1), kq_random(krng, "q4_k", 1, 1))),
+                       ("one_symbol", typ, (2, 300), huff_encode(base, (2, 300), one.tobytes())),
+                       ("matrix", typ, (4, 300), quant(typ, krng.randn(4, 300)))]   # (own rng: the vectors after stay as they were)
+            desc = ("q4_ke.h: random q4_k bytes in rows of 512, 384 (block + tail: the tail's packed quants are index "
+                    "bytes too) and 172 and 1 (tail only: the tail's quants are the only index bytes; every q4_ke row "
+                    "has some); one symbol only (byte 0x88 and 0x89 get length 1); a quantized random matrix with tails")
         else:
             from make_vectors import kq_random
             krng = np.random.RandomState(7)
@@ -324,6 +357,14 @@ def invalid(add, entry_file, rng):
         entry_file("cbk2.h", [1, 96], good))
     add("h_rows_huge.lowbit", "d4l2.h of 2^33 rows (R cannot be represented in the u32 header)",
         entry_file("d4l2.h", [2**17, 2**16, 32], good))
+    # q4_k.h and q4_ke.h share q4_k's bytes but not the index bytes of a tail block: each one's header
+    # on the other type is a count mismatch
+    from make_vectors import kq_random
+    kq = kq_random(np.random.RandomState(17), "q4_k", 2, 300)
+    add("h_q4_ke_with_q4_k_counts.lowbit", "q4_ke.h [2, 300] whose header counts the tail's quants as other bytes "
+        "(q4_k.h's n_idx 128, n_other 56; q4_ke.h needs 176, 8)", entry_file("q4_ke.h", [2, 300], huff_encode("q4_k", (2, 300), kq)))
+    add("h_q4_k_with_q4_ke_counts.lowbit", "q4_k.h [2, 300] whose header counts the tail's quants as index bytes "
+        "(q4_ke.h's n_idx 176, n_other 8; q4_k.h needs 128, 56)", entry_file("q4_k.h", [2, 300], huff_encode("q4_ke", (2, 300), kq)))
     add("cbk2_no_codebook.lowbit", "cbk2 [2, 64] sized without its 2048-byte codebook",
         entry_file("cbk2", [2, 64], vq_bytes("cbk2", 2, 64, rng=rng)[2048:]))
     add("d4l2_no_row_scales.lowbit", "d4l2 [2, 64] sized without its row scales",

@@ -338,31 +338,34 @@ typedef struct {
      * stored in the tensor's prefix (learned) or is the fixed D4 lattice. 0 for other types. */
     uint32_t vq_dim, vq_learned;
     /* Index bytes of a whole block (the bytes an entropy-coded variant replaces by Huffman codes,
-     * types/huffman.md): positions idx_first .. idx_first + idx_count - 1 of the block. */
-    uint32_t idx_first, idx_count;
+     * types/huffman.md): positions idx_first .. idx_first + idx_count - 1 of the block; idx_tail = 1:
+     * a tail block's packed quants (its bytes after head + nsub * scale_bytes) are index bytes too. */
+    uint32_t idx_first, idx_count, idx_tail;
     /* Self-sized entropy-coded types `<base>.h`: the base type's name; NULL otherwise. */
     const char *base;
 } type_info;
 
 #define NO_TAIL {0, 0, 0, 0}
 static const type_info TYPES[] = {
-    {"f32", 1, 4, dq_f32, NO_TAIL, 0, 0, 0, 0, NULL},
-    {"f16", 1, 2, dq_f16, NO_TAIL, 0, 0, 0, 0, NULL},
-    {"bf16", 1, 2, dq_bf16, NO_TAIL, 0, 0, 0, 0, NULL},
-    {"u8", 1, 1, dq_u8, NO_TAIL, 0, 0, 0, 0, NULL},
-    {"q8_0", 32, 34, dq_q8_0, NO_TAIL, 0, 0, 0, 0, NULL},
-    {"q2_k", 256, 84, dq_q2_k, {16, 2, 4, 1}, 0, 0, 0, 0, NULL},
-    {"q3_k", 256, 110, dq_q3_k, {16, 3, 2, 1}, 0, 0, 0, 0, NULL},
-    {"q4_k", 256, 144, dq_q4_k, {32, 4, 4, 2}, 0, 0, 16, 128, NULL},
-    {"q5_k", 256, 176, dq_q5_k, {32, 5, 4, 2}, 0, 0, 0, 0, NULL},
-    {"q6_k", 256, 210, dq_q6_k, {16, 6, 2, 1}, 0, 0, 0, 0, NULL},
-    {"cbk2", 64, 17, NULL, NO_TAIL, 4, 1, 1, 16, NULL},
-    {"cbk4", 32, 17, NULL, NO_TAIL, 2, 1, 1, 16, NULL},
-    {"d4l2", 32, 9, NULL, NO_TAIL, 4, 0, 1, 8, NULL},
-    {"cbk2.h", 64, 17, NULL, NO_TAIL, 0, 0, 0, 0, "cbk2"},
-    {"cbk4.h", 32, 17, NULL, NO_TAIL, 0, 0, 0, 0, "cbk4"},
-    {"d4l2.h", 32, 9, NULL, NO_TAIL, 0, 0, 0, 0, "d4l2"},
-    {"q4_k.h", 256, 144, NULL, {32, 4, 4, 2}, 0, 0, 0, 0, "q4_k"},
+    {"f32", 1, 4, dq_f32, NO_TAIL, 0, 0, 0, 0, 0, NULL},
+    {"f16", 1, 2, dq_f16, NO_TAIL, 0, 0, 0, 0, 0, NULL},
+    {"bf16", 1, 2, dq_bf16, NO_TAIL, 0, 0, 0, 0, 0, NULL},
+    {"u8", 1, 1, dq_u8, NO_TAIL, 0, 0, 0, 0, 0, NULL},
+    {"q8_0", 32, 34, dq_q8_0, NO_TAIL, 0, 0, 0, 0, 0, NULL},
+    {"q2_k", 256, 84, dq_q2_k, {16, 2, 4, 1}, 0, 0, 0, 0, 0, NULL},
+    {"q3_k", 256, 110, dq_q3_k, {16, 3, 2, 1}, 0, 0, 0, 0, 0, NULL},
+    {"q4_k", 256, 144, dq_q4_k, {32, 4, 4, 2}, 0, 0, 16, 128, 0, NULL},
+    {"q4_ke", 256, 144, dq_q4_k, {32, 4, 4, 2}, 0, 0, 16, 128, 1, NULL},
+    {"q5_k", 256, 176, dq_q5_k, {32, 5, 4, 2}, 0, 0, 0, 0, 0, NULL},
+    {"q6_k", 256, 210, dq_q6_k, {16, 6, 2, 1}, 0, 0, 0, 0, 0, NULL},
+    {"cbk2", 64, 17, NULL, NO_TAIL, 4, 1, 1, 16, 0, NULL},
+    {"cbk4", 32, 17, NULL, NO_TAIL, 2, 1, 1, 16, 0, NULL},
+    {"d4l2", 32, 9, NULL, NO_TAIL, 4, 0, 1, 8, 0, NULL},
+    {"cbk2.h", 64, 17, NULL, NO_TAIL, 0, 0, 0, 0, 0, "cbk2"},
+    {"cbk4.h", 32, 17, NULL, NO_TAIL, 0, 0, 0, 0, 0, "cbk4"},
+    {"d4l2.h", 32, 9, NULL, NO_TAIL, 0, 0, 0, 0, 0, "d4l2"},
+    {"q4_k.h", 256, 144, NULL, {32, 4, 4, 2}, 0, 0, 0, 0, 0, "q4_k"},
+    {"q4_ke.h", 256, 144, NULL, {32, 4, 4, 2}, 0, 0, 0, 0, 0, "q4_ke"},
 };
 
 /* Bytes of one row of `cols` weights; 0 when the type cannot hold such a row or the size overflows. */
@@ -449,6 +452,8 @@ static void vq_row(const type_info *ti, const float *P, float d, const uint8_t *
 typedef struct {
     const type_info *base;
     uint64_t rows, n_idx, n_other, prefix, stream_len, row_bytes;
+    uint64_t whole;        /* bytes of the row's whole blocks (a tail block, if any, follows) */
+    uint64_t tail_idx;     /* row position where the tail block's index bytes start (to the row's end); row_bytes: none */
     const uint8_t *lengths, *offsets, *pre, *other, *stream;
 } huff_tensor;
 
@@ -464,7 +469,17 @@ static lb_status huff_parse(const lb_tensor *t, const type_info *ti, huff_tensor
     h->rows = t->rows;
     if (!h->base || !row_bytes_of(h->base, t->cols, &h->row_bytes))
         return fail(err, LB_E_LAYOUT, "tensor '%.200s': row length %llu does not fit %s", t->name, (unsigned long long)t->cols, ti->name);
-    h->n_idx = t->cols / h->base->block_size * h->base->idx_count;   /* tail blocks have no index bytes */
+    /* index bytes by arithmetic: idx_count per whole block, and for q4_ke the tail block's packed
+     * quants, which end its row (rem < block_size <= 2^32 and row_bytes was computed: no overflow) */
+    h->whole = t->cols / h->base->block_size * h->base->block_bytes;
+    h->n_idx = t->cols / h->base->block_size * h->base->idx_count;
+    h->tail_idx = h->row_bytes;
+    if (h->base->idx_tail && t->cols % h->base->block_size) {
+        const tail_layout *tl = &h->base->tail;
+        uint64_t nsub = (t->cols % h->base->block_size + tl->sub - 1) / tl->sub;
+        h->tail_idx = h->whole + tl->head + nsub * tl->scale_bytes;
+        h->n_idx += h->row_bytes - h->tail_idx;
+    }
     h->n_other = h->row_bytes - h->n_idx;
     h->prefix = prefix_bytes_of(h->base, t->rows);
     if (t->nbytes < HUFF_FIXED)
@@ -534,12 +549,11 @@ static uint32_t huff_peek(const uint8_t *c, uint64_t n, uint64_t bit) {
 static void huff_row(const huff_tensor *h, const uint16_t *table, uint64_t r, uint8_t *row) {
     const type_info *b = h->base;
     const uint8_t *other = h->other + r * h->n_other;
-    uint64_t start = rd32(h->offsets + 4 * r), n = rd32(h->offsets + 4 * (r + 1)) - start, bit = 0, p, whole;
+    uint64_t start = rd32(h->offsets + 4 * r), n = rd32(h->offsets + 4 * (r + 1)) - start, bit = 0, p;
     const uint8_t *chunk = h->stream + start;
-    whole = h->n_idx ? h->n_idx / b->idx_count * b->block_bytes : 0;   /* bytes of whole blocks */
     for (p = 0; p < h->row_bytes; p++) {
         uint32_t in = (uint32_t)(p % b->block_bytes);
-        if (p < whole && in >= b->idx_first && in < b->idx_first + b->idx_count) {
+        if ((p < h->whole && in >= b->idx_first && in < b->idx_first + b->idx_count) || p >= h->tail_idx) {
             uint32_t e = table[huff_peek(chunk, n, bit)];
             row[p] = (uint8_t)(e & 0xFF);
             bit += e >> 8;

@@ -69,6 +69,8 @@ def parse(base: QuantType, flat: np.ndarray, shape, name="tensor", pieces=True):
     eprefix = base.prefix_bytes(shape) if base.prefix_bytes else 0
     rb = base.row_bytes(cols)
     e_idx = cols // base.block_size * len(base.index_positions(base.block_size))
+    if cols % base.block_size:   # a tail block's index bytes (q4_ke's packed quants; none for q4_k)
+        e_idx += len(base.index_positions(cols % base.block_size))
     if (r, n_idx, n_other, prefix) != (rows, e_idx, rb - e_idx, eprefix):
         raise ValueError(f"header (rows {r}, index bytes {n_idx}, other bytes {n_other}, prefix {prefix}) does not "
                          f"match {base.name} {list(shape)} (expected {rows}, {e_idx}, {rb - e_idx}, {eprefix})")

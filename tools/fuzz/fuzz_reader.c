@@ -35,18 +35,19 @@ static void put32(uint8_t *p, uint32_t v) {
  * the flags say otherwise, the header fields the shape fixes, so mutations reach the code lengths,
  * offsets, prefix and stream. */
 static void check_h(const uint8_t *data, size_t size) {
-    static const char *types[4] = {"cbk2.h", "cbk4.h", "d4l2.h", "q4_k.h"};
-    static const uint32_t B[4] = {64, 32, 32, 256}, BB[4] = {17, 17, 9, 144}, NIDX[4] = {16, 16, 8, 128}, CB[4] = {2048, 1024, 0, 0};
-    uint32_t t = data[1] % 4, rows = 1 + data[2] % 4, cols, flags = data[5];
+    static const char *types[5] = {"cbk2.h", "cbk4.h", "d4l2.h", "q4_k.h", "q4_ke.h"};
+    static const uint32_t B[5] = {64, 32, 32, 256, 256}, BB[5] = {17, 17, 9, 144, 144}, NIDX[5] = {16, 16, 8, 128, 128},
+                          CB[5] = {2048, 1024, 0, 0, 0};
+    uint32_t t = data[1] % 5, rows = 1 + data[2] % 4, cols, flags = data[5];
     uint64_t n = size - 6, rb, n_idx, n_other, P, fixedsz, off, total, crc;
     char header[256];
     int hl;
     uint8_t *file;
-    cols = t == 3 ? 1 + (uint32_t)(data[3] | (data[4] << 8)) % 600 : (1 + data[3] % 4) * B[t];
-    rb = cols / B[t] * BB[t] + (t == 3 && cols % 256 ? 4 + (cols % 256 + 31) / 32 * 18 : 0);
-    n_idx = cols / B[t] * NIDX[t];
+    cols = t >= 3 ? 1 + (uint32_t)(data[3] | (data[4] << 8)) % 600 : (1 + data[3] % 4) * B[t];
+    rb = cols / B[t] * BB[t] + (t >= 3 && cols % 256 ? 4 + (cols % 256 + 31) / 32 * 18 : 0);
+    n_idx = cols / B[t] * NIDX[t] + (t == 4 ? (cols % 256 + 31) / 32 * 16 : 0);   /* q4_ke: the tail's quants too */
     n_other = rb - n_idx;
-    P = t == 3 ? 0 : CB[t] + 2 * rows;
+    P = t >= 3 ? 0 : CB[t] + 2 * rows;
     hl = snprintf(header, sizeof header, "{\"tensors\":[{\"name\":\"t\",\"type\":\"%s\",\"shape\":[%u,%u],\"offset\":0,"
                   "\"nbytes\":%lu,\"crc32\":\"00000000\"}]}", types[t], rows, cols, (unsigned long)n);
     off = (48 + (uint64_t)hl + 63) / 64 * 64;

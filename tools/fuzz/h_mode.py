@@ -1,7 +1,7 @@
 """Structure-aware fuzz inputs for the entropy-coded `.h` types (format_spec/types/huffman.md),
 shared by fuzz_python.py and seeds.py; tools/fuzz/fuzz_reader.c implements the same mapping in C.
 
-An input `H t r c0 c1 f <tensor bytes>` becomes a one-tensor file: type TYPES[t % 4], shape
+An input `H t r c0 c1 f <tensor bytes>` becomes a one-tensor file: type TYPES[t % 5], shape
 [1 + r % 4, cols] with cols from (c0, c1), nbytes = len(tensor bytes). Unless flag bit 0 is set,
 the header's R, n_idx, n_other and P are overwritten with what the shape needs; unless bit 1 is
 set, S is made to fit nbytes and off[0] = 0, off[R] = S. So a mutation reaches the code lengths,
@@ -10,15 +10,16 @@ import json
 import struct
 import zlib
 
-TYPES = ["cbk2.h", "cbk4.h", "d4l2.h", "q4_k.h"]
+TYPES = ["cbk2.h", "cbk4.h", "d4l2.h", "q4_k.h", "q4_ke.h"]
 # block weights, block bytes, index bytes per block, stored codebook bytes (prefix = that + 2R for codebook bases)
-PARAMS = {"cbk2.h": (64, 17, 16, 2048), "cbk4.h": (32, 17, 16, 1024), "d4l2.h": (32, 9, 8, 0), "q4_k.h": (256, 144, 128, None)}
+PARAMS = {"cbk2.h": (64, 17, 16, 2048), "cbk4.h": (32, 17, 16, 1024), "d4l2.h": (32, 9, 8, 0), "q4_k.h": (256, 144, 128, None),
+          "q4_ke.h": (256, 144, 128, None)}
 
 
 def shape_of(t, r, c0, c1):
-    typ = TYPES[t % 4]
+    typ = TYPES[t % 5]
     B = PARAMS[typ][0]
-    cols = (1 + (c0 % 4)) * B if typ != "q4_k.h" else 1 + (c0 | c1 << 8) % 600
+    cols = (1 + (c0 % 4)) * B if typ not in ("q4_k.h", "q4_ke.h") else 1 + (c0 | c1 << 8) % 600
     return typ, (1 + r % 4, cols)
 
 
@@ -26,9 +27,11 @@ def counts(typ, rows, cols):
     """(n_idx, n_other, P) the shape needs."""
     B, bb, nidx, cb = PARAMS[typ]
     rb = cols // B * bb
-    if typ == "q4_k.h" and cols % B:
-        rb += 4 + -(-(cols % B) // 32) * 18   # q4_k tail block: d, dmin, then per 32 weights 2 scale bytes + 16 quant bytes
     n_idx = cols // B * nidx
+    if typ in ("q4_k.h", "q4_ke.h") and cols % B:
+        rb += 4 + -(-(cols % B) // 32) * 18   # q4_k tail block: d, dmin, then per 32 weights 2 scale bytes + 16 quant bytes
+        if typ == "q4_ke.h":
+            n_idx += -(-(cols % B) // 32) * 16   # q4_ke: the tail's quant bytes are index bytes too
     return n_idx, rb - n_idx, (cb + 2 * rows) if cb is not None else 0
 
 
@@ -65,7 +68,7 @@ def seed(typ, shape, raw: bytes):
         return None
     t = TYPES.index(typ)
     B = PARAMS[typ][0]
-    if typ == "q4_k.h":
+    if typ in ("q4_k.h", "q4_ke.h"):
         c0, c1 = (cols - 1) % 256, (cols - 1) // 256
         if cols > 600:
             return None
