@@ -11,6 +11,13 @@
 //   q4_k (144 bytes) and q5_k (176 bytes) blocks are 16-byte multiples and stay as in the file.
 // A k-quant row whose length is not a multiple of 256 ends in a tail block (format_spec/types/
 // kquants.md): tail blocks live in their own array (lb_mat.xtra, one per row, as in the file).
+//   cbk2, cbk4, d4l2 (codebook types, format_spec/types/codebook.md): body = the index bytes of each
+//         block (16 for cbk2/cbk4, 8 for d4l2), tail = the scale byte of each block, xtra = side
+//         data: the codebook (256 x D fp16; d4l2's fixed D4 lattice written out by the loader) then
+//         the fp16 row scales (the tensor's prefix). Their GEMV is gemv_vq_kernel (codebook in
+//         shared memory as float), launched by lb_gemv for the job's codebook matrices.
+//   <base>.h (Huffman-coded) tensors are decoded on the host at load back into the base type's
+//         bytes (lowbit/cuda/host_repack.py) and run the base type's kernels.
 // Adding a type: its functions here (row dot, dequant_one), its entry in lowbit/cuda/layouts.py.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -23,6 +30,7 @@
 #define LB_API extern "C" __attribute__((visibility("default")))
 
 enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q6_K = 5, T_Q2_K = 6, T_Q3_K = 7, T_Q5_K = 8,
+       T_CBK2 = 9, T_CBK4 = 10, T_D4L2 = 11,   // codebook types (vq_* below)
        T_F32S = 16, T_F16S = 17, T_BF16S = 18 };   // *S: rows not a multiple of 16 bytes (scalar loads)
 
 typedef struct {
@@ -517,6 +525,21 @@ __device__ __forceinline__ void row_dot_float(const lb_mat& m, int row, const fl
     }
 }
 
+// ----------------------------------------------------------------------------- codebook types
+// w[b*B + v*D + j] = d_row * SCALE[s_b] * codebook[idx[b, v], j], SCALE[0] = 0, SCALE[s] =
+// 2^((s - 255) / 16) (float32 of the double value, as the CPU's table). VQ_D/VQ_B: D and B of a type.
+__host__ __device__ constexpr int VQ_D(int ty) { return ty == T_CBK4 ? 2 : 4; }
+__host__ __device__ constexpr int VQ_B(int ty) { return ty == T_CBK2 ? 64 : 32; }
+__device__ __forceinline__ float vq_scale(int s) { return s ? (float)exp2((double)(s - 255) / 16.0) : 0.f; }
+__device__ __forceinline__ float vq_weight(const lb_mat& m, int row, int c) {
+    const int D = VQ_D(m.type), B = VQ_B(m.type), nv = B / D, blk = c / B, v = (c - blk * B) / D, j = c % D;
+    const uint8_t* idx = (const uint8_t*)m.body + (size_t)row * m.body_row;
+    const uint8_t* sc = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
+    const uint16_t* side = (const uint16_t*)m.xtra;   // codebook [256][D], then fp16 d per row
+    const float d = h2f(side[256 * D + row]);
+    return __fmul_rn(__fmul_rn(d, vq_scale(sc[blk])), h2f(side[idx[blk * nv + v] * D + j]));
+}
+
 // one weight, any type (embedding rows, tests, and the scalar float path); exact: the spec's
 // products in its order, no fused multiply-add (__fmul_rn/__fsub_rn are never contracted)
 __device__ __forceinline__ float affine_w(float d, int sc, int q, float dmin, int mn) {
@@ -536,6 +559,7 @@ __device__ float dequant_one(const lb_mat& m, int row, int c) {
         const uint16_t* dt = (const uint16_t*)mt;
         return __fmul_rn(h2f(dt[c >> 5]), (float)(int8_t)r[q8_pos(c, m.cols)]);
     }
+    case T_CBK2: case T_CBK4: case T_D4L2: return vq_weight(m, row, c);
     case T_Q4_K: {
         const uint8_t* blk = r + (size_t)b * 144;
         int j = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
@@ -1846,8 +1870,185 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     return 0;
 }
 
+// ------------------------------------------------------------------ codebook types: the GEMV
+// One block of VQ_WARPS warps takes a run of job.rpw[mi] rows of one matrix (mode 2: the same
+// rows of gate and up); its codebook(s) and the SCALE table go to shared memory as float first
+// (fp16 -> float once per block, not per lookup), before the wait for the previous kernel. A warp
+// does one row at a time; lane l takes blocks l, l + 32, ...: one 16-byte (cbk2, cbk4) or 8-byte
+// (d4l2) load of the block's indices and one scale byte, then D-float codebook entries from shared
+// memory against x float4 loads. Sums as the CPU's: per block sum(cb . x), times SCALE[s], summed
+// over blocks, times d_row at the end. Prompt passes: NT tokens per pass share each index load.
+constexpr int VQ_WARPS = 8;
+template <int TY> struct VqIdx;                      // the index bytes of one block
+template <> struct VqIdx<T_CBK2> { typedef uint4 T; };
+template <> struct VqIdx<T_CBK4> { typedef uint4 T; };
+template <> struct VqIdx<T_D4L2> { typedef uint2 T; };
+
+template <int TY, int NT>
+__device__ __forceinline__ void vq_row_dot(const lb_mat& m, const float* __restrict__ cb, const float* __restrict__ scl, int row,
+                                           const float* __restrict__ x, int ldx, int lane, float* acc) {
+    constexpr int D = VQ_D(TY), B = VQ_B(TY), NV = B / D, U = NT >= 4 ? 1 : 2;   // (U = 2 at NT 8 spills)
+    typedef typename VqIdx<TY>::T IT;
+    const uint8_t* ib = (const uint8_t*)m.body + (size_t)row * m.body_row;
+    const uint8_t* sb = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
+    const int nb = m.cols / B;
+    float part[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) part[t] = 0.f;
+    for (int b0 = 0; b0 < nb; b0 += 32 * U) {
+        IT q[U];
+        int s[U];
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const int b = b0 + 32 * k + lane;
+            if (b < nb) { q[k] = __ldcs(reinterpret_cast<const IT*>(ib + (size_t)b * NV)); s[k] = sb[b]; }
+        }
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const int b = b0 + 32 * k + lane;
+            if (b >= nb) continue;
+            uint32_t w[4];
+            memcpy(w, &q[k], sizeof(IT));
+            const float sc = scl[s[k]];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float* xb = x + (size_t)t * ldx + (size_t)b * B;
+                float sum = 0.f;
+#pragma unroll
+                for (int v = 0; v < NV; v++) {
+                    const int id = (w[v >> 2] >> (8 * (v & 3))) & 0xFF;
+                    if (D == 4) {
+                        const float4 c = reinterpret_cast<const float4*>(cb)[id];
+                        const float4 a = ldx4(xb + 4 * v);
+                        sum += c.x * a.x + c.y * a.y + c.z * a.z + c.w * a.w;
+                    } else {
+                        const float2 c = reinterpret_cast<const float2*>(cb)[id];
+                        const float2 a = __ldg(reinterpret_cast<const float2*>(xb + 2 * v));
+                        sum += c.x * a.x + c.y * a.y;
+                    }
+                }
+                part[t] += sc * sum;
+            }
+        }
+    }
+    const float d = h2f(reinterpret_cast<const uint16_t*>(m.xtra)[256 * D + row]);
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = d * warp_sum(part[t]);
+}
+
+template <int TY>
+__device__ __forceinline__ void vq_load_codebook(const lb_mat& m, float* cb) {
+    constexpr int D = VQ_D(TY);
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(m.xtra);
+    for (int i = threadIdx.x; i < 256 * D; i += blockDim.x) cb[i] = h2f(src[i]);
+}
+
+template <int TY, int NT>
+__global__ void __launch_bounds__(32 * VQ_WARPS) gemv_vq_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
+    constexpr int D = VQ_D(TY);
+    __shared__ __align__(16) float cb[2][256 * D];
+    __shared__ float scl[256];
+    pdl_launch();
+    int bid = blockIdx.x, mi = 0;
+    if (job.mode != 2)
+        while (mi < job.nmat - 1 && bid >= job.wcnt[mi]) { bid -= job.wcnt[mi]; mi++; }
+    const lb_mat& m = job_mat(job, mi);
+    vq_load_codebook<TY>(m, cb[0]);
+    if (job.mode == 2) vq_load_codebook<TY>(job.m[1], cb[1]);
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) scl[i] = vq_scale(i);
+    __syncthreads();
+    pdl_wait();
+    const int rpb = mi == 0 ? job.rpw[0] : mi == 1 ? job.rpw[1] : job.rpw[2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r1 = min(m.rows, (bid + 1) * rpb);
+    for (int row = bid * rpb + warp; row < r1; row += VQ_WARPS) {
+        float a[NT], b[NT];
+        vq_row_dot<TY, NT>(job_mat(job, mi), cb[0], scl, row, x, ldx, lane, a);
+        if (job.mode == 2) vq_row_dot<TY, NT>(job.m[1], cb[1], scl, row, x, ldx, lane, b);
+        if (lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) gemv_store(job, mi, row, t, a[t], job.mode == 2 ? b[t] : 0.f);
+    }
+}
+
+static bool is_vq(int type) { return type == T_CBK2 || type == T_CBK4 || type == T_D4L2; }
+
+template <int TY>
+static cudaError_t launch_vq_nt(const lb_job& j, const float* x, int ldx, int nt, int blocks) {
+    const dim3 g(blocks), b(32 * VQ_WARPS);
+    switch (nt) {
+    case 8: return launch(gemv_vq_kernel<TY, 8>, g, b, j, x, ldx);
+    case 4: return launch(gemv_vq_kernel<TY, 4>, g, b, j, x, ldx);
+    case 2: return launch(gemv_vq_kernel<TY, 2>, g, b, j, x, ldx);
+    default: return launch(gemv_vq_kernel<TY, 1>, g, b, j, x, ldx);
+    }
+}
+
+// The codebook matrices of a job (one launch per type present, NT tokens per pass); the other
+// matrices go to *rest. Rows per block: enough blocks for ~4 per SM over the launch, at least one
+// row per warp, so each block's codebook load (2-4 KB from L2) is spread over several rows.
+static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* rest) {
+    *rest = job;
+    if (job.mode == 2) {
+        const bool a = is_vq(job.m[0].type), b = is_vq(job.m[1].type);
+        if (!a && !b) return 0;
+        if (a != b || job.m[0].type != job.m[1].type || job.m[0].cols != job.m[1].cols || job.m[0].rows != job.m[1].rows) {
+            snprintf(g_err, sizeof g_err, "gate/up of different types (%d, %d): a codebook type must pair with the same type", job.m[0].type, job.m[1].type);
+            return -1;
+        }
+    }
+    rest->nmat = 0;
+    for (int ty = T_CBK2; ty <= T_D4L2; ty++) {
+        lb_job j = job;
+        j.nmat = 0;
+        if (job.mode == 2) { if (job.m[0].type == ty) j.nmat = 2; }
+        else for (int i = 0; i < job.nmat; i++) {
+            if (job.m[i].type != ty) continue;
+            j.m[j.nmat] = job.m[i]; j.y[j.nmat] = job.y[i]; j.ldy[j.nmat] = job.ldy[i]; j.nmat++;
+        }
+        if (!j.nmat) continue;
+        const int nm = job.mode == 2 ? 1 : j.nmat;
+        long long rows = 0;
+        for (int i = 0; i < nm; i++) rows += j.m[i].rows;
+        const long long budget = 4LL * g_sms;
+        int rpb = (int)((rows + budget - 1) / budget);
+        rpb = (rpb + VQ_WARPS - 1) / VQ_WARPS * VQ_WARPS;
+        int blocks = 0;
+        for (int i = 0; i < 3; i++) {
+            j.rpw[i] = rpb;
+            j.wcnt[i] = i < nm ? (j.m[i].rows + rpb - 1) / rpb : 0;
+            blocks += j.wcnt[i];
+        }
+        for (int t0 = 0; t0 < ntok;) {
+            const int nt = ntok - t0 >= 8 ? 8 : ntok - t0 >= 4 ? 4 : ntok - t0 >= 2 ? 2 : 1;
+            lb_job jt = j;
+            for (int i = 0; i < 3; i++) if (jt.y[i]) jt.y[i] += (uint64_t)t0 * jt.ldy[i] * sizeof(float);
+            const float* xp = (const float*)x + (size_t)t0 * ldx;
+            cudaError_t r = ty == T_CBK2 ? launch_vq_nt<T_CBK2>(jt, xp, ldx, nt, blocks)
+                          : ty == T_CBK4 ? launch_vq_nt<T_CBK4>(jt, xp, ldx, nt, blocks)
+                                         : launch_vq_nt<T_D4L2>(jt, xp, ldx, nt, blocks);
+            if (r != cudaSuccess) return fail("gemv_vq_kernel launch", r);
+            CKL("gemv_vq_kernel");
+            t0 += nt;
+        }
+    }
+    if (job.mode == 2) return 0;   // (both were codebook matrices)
+    for (int i = 0; i < job.nmat; i++) {
+        if (is_vq(job.m[i].type)) continue;
+        rest->m[rest->nmat] = job.m[i]; rest->y[rest->nmat] = job.y[i]; rest->ldy[rest->nmat] = job.ldy[i]; rest->nmat++;
+    }
+    return 0;
+}
+
 // y = W x for ntok tokens (x rows ldx floats apart), in chunks of at most 8 tokens per pass
 LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
+    lb_job others;   // codebook matrices first (their own kernel), then the rest as before
+    {
+        int rc = gemv_vq(*job_in, x, ldx, ntok, &others);
+        if (rc) return rc;
+        if (others.nmat == 0) return 0;
+        job_in = &others;
+    }
     if (ntok == 1 && g_dp4a && job_in->xq) {
         lb_job rest;
         int rc = gemv_q8act(*job_in, x, &rest);
