@@ -229,6 +229,13 @@ def test_decode_greedy_matches_forward(tmp_path, monkeypatch):
     assert list(gpu.decode_greedy(0, gpu.new_cache(), 0)) == []
 
 
+# "TYPE+f16down": TYPE with ffn_down in f16. stories260K's ffn_down rows (172 weights) fit no codebook
+# type, so the converter falls back to q2_k/q4_k there, whose inputs the CPU rounds to 8 bits in
+# every matmul (the GPU's q2_k decode does not: 2.1-3.3e-2 on its own); f16 isolates the codebook
+# kernels' own agreement.
+OVERRIDES = {"f16down": (r"blk\.\d+\.ffn_down\.weight=f16",)}
+
+
 def _shared_model(name, qtype, tmp_path_factory):
     d = os.environ.get("LOWBIT_TEST_MODELS")   # prebuilt files: NAME-QTYPE.lowbit (or NAME.lowbit)
     for fn in (f"{name}-{qtype}.lowbit", f"{name}.lowbit"):
@@ -239,15 +246,17 @@ def _shared_model(name, qtype, tmp_path_factory):
         pytest.skip(f"{name}: neither $LOWBIT_TEST_MODELS/{name}.lowbit nor {src} exists")
     from converters import convert
     out = tmp_path_factory.mktemp("models") / f"{name}.lowbit"
-    convert(str(src), str(out), qtype, progress=False, log=lambda m: None)
+    qtype, _, extra = qtype.partition("+")
+    convert(str(src), str(out), qtype, progress=False, log=lambda m: None, overrides=OVERRIDES[extra] if extra else ())
     return str(out)
 
 
 @needs_gpu
 @pytest.mark.parametrize("name,qtype", [("stories260K", "f32"), ("pychat-30m", "q4_k_m"), ("pychat-30m", "q2_k"),
                                         ("pycode-30m", "q4_k_m"), ("pycode-30m", "q2_k"),
-                                        ("stories260K", "cbk2"), ("stories260K", "cbk4"), ("stories260K", "d4l2"),
-                                        ("stories260K", "q4_ke.h"), ("stories260K", "cbk4.h")])
+                                        ("stories260K", "cbk2+f16down"), ("stories260K", "cbk4+f16down"),
+                                        ("stories260K", "d4l2+f16down"), ("stories260K", "cbk4.h+f16down"),
+                                        ("stories260K", "cbk4"), ("stories260K", "q4_ke.h")])
 def test_shared_model_matches_cpu(name, qtype, tmp_path_factory):
     path = _shared_model(name, qtype, tmp_path_factory)
     cpu, gpu = lowbit.load(path), lowbit.load(path, device="cuda")
