@@ -144,7 +144,8 @@ CASES = {
     # codebook types (gemv_vq_kernel; 4-16 blocks per row, the embedding and output too) and the
     # Huffman-coded types (decoded to their base type's bytes at load)
     "cbk2": dict(), "cbk4": dict(), "d4l2": dict(), "q4_ke": dict(),
-    "cbk4-wide": dict(ffn=2304), "d4l2-wide": dict(ffn=2304),   # down rows of 72 blocks: > 64, the lanes' second round
+    # down rows of 2304 weights: whole 512-vector chunks (permuted index bytes) plus a remainder
+    "cbk2-wide": dict(ffn=2304), "cbk4-wide": dict(ffn=2304), "d4l2-wide": dict(ffn=2304),
     "cbk2-tied": dict(tied=True, bias=True),
     "q4_ke.h": TAIL, "q4_k.h": dict(), "cbk2.h": dict(), "cbk4.h": dict(), "d4l2.h": dict(),
 }

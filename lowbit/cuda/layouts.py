@@ -7,8 +7,10 @@ functions in lowbit_cuda.cu.
 Codebook types (cbk2, cbk4, d4l2; format_spec/types/codebook.md): the tensor's prefix (codebook
 256 x D fp16, then the fp16 row scales; d4l2's fixed D4 lattice is written out as fp16 in front)
 goes to lb_mat.xtra as the kernel's side data; each block (scale byte, then B/D index bytes) is
-split by the generic repack into body = the index bytes (16 or 8, aligned loads) and tail = the
-scale byte. gemv_vq_kernel holds the codebook in shared memory as float.
+split by lb_repack_vq into body = the row's index bytes, each full chunk of 512 vectors permuted so
+that lane l's 16 bytes hold vectors l, l+32, ... (vq_pos in lowbit_cuda.cu: the warp's x loads are
+then contiguous), and tail = the scale bytes. gemv_vq_kernel holds the codebook in shared memory as
+float. (Repack below gives the block split's byte counts; the permutation is lb_repack_vq's.)
 
 Huffman-coded types `<base>.h` (format_spec/types/huffman.md) have no layout of their own: at load
 each tensor's index stream is decoded on the host, a row block at a time, back into the base type's

@@ -11,8 +11,8 @@
 //   q4_k (144 bytes) and q5_k (176 bytes) blocks are 16-byte multiples and stay as in the file.
 // A k-quant row whose length is not a multiple of 256 ends in a tail block (format_spec/types/
 // kquants.md): tail blocks live in their own array (lb_mat.xtra, one per row, as in the file).
-//   cbk2, cbk4, d4l2 (codebook types, format_spec/types/codebook.md): body = the index bytes of each
-//         block (16 for cbk2/cbk4, 8 for d4l2), tail = the scale byte of each block, xtra = side
+//   cbk2, cbk4, d4l2 (codebook types, format_spec/types/codebook.md): body = the index bytes of a
+//         row, each full 512-vector chunk permuted (vq_pos), tail = the scale byte of each block, xtra = side
 //         data: the codebook (256 x D fp16; d4l2's fixed D4 lattice written out by the loader) then
 //         the fp16 row scales (the tensor's prefix). Their GEMV is gemv_vq_kernel (codebook in
 //         shared memory as float), launched by lb_gemv for the job's codebook matrices.
@@ -531,13 +531,19 @@ __device__ __forceinline__ void row_dot_float(const lb_mat& m, int row, const fl
 __host__ __device__ constexpr int VQ_D(int ty) { return ty == T_CBK4 ? 2 : 4; }
 __host__ __device__ constexpr int VQ_B(int ty) { return ty == T_CBK2 ? 64 : 32; }
 __device__ __forceinline__ float vq_scale(int s) { return s ? (float)exp2((double)(s - 255) / 16.0) : 0.f; }
+// Index bytes of a row in the body: each full chunk of 512 vectors permuted so that lane l's 16
+// bytes hold vectors l, l+32, ..., l+480 (then every x load of the warp is contiguous); the rest
+// of the row (nvec % 512 vectors) in natural order. Byte position of vector v of nvec:
+__host__ __device__ __forceinline__ int vq_pos(int v, int nvec) {
+    return v < (nvec & ~511) ? (v & ~511) | ((v & 31) << 4) | ((v >> 5) & 15) : v;
+}
 __device__ __forceinline__ float vq_weight(const lb_mat& m, int row, int c) {
-    const int D = VQ_D(m.type), B = VQ_B(m.type), nv = B / D, blk = c / B, v = (c - blk * B) / D, j = c % D;
+    const int D = VQ_D(m.type), B = VQ_B(m.type), blk = c / B, v = c / D, j = c % D;
     const uint8_t* idx = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* sc = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
     const uint16_t* side = (const uint16_t*)m.xtra;   // codebook [256][D], then fp16 d per row
     const float d = h2f(side[256 * D + row]);
-    return __fmul_rn(__fmul_rn(d, vq_scale(sc[blk])), h2f(side[idx[blk * nv + v] * D + j]));
+    return __fmul_rn(__fmul_rn(d, vq_scale(sc[blk])), h2f(side[idx[vq_pos(v, m.cols / D)] * D + j]));
 }
 
 // one weight, any type (embedding rows, tests, and the scalar float path); exact: the spec's
@@ -1656,6 +1662,19 @@ __global__ void repack_q8_kernel(const uint8_t* __restrict__ src, uint8_t* __res
     }
 }
 
+// codebook types: scale bytes (byte 0 of each block) to the tail, index bytes to the body at vq_pos
+__global__ void repack_vq_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint8_t* __restrict__ tail,
+                                 int rows, int nvec, int nv) {
+    const int nb = nvec / nv;
+    const size_t n = (size_t)rows * nvec;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const int row = (int)(i / nvec), v = (int)(i % nvec), b = v / nv;
+        const uint8_t* blk = src + (size_t)row * nb * (nv + 1) + (size_t)b * (nv + 1);
+        body[(size_t)row * nvec + vq_pos(v, nvec)] = blk[1 + v % nv];
+        if (v % nv == 0) tail[(size_t)row * nb + b] = blk[0];
+    }
+}
+
 // ------------------------------------------------------------------------------------- C API
 
 LB_API const char* lb_last_error(void) { return g_err; }
@@ -1740,6 +1759,13 @@ LB_API int lb_sync(void) { CK(cudaStreamSynchronize(g_stream)); return 0; }
 LB_API int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len) {
     repack_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint8_t*)tail, nblocks, block_bytes, body_off, body_len);
     CKL("repack_kernel");
+    return 0;
+}
+LB_API int lb_repack_vq(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols, int type) {
+    const int D = VQ_D(type), B = VQ_B(type);
+    if (type < T_CBK2 || type > T_D4L2 || cols % B) { snprintf(g_err, sizeof g_err, "codebook rows of %d weights (type %d) are not whole blocks", cols, type); return -1; }
+    repack_vq_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint8_t*)tail, rows, cols / D, B / D);
+    CKL("repack_vq_kernel");
     return 0;
 }
 LB_API int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols) {
@@ -1874,63 +1900,56 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
 // One block of VQ_WARPS warps takes a run of job.rpw[mi] rows of one matrix (mode 2: the same
 // rows of gate and up); its codebook(s) and the SCALE table go to shared memory as float first
 // (fp16 -> float once per block, not per lookup), before the wait for the previous kernel. A warp
-// does one row at a time; lane l takes blocks l, l + 32, ...: one 16-byte (cbk2, cbk4) or 8-byte
-// (d4l2) load of the block's indices and one scale byte, then D-float codebook entries from shared
-// memory against x float4 loads. Sums as the CPU's: per block sum(cb . x), times SCALE[s], summed
-// over blocks, times d_row at the end. Prompt passes: NT tokens per pass share each index load.
+// does one row at a time, its index bytes permuted at load (vq_pos): per 512-vector chunk one
+// 16-byte index load per lane, then for each of its 16 vectors (l + 32k) the D-float codebook entry from shared memory, the x floats (contiguous across
+// the warp) and the block's scale byte (a broadcast load). sum over vectors of SCALE[s] * (cb . x),
+// times d_row at the end (the CPU sums a block first, then scales: the same up to rounding).
+// Prompt passes: NT tokens per pass share each index load.
 constexpr int VQ_WARPS = 8;
-template <int TY> struct VqIdx;                      // the index bytes of one block
-template <> struct VqIdx<T_CBK2> { typedef uint4 T; };
-template <> struct VqIdx<T_CBK4> { typedef uint4 T; };
-template <> struct VqIdx<T_D4L2> { typedef uint2 T; };
+template <int TY, int NT>
+__device__ __forceinline__ void vq_vec(int id, int v, float sc, const float* __restrict__ cb, const float* __restrict__ x, int ldx, float* part) {
+    constexpr int D = VQ_D(TY);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float* xv = x + (size_t)t * ldx + (size_t)v * D;
+        if (D == 4) {
+            const float4 c = reinterpret_cast<const float4*>(cb)[id];
+            const float4 a = ldx4(xv);
+            part[t] += sc * (c.x * a.x + c.y * a.y + c.z * a.z + c.w * a.w);
+        } else {
+            const float2 c = reinterpret_cast<const float2*>(cb)[id];
+            const float2 a = __ldg(reinterpret_cast<const float2*>(xv));
+            part[t] += sc * (c.x * a.x + c.y * a.y);
+        }
+    }
+}
 
 template <int TY, int NT>
 __device__ __forceinline__ void vq_row_dot(const lb_mat& m, const float* __restrict__ cb, const float* __restrict__ scl, int row,
                                            const float* __restrict__ x, int ldx, int lane, float* acc) {
-    constexpr int D = VQ_D(TY), B = VQ_B(TY), NV = B / D, U = NT >= 4 ? 1 : 2;   // (U = 2 at NT 8 spills)
-    typedef typename VqIdx<TY>::T IT;
+    constexpr int D = VQ_D(TY), NV = VQ_B(TY) / D, U = NT >= 4 ? 1 : 2;   // chunks in flight (U = 2 at NT 8 spills)
     const uint8_t* ib = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* sb = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
-    const int nb = m.cols / B;
+    const int nvec = m.cols / D, nch = nvec >> 9;
     float part[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) part[t] = 0.f;
-    for (int b0 = 0; b0 < nb; b0 += 32 * U) {
-        IT q[U];
-        int s[U];
+    for (int c0 = 0; c0 < nch; c0 += U) {
+        uint4 q[U];
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            const int b = b0 + 32 * k + lane;
-            if (b < nb) { q[k] = __ldcs(reinterpret_cast<const IT*>(ib + (size_t)b * NV)); s[k] = sb[b]; }
-        }
+        for (int u = 0; u < U; u++) if (c0 + u < nch) q[u] = __ldcs(reinterpret_cast<const uint4*>(ib + ((size_t)(c0 + u) << 9) + 16 * lane));
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            const int b = b0 + 32 * k + lane;
-            if (b >= nb) continue;
-            uint32_t w[4];
-            memcpy(w, &q[k], sizeof(IT));
-            const float sc = scl[s[k]];
+        for (int u = 0; u < U; u++) {
+            if (c0 + u >= nch) continue;
+            const uint32_t w[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                const float* xb = x + (size_t)t * ldx + (size_t)b * B;
-                float sum = 0.f;
-#pragma unroll
-                for (int v = 0; v < NV; v++) {
-                    const int id = (w[v >> 2] >> (8 * (v & 3))) & 0xFF;
-                    if (D == 4) {
-                        const float4 c = reinterpret_cast<const float4*>(cb)[id];
-                        const float4 a = ldx4(xb + 4 * v);
-                        sum += c.x * a.x + c.y * a.y + c.z * a.z + c.w * a.w;
-                    } else {
-                        const float2 c = reinterpret_cast<const float2*>(cb)[id];
-                        const float2 a = __ldg(reinterpret_cast<const float2*>(xb + 2 * v));
-                        sum += c.x * a.x + c.y * a.y;
-                    }
-                }
-                part[t] += sc * sum;
+            for (int k = 0; k < 16; k++) {
+                const int v = ((c0 + u) << 9) + 32 * k + lane;
+                vq_vec<TY, NT>((w[k >> 2] >> (8 * (k & 3))) & 0xFF, v, scl[sb[v / NV]], cb, x, ldx, part);
             }
         }
     }
+    for (int v = (nch << 9) + lane; v < nvec; v += 32) vq_vec<TY, NT>(ib[v], v, scl[sb[v / NV]], cb, x, ldx, part);
     const float d = h2f(reinterpret_cast<const uint16_t*>(m.xtra)[256 * D + row]);
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = d * warp_sum(part[t]);

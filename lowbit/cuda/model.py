@@ -61,6 +61,8 @@ class GpuMatrix:
                 rt.htod(scratch, raw)
                 if layout.code == T_Q8_0:
                     rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
+                elif layout.code in CODEBOOK:
+                    rt.call("lb_repack_vq", scratch, body, tail, rows, cols, layout.code)
                 else:
                     rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
                 rt.call("lb_sync")
