@@ -1898,34 +1898,46 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
 
 // ------------------------------------------------------------------ codebook types: the GEMV
 // One block of VQ_WARPS warps takes a run of job.rpw[mi] rows of one matrix (mode 2: the same
-// rows of gate and up); its codebook(s) and the SCALE table go to shared memory as float first
-// (fp16 -> float once per block, not per lookup), before the wait for the previous kernel. A warp
-// does one row at a time, its index bytes permuted at load (vq_pos): per 512-vector chunk one
-// 16-byte index load per lane, then for each of its 16 vectors (l + 32k) the D-float codebook entry from shared memory, the x floats (contiguous across
-// the warp) and the block's scale byte (a broadcast load). sum over vectors of SCALE[s] * (cb . x),
-// times d_row at the end (the CPU sums a block first, then scales: the same up to rounding).
-// Prompt passes: NT tokens per pass share each index load.
-constexpr int VQ_WARPS = 8;
+// rows of gate and up). Its codebook(s) go to shared memory first, before the wait for the
+// previous kernel, as 32 copies laid out so that lane l's reads always hit bank l: word w of entry
+// e (the fp16 pair 2w, 2w+1) of copy l at [(e * D/2 + w) * 32 + l]. Random lookups by 32 lanes
+// then never conflict (one float4 table with random indices cost ~10 wavefronts per warp load and
+// bounded the kernel). 64 KB (D 4) or 32 KB (D 2) per codebook, plus the 256-float SCALE table.
+// A warp does one row at a time, its index bytes permuted at load (vq_pos): per 512-vector chunk
+// one 16-byte index load per lane, then for each of its 16 vectors (l + 32k) the codebook entry,
+// the x floats (contiguous across the warp) and the block's scale byte (a broadcast load). Sum of
+// SCALE[s] * (cb . x), times d_row at the end (the CPU sums a block first, then scales: the same
+// up to rounding). Prompt passes: NT tokens per pass share each index load and lookup.
+constexpr int VQ_WARPS = 16;
+template <int TY>
+__host__ __device__ constexpr int vq_cb_words() { return 256 * (VQ_D(TY) / 2) * 32; }
+
 template <int TY, int NT>
-__device__ __forceinline__ void vq_vec(int id, int v, float sc, const float* __restrict__ cb, const float* __restrict__ x, int ldx, float* part) {
+__device__ __forceinline__ void vq_vec(int id, int v, float sc, const uint32_t* __restrict__ cbw, int lane,
+                                       const float* __restrict__ x, int ldx, float* part) {
     constexpr int D = VQ_D(TY);
+    const float2 c01 = __half22float2(__halves2half2(__ushort_as_half((unsigned short)(cbw[id * (D / 2) * 32 + lane] & 0xFFFF)),
+                                                     __ushort_as_half((unsigned short)(cbw[id * (D / 2) * 32 + lane] >> 16))));
+    float2 c23 = make_float2(0.f, 0.f);
+    if (D == 4) {
+        const uint32_t w1 = cbw[(id * 2 + 1) * 32 + lane];
+        c23 = __half22float2(__halves2half2(__ushort_as_half((unsigned short)(w1 & 0xFFFF)), __ushort_as_half((unsigned short)(w1 >> 16))));
+    }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const float* xv = x + (size_t)t * ldx + (size_t)v * D;
         if (D == 4) {
-            const float4 c = reinterpret_cast<const float4*>(cb)[id];
             const float4 a = ldx4(xv);
-            part[t] += sc * (c.x * a.x + c.y * a.y + c.z * a.z + c.w * a.w);
+            part[t] += sc * (c01.x * a.x + c01.y * a.y + c23.x * a.z + c23.y * a.w);
         } else {
-            const float2 c = reinterpret_cast<const float2*>(cb)[id];
             const float2 a = __ldg(reinterpret_cast<const float2*>(xv));
-            part[t] += sc * (c.x * a.x + c.y * a.y);
+            part[t] += sc * (c01.x * a.x + c01.y * a.y);
         }
     }
 }
 
 template <int TY, int NT>
-__device__ __forceinline__ void vq_row_dot(const lb_mat& m, const float* __restrict__ cb, const float* __restrict__ scl, int row,
+__device__ __forceinline__ void vq_row_dot(const lb_mat& m, const uint32_t* __restrict__ cbw, const float* __restrict__ scl, int row,
                                            const float* __restrict__ x, int ldx, int lane, float* acc) {
     constexpr int D = VQ_D(TY), NV = VQ_B(TY) / D, U = NT >= 4 ? 1 : 2;   // chunks in flight (U = 2 at NT 8 spills)
     const uint8_t* ib = (const uint8_t*)m.body + (size_t)row * m.body_row;
@@ -1945,35 +1957,35 @@ __device__ __forceinline__ void vq_row_dot(const lb_mat& m, const float* __restr
 #pragma unroll
             for (int k = 0; k < 16; k++) {
                 const int v = ((c0 + u) << 9) + 32 * k + lane;
-                vq_vec<TY, NT>((w[k >> 2] >> (8 * (k & 3))) & 0xFF, v, scl[sb[v / NV]], cb, x, ldx, part);
+                vq_vec<TY, NT>((w[k >> 2] >> (8 * (k & 3))) & 0xFF, v, scl[sb[v / NV]], cbw, lane, x, ldx, part);
             }
         }
     }
-    for (int v = (nch << 9) + lane; v < nvec; v += 32) vq_vec<TY, NT>(ib[v], v, scl[sb[v / NV]], cb, x, ldx, part);
+    for (int v = (nch << 9) + lane; v < nvec; v += 32) vq_vec<TY, NT>(ib[v], v, scl[sb[v / NV]], cbw, lane, x, ldx, part);
     const float d = h2f(reinterpret_cast<const uint16_t*>(m.xtra)[256 * D + row]);
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = d * warp_sum(part[t]);
 }
 
 template <int TY>
-__device__ __forceinline__ void vq_load_codebook(const lb_mat& m, float* cb) {
-    constexpr int D = VQ_D(TY);
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(m.xtra);
-    for (int i = threadIdx.x; i < 256 * D; i += blockDim.x) cb[i] = h2f(src[i]);
+__device__ __forceinline__ void vq_load_codebook(const lb_mat& m, uint32_t* cbw) {
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(m.xtra);   // fp16 pairs
+    for (int i = threadIdx.x; i < vq_cb_words<TY>(); i += blockDim.x) cbw[i] = __ldg(src + (i >> 5));
 }
 
 template <int TY, int NT>
 __global__ void __launch_bounds__(32 * VQ_WARPS) gemv_vq_kernel(const lb_job job, const float* __restrict__ x, int ldx) {
-    constexpr int D = VQ_D(TY);
-    __shared__ __align__(16) float cb[2][256 * D];
-    __shared__ float scl[256];
+    extern __shared__ __align__(16) uint32_t vq_smem[];   // SCALE table, then the codebook copies (one or two)
+    float* scl = reinterpret_cast<float*>(vq_smem);
+    uint32_t* cb0 = vq_smem + 256;
+    uint32_t* cb1 = cb0 + vq_cb_words<TY>();
     pdl_launch();
     int bid = blockIdx.x, mi = 0;
     if (job.mode != 2)
         while (mi < job.nmat - 1 && bid >= job.wcnt[mi]) { bid -= job.wcnt[mi]; mi++; }
     const lb_mat& m = job_mat(job, mi);
-    vq_load_codebook<TY>(m, cb[0]);
-    if (job.mode == 2) vq_load_codebook<TY>(job.m[1], cb[1]);
+    vq_load_codebook<TY>(m, cb0);
+    if (job.mode == 2) vq_load_codebook<TY>(job.m[1], cb1);
     for (int i = threadIdx.x; i < 256; i += blockDim.x) scl[i] = vq_scale(i);
     __syncthreads();
     pdl_wait();
@@ -1982,8 +1994,8 @@ __global__ void __launch_bounds__(32 * VQ_WARPS) gemv_vq_kernel(const lb_job job
     const int r1 = min(m.rows, (bid + 1) * rpb);
     for (int row = bid * rpb + warp; row < r1; row += VQ_WARPS) {
         float a[NT], b[NT];
-        vq_row_dot<TY, NT>(job_mat(job, mi), cb[0], scl, row, x, ldx, lane, a);
-        if (job.mode == 2) vq_row_dot<TY, NT>(job.m[1], cb[1], scl, row, x, ldx, lane, b);
+        vq_row_dot<TY, NT>(job_mat(job, mi), cb0, scl, row, x, ldx, lane, a);
+        if (job.mode == 2) vq_row_dot<TY, NT>(job.m[1], cb1, scl, row, x, ldx, lane, b);
         if (lane == 0)
 #pragma unroll
             for (int t = 0; t < NT; t++) gemv_store(job, mi, row, t, a[t], job.mode == 2 ? b[t] : 0.f);
@@ -1992,20 +2004,31 @@ __global__ void __launch_bounds__(32 * VQ_WARPS) gemv_vq_kernel(const lb_job job
 
 static bool is_vq(int type) { return type == T_CBK2 || type == T_CBK4 || type == T_D4L2; }
 
+template <int TY, int NT>
+static cudaError_t launch_vq_k(const lb_job& j, const float* x, int ldx, int blocks) {
+    static bool attr = false;   // dynamic shared memory over 48 KB: allowed once per kernel
+    const size_t smem = 4 * (256 + (size_t)vq_cb_words<TY>() * (j.mode == 2 ? 2 : 1));
+    if (!attr) {
+        cudaError_t r = cudaFuncSetAttribute(gemv_vq_kernel<TY, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * (256 + 2 * vq_cb_words<TY>()));
+        if (r != cudaSuccess) return r;
+        attr = true;
+    }
+    return launch_smem(gemv_vq_kernel<TY, NT>, dim3(blocks), dim3(32 * VQ_WARPS), smem, j, x, ldx);
+}
 template <int TY>
 static cudaError_t launch_vq_nt(const lb_job& j, const float* x, int ldx, int nt, int blocks) {
-    const dim3 g(blocks), b(32 * VQ_WARPS);
     switch (nt) {
-    case 8: return launch(gemv_vq_kernel<TY, 8>, g, b, j, x, ldx);
-    case 4: return launch(gemv_vq_kernel<TY, 4>, g, b, j, x, ldx);
-    case 2: return launch(gemv_vq_kernel<TY, 2>, g, b, j, x, ldx);
-    default: return launch(gemv_vq_kernel<TY, 1>, g, b, j, x, ldx);
+    case 8: return launch_vq_k<TY, 8>(j, x, ldx, blocks);
+    case 4: return launch_vq_k<TY, 4>(j, x, ldx, blocks);
+    case 2: return launch_vq_k<TY, 2>(j, x, ldx, blocks);
+    default: return launch_vq_k<TY, 1>(j, x, ldx, blocks);
     }
 }
 
 // The codebook matrices of a job (one launch per type present, NT tokens per pass); the other
-// matrices go to *rest. Rows per block: enough blocks for ~4 per SM over the launch, at least one
-// row per warp, so each block's codebook load (2-4 KB from L2) is spread over several rows.
+// matrices go to *rest. Rows per block: ~2 blocks per SM over the launch (1 for gate/up, whose two
+// codebooks fill 128 KB of shared memory), at least one row per warp, so each block's codebook
+// fill (32-64 KB of shared stores) is spread over many rows.
 static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* rest) {
     *rest = job;
     if (job.mode == 2) {
@@ -2029,7 +2052,7 @@ static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* res
         const int nm = job.mode == 2 ? 1 : j.nmat;
         long long rows = 0;
         for (int i = 0; i < nm; i++) rows += j.m[i].rows;
-        const long long budget = 4LL * g_sms;
+        const long long budget = (job.mode == 2 && VQ_D(ty) == 4 ? 1LL : 2LL) * g_sms;
         int rpb = (int)((rows + budget - 1) / budget);
         rpb = (rpb + VQ_WARPS - 1) / VQ_WARPS * VQ_WARPS;
         int blocks = 0;
