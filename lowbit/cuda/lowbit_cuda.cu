@@ -1912,56 +1912,68 @@ constexpr int VQ_WARPS = 16;
 template <int TY>
 __host__ __device__ constexpr int vq_cb_words() { return 256 * (VQ_D(TY) / 2) * 32; }
 
+// one vector: codebook entry id (cbl = the lane's copy), x at xv (token t at xv + t * ldx), scale sc
 template <int TY, int NT>
-__device__ __forceinline__ void vq_vec(int id, int v, float sc, const uint32_t* __restrict__ cbw, int lane,
-                                       const float* __restrict__ x, int ldx, float* part) {
+__device__ __forceinline__ void vq_vec(uint32_t id, const float* __restrict__ xv, float sc, const uint32_t* __restrict__ cbl,
+                                       int ldx, float* part) {
     constexpr int D = VQ_D(TY);
-    const float2 c01 = __half22float2(__halves2half2(__ushort_as_half((unsigned short)(cbw[id * (D / 2) * 32 + lane] & 0xFFFF)),
-                                                     __ushort_as_half((unsigned short)(cbw[id * (D / 2) * 32 + lane] >> 16))));
+    const uint32_t* e = cbl + id * (D / 2) * 32;
+    const uint32_t w0 = e[0];
+    const float2 c01 = __half22float2(*reinterpret_cast<const __half2*>(&w0));
     float2 c23 = make_float2(0.f, 0.f);
-    if (D == 4) {
-        const uint32_t w1 = cbw[(id * 2 + 1) * 32 + lane];
-        c23 = __half22float2(__halves2half2(__ushort_as_half((unsigned short)(w1 & 0xFFFF)), __ushort_as_half((unsigned short)(w1 >> 16))));
-    }
+    if (D == 4) { const uint32_t w1 = e[32]; c23 = __half22float2(*reinterpret_cast<const __half2*>(&w1)); }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        const float* xv = x + (size_t)t * ldx + (size_t)v * D;
         if (D == 4) {
-            const float4 a = ldx4(xv);
-            part[t] += sc * (c01.x * a.x + c01.y * a.y + c23.x * a.z + c23.y * a.w);
+            const float4 a = ldx4(xv + (size_t)t * ldx);
+            part[t] = fmaf(sc, c01.x * a.x + c01.y * a.y + c23.x * a.z + c23.y * a.w, part[t]);
         } else {
-            const float2 a = __ldg(reinterpret_cast<const float2*>(xv));
-            part[t] += sc * (c01.x * a.x + c01.y * a.y);
+            const float2 a = __ldg(reinterpret_cast<const float2*>(xv + (size_t)t * ldx));
+            part[t] = fmaf(sc, c01.x * a.x + c01.y * a.y, part[t]);
         }
     }
 }
 
+// A chunk's scales: lane l holds SCALE of block l (and 32 + l for d4l2's 64 blocks per chunk);
+// vector 32k + l (block (32k + l) / NV) gets it by a shuffle instead of two loads per vector.
 template <int TY, int NT>
 __device__ __forceinline__ void vq_row_dot(const lb_mat& m, const uint32_t* __restrict__ cbw, const float* __restrict__ scl, int row,
                                            const float* __restrict__ x, int ldx, int lane, float* acc) {
     constexpr int D = VQ_D(TY), NV = VQ_B(TY) / D, U = NT >= 4 ? 1 : 2;   // chunks in flight (U = 2 at NT 8 spills)
+    constexpr int SPC = 512 / NV;   // blocks (scale bytes) per chunk: 32 or 64
     const uint8_t* ib = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* sb = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
+    const uint32_t* cbl = cbw + lane;
+    const float* xl = x + lane * D;
     const int nvec = m.cols / D, nch = nvec >> 9;
     float part[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) part[t] = 0.f;
     for (int c0 = 0; c0 < nch; c0 += U) {
         uint4 q[U];
+        uint32_t sa[U], sbb[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) if (c0 + u < nch) q[u] = __ldcs(reinterpret_cast<const uint4*>(ib + ((size_t)(c0 + u) << 9) + 16 * lane));
+        for (int u = 0; u < U; u++) if (c0 + u < nch) {
+            q[u] = __ldcs(reinterpret_cast<const uint4*>(ib + ((size_t)(c0 + u) << 9) + 16 * lane));
+            sa[u] = sb[(c0 + u) * SPC + lane];
+            if (SPC == 64) sbb[u] = sb[(c0 + u) * SPC + 32 + lane];
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (c0 + u >= nch) continue;
+            const float fa = scl[sa[u]], fb = SPC == 64 ? scl[sbb[u]] : 0.f;
             const uint32_t w[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
+            const float* xc = xl + (size_t)(c0 + u) * 512 * D;
 #pragma unroll
             for (int k = 0; k < 16; k++) {
-                const int v = ((c0 + u) << 9) + 32 * k + lane;
-                vq_vec<TY, NT>((w[k >> 2] >> (8 * (k & 3))) & 0xFF, v, scl[sb[v / NV]], cbw, lane, x, ldx, part);
+                float sc;
+                if (SPC == 32) sc = __shfl_sync(0xffffffffu, fa, 2 * k + (lane >> 4));
+                else sc = __shfl_sync(0xffffffffu, k < 8 ? fa : fb, (4 * k + (lane >> 3)) & 31);
+                vq_vec<TY, NT>((w[k >> 2] >> (8 * (k & 3))) & 0xFF, xc + 32 * k * D, sc, cbl, ldx, part);
             }
         }
     }
-    for (int v = (nch << 9) + lane; v < nvec; v += 32) vq_vec<TY, NT>(ib[v], v, scl[sb[v / NV]], cbw, lane, x, ldx, part);
+    for (int v = (nch << 9) + lane; v < nvec; v += 32) vq_vec<TY, NT>(ib[v], x + (size_t)v * D, scl[sb[v / NV]], cbl, ldx, part);
     const float d = h2f(reinterpret_cast<const uint16_t*>(m.xtra)[256 * D + row]);
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = d * warp_sum(part[t]);
