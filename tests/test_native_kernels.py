@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lowbit import kernels, native, quants
-from lowbit.native import C_TYPES
+from lowbit.native import C_TYPES, CODEBOOK_TYPES
 
 LEVELS = native.available_levels()
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
@@ -46,6 +46,15 @@ def _case(type_name, rows, cols, n, seed):
     return qt, raw, wd, x
 
 
+def _numba_matmul(type_name, raw, x, y, rows, cols):
+    """The Numba path's matmul (codebook types: through their bound tensor)."""
+    qt = quants.get(type_name)
+    if qt.whole_tensor:
+        qt.bind(raw, (rows, cols)).matmul(x, y)
+    else:
+        kernels.matmul(qt.dequant_row, raw, x, y)
+
+
 def _check(y, xa, wd, tol, what):
     exact = xa.astype(np.float64) @ wd.astype(np.float64).T      # the inputs the kernel multiplies
     scale = np.abs(xa).astype(np.float64) @ np.abs(wd).astype(np.float64).T + 1e-6
@@ -71,7 +80,7 @@ def test_matmul_matches_references(level, type_name, rows, cols, n):
     _check(y, _act(type_name, x), wd, 1e-5, f"{type_name}@{level} vs dequantize+numpy")
     # the Numba path multiplies float activations: differs only by the activation quantization
     y_numba = np.empty_like(y)
-    kernels.matmul(qt.dequant_row, raw, x, y_numba)
+    _numba_matmul(type_name, raw, x, y_numba, rows, cols)
     _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) else 1e-5, f"{type_name}@{level} vs numba")
     _check(y_numba, x, wd, 1e-5, "numba vs numpy")
 
@@ -112,16 +121,67 @@ def test_kquant_whole_and_tail_blocks(level, type_name):
         assert np.array_equal(out, wd[ids]), f"{type_name}@{level} cols={cols}: C dequantization differs from Numba's"
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("type_name", CODEBOOK_TYPES)
+def test_codebook_decode_prompt_and_rows(level, type_name):
+    """Codebook types: decode (1-2 tokens, fused from the map) and prompt (dequantized tiles) kernels
+    against the Numba path and exact products, partial 4-row tiles, and embedding rows bit-exact
+    (the spec's float32 order) through lb_get_rows."""
+    ffi, lib = native.library(level)
+    B = quants.get(type_name).block_size
+    for rows, cols in ((5, B), (9, 3 * B), (130, 512), (6, 1280)):
+        for n in (1, 2, 3, 9):
+            qt, raw, wd, x = _case(type_name, rows, cols, n, seed=rows * 7 + cols + n)
+            y = np.full((n, rows), np.nan, np.float32)
+            native.NativeMatmul(type_name, level)(raw, x, y)
+            _check(y, x, wd, 1e-5, f"{type_name}@{level} {rows}x{cols} n={n}")
+            y_numba = np.empty_like(y)
+            _numba_matmul(type_name, raw, x, y_numba, rows, cols)
+            _check(y_numba, x, wd, 1e-5, f"numba {type_name} {rows}x{cols} n={n}")
+            assert np.abs(y - y_numba).max() <= 2e-5 * (np.abs(x) @ np.abs(wd).T).max()
+        w = native.NativeMatmul(type_name, level).weight(raw, cols)
+        ids = np.array([rows - 1, 0, rows // 2, rows - 1], np.int64)
+        out = np.empty((len(ids), cols), np.float32)
+        assert lib.lb_get_rows(w.ptr, ffi.cast("int64_t *", ffi.from_buffer(ids)), len(ids),
+                               ffi.cast("float *", ffi.from_buffer(out))) == 0
+        assert np.array_equal(out, wd[ids]), f"{type_name}@{level}: C rows differ from the Numba dequantizer's"
+    assert np.array_equal(native.get_rows(type_name, raw, ids, cols), wd[ids])   # the Python entry (best level)
+
+
+def test_codebook_bad_arguments_are_rejected():
+    """A codebook weight without its codebook or row scales, a row length off the block, a size that
+    fits no row count: refused (C returns -1, Python raises), never read."""
+    qt, raw, wd, x = _case("cbk4", 8, 64, 1, seed=2)
+    ffi, lib = native.library()
+    kern = native.NativeMatmul("cbk4")
+    w = kern.weight(raw, 64)
+    y = np.empty((1, 8), np.float32)
+    px, py = ffi.cast("const float *", ffi.from_buffer(x)), ffi.cast("float *", ffi.from_buffer(y))
+    assert lib.lb_matmul(w.ptr, px, py, 1, 0) == 0
+    for field in ("codebook", "row_scale"):
+        saved = getattr(w.ptr, field)
+        setattr(w.ptr, field, ffi.NULL)
+        assert lib.lb_matmul(w.ptr, px, py, 1, 0) == -1
+        setattr(w.ptr, field, saved)
+    w.ptr.cols = 48   # not a multiple of 32
+    assert lib.lb_matmul(w.ptr, px, py, 1, 0) == -1
+    assert lib.lb_row_bytes(C_TYPES["cbk2"], 96) == -1 and lib.lb_row_bytes(C_TYPES["cbk2"], 128) == 34
+    with pytest.raises(ValueError):
+        kern(raw[:-1], x, y)              # one byte short: no whole number of rows
+    with pytest.raises(ValueError):
+        kern(raw, x[:, :48], y[:, :8])    # rows of 48 do not fit cbk4's blocks
+
+
 def test_kquant_rows_split_over_threads_agree():
     # 1280 columns: 5 whole blocks per row, many 4-row tiles per thread (the decode kernels prefetch
     # the next tile), the last one partial; 384: a whole block and a tail
-    for type_name, n, cols in (("q4_k", 1, 384), ("q6_k", 2, 384), ("q3_k", 4, 384), ("q2_k", 1, 1280),
+    for type_name, n, cols in (("cbk4", 1, 512), ("cbk2", 2, 512), ("d4l2", 5, 512), ("q4_k", 1, 384), ("q6_k", 2, 384), ("q3_k", 4, 384), ("q2_k", 1, 1280),
                                ("q3_k", 1, 1280), ("q4_k", 2, 1280), ("q5_k", 1, 1280), ("q6_k", 1, 1280)):
         qt, raw, wd, x = _case(type_name, 203, cols, n, seed=7)
         kern = native.NativeMatmul(type_name)
         outs = []
         try:
-            for t in (1, 2, 3):
+            for t in (1, 2, 3):   # (codebook types: float activations, same 1e-5 bound)
                 native.set_threads(t)
                 y = np.empty((n, 203), np.float32)
                 kern(raw, x, y)
