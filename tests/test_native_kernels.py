@@ -279,3 +279,48 @@ def test_native_forward_matches_numba_forward(tmp_path, model, qtype):
     assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
     # q2_k itself (the Numba path too) agrees with the float reference on 20 of 24 positions
     assert (fast.argmax(-1) == ref["logits"][:24].argmax(-1)).mean() > (0.8 if qtype == "q2_k" else 0.85)
+
+
+# cbk4: the whole model; cbk2 and d4l2: the embedding, layers 0-1 and the output in the type, the
+# rest q4_k (a mix with k-quants; whole-model k-means / the lattice's scale search take 35-80 s
+# under load, layers 0-1 ~10 s)
+CODEBOOK_MODELS = [("cbk4", ()), ("cbk2", (r"blk\.[2-7]\..*=q4_k",)), ("d4l2", (r"blk\.[2-7]\..*=q4_k",))]
+
+
+@pytest.mark.parametrize("qtype,overrides", CODEBOOK_MODELS)
+def test_native_forward_codebook_model(tmp_path, qtype, overrides):
+    """pycode-30m with codebook tensors runs on the native runtime (embedding lookup, every block and
+    the output matmul in C) and agrees with the Numba path: float activations on both sides, so
+    only the summation order differs."""
+    import lowbit
+    from converters import convert
+    path = str(tmp_path / f"pycode-{qtype}.lowbit")
+    convert(os.path.join(SHARED, "models", "pycode-30m"), path, qtype, progress=False, log=lambda m: None,
+            overrides=overrides)
+    ref = np.load(os.path.join(SHARED, "reference", "pycode-30m.npz"))
+    ids = [int(i) for i in ref["ids"][:24]]
+    m = lowbit.load(path, n_ctx=64)
+    t = m.transformer
+    assert t.native is not None and t.embed_qtype.name == qtype and t.output.qtype.name == qtype
+    assert t.layers[0].w_down.qtype.name == qtype
+    fast = m.logits(ids)
+    cache = t.new_cache()
+    steps = np.concatenate([t.forward([i], cache) for i in ids[:8]])   # the decode kernels
+    toks = np.array(ids[:5])
+    emb = native.get_rows(qtype, t.embed_raw, toks, t.config.hidden_size)
+    assert np.array_equal(emb, t.embed_bound.gather(toks))             # C rows = Numba's, bit for bit
+    native_t, t.native = t.native, None
+    os.environ["LOWBIT_BACKEND"] = "numba"
+    try:
+        slow = m.logits(ids)
+    finally:
+        del os.environ["LOWBIT_BACKEND"]
+        t.native = native_t
+    spread = np.abs(slow).max()
+    # pure codebook: float activations both sides (summation order only); with q4_k layers: C's 8-bit
+    # activations there, the k-quant bound of test_native_forward_matches_numba_forward
+    tol = 5e-2 if overrides else 1e-3
+    assert np.abs(fast - slow).max() < tol * spread
+    assert np.abs(steps - fast[:8]).max() < tol * spread
+    assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
+    assert (fast.argmax(-1) == ref["logits"][:24].argmax(-1)).mean() > 0.7
