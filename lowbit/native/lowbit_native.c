@@ -1252,14 +1252,23 @@ static inline __attribute__((always_inline)) void cb_dot4_impl(const lb_weight *
             for (int r = 0; r < 4; r++) {
                 const uint8_t *ix = w[r] + b * bb + 1 + g * (16 / D);
                 __m512 e;
-                if (D == 4) {
-                    e = _mm512_castps128_ps512(_mm_loadu_ps(cb + 4 * ix[0]));
-                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * ix[1]), 1);
-                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * ix[2]), 2);
-                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * ix[3]), 3);
-                } else {
-                    const __m256i vi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)ix));
-                    e = _mm512_castsi512_ps(_mm512_i32gather_epi64(vi, (const long long *)cb, 8));
+                if (D == 4) {   /* indices from one 32-bit load */
+                    const uint32_t i4 = rd32(ix);
+                    e = _mm512_castps128_ps512(_mm_loadu_ps(cb + 4 * (i4 & 255)));
+                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * ((i4 >> 8) & 255)), 1);
+                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * ((i4 >> 16) & 255)), 2);
+                    e = _mm512_insertf32x4(e, _mm_loadu_ps(cb + 4 * (i4 >> 24)), 3);
+                } else {   /* eight 8-byte points: pairs by movsd + movhpd, then inserts (no gather: slower on Zen 5) */
+                    const double *c8 = (const double *)cb;
+                    uint64_t i8;
+                    memcpy(&i8, ix, 8);
+                    const __m128d p0 = _mm_loadh_pd(_mm_load_sd(c8 + (i8 & 255)), c8 + ((i8 >> 8) & 255));
+                    const __m128d p1 = _mm_loadh_pd(_mm_load_sd(c8 + ((i8 >> 16) & 255)), c8 + ((i8 >> 24) & 255));
+                    const __m128d p2 = _mm_loadh_pd(_mm_load_sd(c8 + ((i8 >> 32) & 255)), c8 + ((i8 >> 40) & 255));
+                    const __m128d p3 = _mm_loadh_pd(_mm_load_sd(c8 + ((i8 >> 48) & 255)), c8 + (i8 >> 56));
+                    const __m256d lo = _mm256_insertf128_pd(_mm256_castpd128_pd256(p0), p1, 1);
+                    const __m256d hi = _mm256_insertf128_pd(_mm256_castpd128_pd256(p2), p3, 1);
+                    e = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
                 }
                 s[r] = _mm512_fmadd_ps(e, xv, s[r]);
             }
