@@ -35,6 +35,12 @@ def _act(type_name, x):
     return _quantize_act(x, 256) if type_name in KQ_ACT else x
 
 
+def _int8_codebook(type_name, level, n):
+    """cbk4 decoding on AVX-512 multiplies an int8-rounded codebook with 8-bit activations (blocks of
+    32): not exact, held to the tolerance the k-quants' activation rounding gets against Numba."""
+    return type_name == "cbk4" and (level or LEVELS[0]) == "avx512vnni" and n <= 2
+
+
 def _case(type_name, rows, cols, n, seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -77,11 +83,12 @@ def test_matmul_matches_references(level, type_name, rows, cols, n):
     qt, raw, wd, x = _case(type_name, rows, cols, n, seed=rows * 1000 + cols)
     y = np.full((n, rows), np.nan, np.float32)
     native.NativeMatmul(type_name, level)(raw, x, y)
-    _check(y, _act(type_name, x), wd, 1e-5, f"{type_name}@{level} vs dequantize+numpy")
+    i8 = _int8_codebook(type_name, level, n)
+    _check(y, _act(type_name, x), wd, 2e-2 if i8 else 1e-5, f"{type_name}@{level} vs dequantize+numpy")
     # the Numba path multiplies float activations: differs only by the activation quantization
     y_numba = np.empty_like(y)
     _numba_matmul(type_name, raw, x, y_numba, rows, cols)
-    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) else 1e-5, f"{type_name}@{level} vs numba")
+    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) or i8 else 1e-5, f"{type_name}@{level} vs numba")
     _check(y_numba, x, wd, 1e-5, "numba vs numpy")
 
 
@@ -134,11 +141,12 @@ def test_codebook_decode_prompt_and_rows(level, type_name):
             qt, raw, wd, x = _case(type_name, rows, cols, n, seed=rows * 7 + cols + n)
             y = np.full((n, rows), np.nan, np.float32)
             native.NativeMatmul(type_name, level)(raw, x, y)
-            _check(y, x, wd, 1e-5, f"{type_name}@{level} {rows}x{cols} n={n}")
+            tol = 2e-2 if _int8_codebook(type_name, level, n) else 1e-5
+            _check(y, x, wd, tol, f"{type_name}@{level} {rows}x{cols} n={n}")
             y_numba = np.empty_like(y)
             _numba_matmul(type_name, raw, x, y_numba, rows, cols)
             _check(y_numba, x, wd, 1e-5, f"numba {type_name} {rows}x{cols} n={n}")
-            assert np.abs(y - y_numba).max() <= 2e-5 * (np.abs(x) @ np.abs(wd).T).max()
+            assert np.abs(y - y_numba).max() <= 2 * tol * (np.abs(x) @ np.abs(wd).T).max()
         w = native.NativeMatmul(type_name, level).weight(raw, cols)
         ids = np.array([rows - 1, 0, rows // 2, rows - 1], np.int64)
         out = np.empty((len(ids), cols), np.float32)
@@ -189,7 +197,8 @@ def test_kquant_rows_split_over_threads_agree():
         finally:
             native.set_threads(native.default_threads())
         assert all(np.array_equal(outs[0], o) for o in outs[1:]), type_name
-        _check(outs[0], _act(type_name, x), wd, 1e-5, f"{type_name} cols={cols} n={n}")
+        _check(outs[0], _act(type_name, x), wd, 2e-2 if _int8_codebook(type_name, None, n) else 1e-5,
+               f"{type_name} cols={cols} n={n}")
 
 
 def test_thread_count_does_not_change_results():
@@ -317,9 +326,9 @@ def test_native_forward_codebook_model(tmp_path, qtype, overrides):
         del os.environ["LOWBIT_BACKEND"]
         t.native = native_t
     spread = np.abs(slow).max()
-    # pure codebook: float activations both sides (summation order only); with q4_k layers: C's 8-bit
-    # activations there, the k-quant bound of test_native_forward_matches_numba_forward
-    tol = 5e-2 if overrides else 1e-3
+    # pure codebook: float activations both sides (summation order only); with q4_k layers (and cbk4's
+    # int8 decode kernel): 8-bit activations in C, the k-quant bound of test_native_forward_matches_numba_forward
+    tol = 5e-2 if overrides or _int8_codebook(qtype, None, 1) else 1e-3
     assert np.abs(fast - slow).max() < tol * spread
     assert np.abs(steps - fast[:8]).max() < tol * spread
     assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
