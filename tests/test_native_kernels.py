@@ -333,3 +333,24 @@ def test_native_forward_codebook_model(tmp_path, qtype, overrides):
     assert np.abs(steps - fast[:8]).max() < tol * spread
     assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
     assert (fast.argmax(-1) == ref["logits"][:24].argmax(-1)).mean() > 0.7
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_codebook_non_finite_side_data(level):
+    """A codebook point or row scale that is infinite or NaN (any binary16 decodes, codebook.md): the
+    rows that use it come out non-finite in C as in the Numba path (cbk4's int8 kernel steps aside for
+    a non-finite codebook), the others stay finite and agree."""
+    qt, raw, wd, x = _case("cbk4", 8, 128, 1, seed=4)
+    raw = raw.copy()
+    body = raw[1024 + 16:].reshape(8, -1)
+    k = int(body[2, 1])                       # the first point row 2 uses
+    raw[4 * k:4 * k + 2] = np.array([np.inf], "<f2").view(np.uint8)
+    raw[1024 + 2 * 5:1024 + 2 * 6] = np.array([np.nan], "<f2").view(np.uint8)   # row 5's scale
+    y = np.empty((1, 8), np.float32)
+    native.NativeMatmul("cbk4", level)(raw, x, y)
+    y_numba = np.empty_like(y)
+    _numba_matmul("cbk4", raw, x, y_numba, 8, 128)
+    assert np.array_equal(np.isfinite(y), np.isfinite(y_numba)) and not np.isfinite(y[0, [2, 5]]).any()
+    fin = np.isfinite(y_numba)
+    wd = qt.dequantize(raw, (8, 128))
+    assert np.abs(y[fin] - y_numba[fin]).max() <= 1e-5 * np.abs(np.abs(x) @ np.abs(wd[fin[0]]).T).max()
