@@ -36,9 +36,10 @@ def _act(type_name, x):
 
 
 def _int8_codebook(type_name, level, n):
-    """cbk4 decoding on AVX-512 multiplies an int8-rounded codebook with 8-bit activations (blocks of
-    32): not exact, held to the tolerance the k-quants' activation rounding gets against Numba."""
-    return type_name == "cbk4" and (level or LEVELS[0]) == "avx512vnni" and n <= 2
+    """cbk4 on AVX-512 (decode and prompt tiles) multiplies an int8-rounded codebook with 8-bit
+    activations (blocks of 32): not exact, held to the tolerance the k-quants' activation rounding
+    gets against Numba."""
+    return type_name == "cbk4" and (level or LEVELS[0]) == "avx512vnni"
 
 
 def _case(type_name, rows, cols, n, seed):
@@ -246,7 +247,7 @@ def test_real_tensor_matches_dequantize():
         for level in LEVELS:
             y = np.empty((3, w.shape[0]), np.float32)
             native.NativeMatmul(type_name, level)(raw, x, y)
-            _check(y, _act(type_name, x), wd, 1e-5, f"{type_name}@{level}")
+            _check(y, _act(type_name, x), wd, 2e-2 if _int8_codebook(type_name, level, 3) else 1e-5, f"{type_name}@{level}")
 
 
 @pytest.mark.parametrize("model,qtype", [("pycode-30m", "q8_0"), ("pychat-30m", "q8_0"), ("stories260K", "f32"),
