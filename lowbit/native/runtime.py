@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import C_TYPES, library
+from . import C_TYPES, CODEBOOK_TYPES, fill_codebook, library
 
 
 def _ptr(ffi, a, ctype="float *"):
@@ -32,7 +32,7 @@ class NativeTransformer:
                 self._fill(getattr(s, name), getattr(L, name))
             self.layers.append(s)
         self.embed = ffi.new("lb_weight *")
-        self._fill_raw(self.embed, t.embed_qtype.name, t.embed_raw, c.hidden_size, None)
+        self._fill_raw(self.embed, t.embed_qtype.name, t.embed_raw, c.hidden_size, None, t.embed_bound)
         self.output = ffi.new("lb_weight *")
         self._fill(self.output[0], t.output)
         self.output_norm = np.ascontiguousarray(t.output_norm, np.float32)
@@ -48,9 +48,12 @@ class NativeTransformer:
         return all(n in C_TYPES for n in names)
 
     def _fill(self, w, lin):
-        self._fill_raw(w, lin.qtype.name, lin.raw, lin.in_features, lin.bias)
+        self._fill_raw(w, lin.qtype.name, lin.raw, lin.in_features, lin.bias, lin.bound)
 
-    def _fill_raw(self, w, type_name, raw, cols, bias):
+    def _fill_raw(self, w, type_name, raw, cols, bias, bound=None):
+        if type_name in CODEBOOK_TYPES:   # rows past the prefix; codebook and row scales as floats
+            fill_codebook(self.ffi, self.lib, w, C_TYPES[type_name], bound, cols, self._keep)
+            raw = bound.raw
         w.type, w.rows, w.cols = C_TYPES[type_name], raw.shape[0], cols
         w.data = _ptr(self.ffi, raw, "const uint8_t *")
         self._keep.append(raw)
