@@ -56,6 +56,7 @@ __host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)ca
 
 static char g_err[512];
 static cudaStream_t g_stream = 0;
+#define LB_ATT_SPLIT_MAX 8
 static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
 static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
@@ -71,6 +72,9 @@ static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads 
 static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
 static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
+static int g_att_split = 4;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
+                                // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0: attn_decode_kernel, one block per head)
+static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1607,6 +1611,170 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
     }
 }
 
+// Decode attention split over positions (flash-decoding): block (h, s) of an H x S grid does head
+// h over positions [s c, (s + 1) c), c = ceil(len / S), and writes its unnormalized P.V, running
+// max M and sum L to part (per (h, s): D floats, then M, L at part + H S D); attn_combine_q_kernel
+// (the wo quant_x launch, which reads the output anyway) merges the S partials. A lane owns one
+// 16-byte chunk (8 dims) of a position's fp16 key/value row: LP = D / 8 lanes per position (D a
+// power of two, 8..256), PPW = 32 / LP positions per warp per load, U loads in flight per lane in
+// both the score and the P.V pass; no thread per position waits on a whole 256-byte row.
+constexpr int AS_TILE = 256;   // positions per tile (online softmax across tiles)
+template <int NT, int U>
+__global__ void __launch_bounds__(NT) attn_split_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                        float* __restrict__ part, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                        const float* __restrict__ kf, const float* __restrict__ vf,
+                                                        const float* __restrict__ cosT, const float* __restrict__ sinT, int prefetch) {
+    constexpr int W = NT / 32;
+    __shared__ __align__(16) float qs[256];
+    __shared__ __align__(16) __half kcur[256], vcur[256];
+    __shared__ float sc[AS_TILE], wred[W];
+    __shared__ __align__(16) float red[W][256];
+    pdl_launch();
+    const int h = blockIdx.x, s = blockIdx.y, S = gridDim.y, kvh = h / (H / KVH);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int LP = D >> 3, PPW = 32 / LP, NS = W * PPW, dc = lane & (LP - 1), ps = lane / LP;
+    if (prefetch) {   // a hint, as in attn_decode_kernel: the position read before the wait may be stale
+        const int np = *(volatile const int32_t*)pos0p, c = (np + S) / S, j0 = s * c, j1 = min(np, j0 + c), lpr = (2 * D + 127) >> 7;
+        for (int i = tid; i < (j1 - j0) * lpr; i += NT) {
+            const int j = j0 + i / lpr;
+            const size_t o = ((size_t)j * KVH + kvh) * D * 2 + 128 * (i % lpr);
+            l2_prefetch_line((const char*)kc + o);
+            l2_prefetch_line((const char*)vc + o);
+        }
+    }
+    pdl_wait();
+    const int len = *pos0p + 1, half_d = D / 2, c = (len + S - 1) / S, j0 = s * c, j1 = min(len, j0 + c);
+    {
+        const float scale = rsqrtf((float)D);
+        const float* qrow = q + (size_t)h * D;
+        const float* cs = cosT + (size_t)(len - 1) * half_d;
+        const float* sn = sinT + (size_t)(len - 1) * half_d;
+        const bool store = s == 0 && h % (H / KVH) == 0;
+        for (int i = tid; i < D; i += NT) {
+            const bool first = i < half_d;
+            const int ii = first ? i : i - half_d, pi = first ? i + half_d : i - half_d;
+            const float cc = cs[ii], sg = first ? -sn[ii] : sn[ii];
+            qs[i] = (qrow[i] * cc + qrow[pi] * sg) * scale;
+            const __half kh = __float2half(kf[kvh * D + i] * cc + kf[kvh * D + pi] * sg), vh = __float2half(vf[kvh * D + i]);
+            kcur[i] = kh; vcur[i] = vh;
+            if (store) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kh; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vh; }
+        }
+    }
+    __syncthreads();
+    float qv[8], acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) { qv[e] = qs[8 * dc + e]; acc[e] = 0.f; }
+    float M = -INFINITY, L = 0.f;
+    const size_t rs = (size_t)KVH * D;   // halves between positions in the cache
+    for (int t0 = j0; t0 < j1; t0 += AS_TILE) {
+        const int n = min(AS_TILE, j1 - t0);
+        float lmax = -INFINITY;
+        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {   // warp-uniform bound: the shuffles see every lane
+            uint4 kk[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int rr = r0 + u * NS + ps, j = t0 + rr;
+                kk[u] = make_uint4(0, 0, 0, 0);
+                if (rr < n) kk[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? kcur : kc + (size_t)j * rs + kvh * D) + 8 * dc);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float d = qv[0] * h2f(kk[u].x) + qv[1] * h2f(kk[u].x >> 16) + qv[2] * h2f(kk[u].y) + qv[3] * h2f(kk[u].y >> 16)
+                        + qv[4] * h2f(kk[u].z) + qv[5] * h2f(kk[u].z >> 16) + qv[6] * h2f(kk[u].w) + qv[7] * h2f(kk[u].w >> 16);
+                for (int o = 1; o < LP; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                const int rr = r0 + u * NS + ps;
+                if (rr < n) {
+                    if (dc == 0) sc[rr] = d;
+                    lmax = fmaxf(lmax, d);
+                }
+            }
+        }
+        const float Mn = fmaxf(M, block_reduce<W>(lmax, true, wred)), corr = __expf(M - Mn);
+        float lsum = 0.f;
+        for (int jj = tid; jj < n; jj += NT) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
+        L = L * corr + block_reduce<W>(lsum, false, wred);   // (its barriers also publish sc)
+        M = Mn;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[e] *= corr;
+        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {
+            uint4 vv[U];
+            float pp[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int rr = r0 + u * NS + ps, j = t0 + rr;
+                vv[u] = make_uint4(0, 0, 0, 0); pp[u] = 0.f;
+                if (rr < n) {
+                    pp[u] = sc[rr];
+                    vv[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? vcur : vc + (size_t)j * rs + kvh * D) + 8 * dc);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                acc[0] += pp[u] * h2f(vv[u].x); acc[1] += pp[u] * h2f(vv[u].x >> 16);
+                acc[2] += pp[u] * h2f(vv[u].y); acc[3] += pp[u] * h2f(vv[u].y >> 16);
+                acc[4] += pp[u] * h2f(vv[u].z); acc[5] += pp[u] * h2f(vv[u].z >> 16);
+                acc[6] += pp[u] * h2f(vv[u].w); acc[7] += pp[u] * h2f(vv[u].w >> 16);
+            }
+        }
+        __syncthreads();   // sc is rewritten by the next tile
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        for (int o = LP; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
+    if (ps == 0) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) red[warp][8 * dc + e] = acc[e];
+    }
+    __syncthreads();
+    float* po = part + ((size_t)h * S + s) * D;
+    for (int i = tid; i < D; i += NT) {
+        float o = 0.f;
+        for (int w = 0; w < W; w++) o += red[w][i];
+        po[i] = o;
+    }
+    if (tid == 0) {
+        float* ml = part + (size_t)H * S * D + 2 * ((size_t)h * S + s);
+        ml[0] = M; ml[1] = L;
+    }
+}
+
+// The S partials of attn_split_kernel merged into the attention output (out, H x D floats) and,
+// with xq, quantized for wo (q8_K, XQ): one warp per 256-block, lane l holding values 8l..8l+7
+// (one head's: D is a multiple of 8), as quant_x_kernel.
+__global__ void attn_combine_q_kernel(const float* __restrict__ part, int S, int H, int D, float* __restrict__ out,
+                                      uint8_t* __restrict__ xq, int cap) {
+    pdl_launch();
+    pdl_wait();
+    const int cols = H * D, lane = threadIdx.x & 31;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= (cols + 255) >> 8) return;
+    const int i0 = 256 * b + 8 * lane;
+    float v[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = 0.f;
+    if (i0 < cols) {
+        const int h = i0 / D, d0 = i0 - h * D;
+        const float* ml = part + (size_t)H * S * D + 2 * (size_t)h * S;
+        float mx = -INFINITY;
+        for (int s = 0; s < S; s++) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+        float lt = 0.f;
+        for (int s = 0; s < S; s++) {
+            const float m = __ldcg(ml + 2 * s), w = m == -INFINITY ? 0.f : __expf(m - mx);
+            if (w == 0.f) continue;
+            lt += w * __ldcg(ml + 2 * s + 1);
+            const float* p = part + ((size_t)h * S + s) * D + d0;
+            const float4 a = __ldcg(reinterpret_cast<const float4*>(p)), c4 = __ldcg(reinterpret_cast<const float4*>(p + 4));
+            v[0] += w * a.x; v[1] += w * a.y; v[2] += w * a.z; v[3] += w * a.w;
+            v[4] += w * c4.x; v[5] += w * c4.y; v[6] += w * c4.z; v[7] += w * c4.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) v[e] /= lt;
+        *reinterpret_cast<float4*>(out + i0) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(out + i0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+    if (xq) quant_x_vals(v, b, lane, xq, cap);
+}
+
 // split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
 // bytes, in order): q6_k, q2_k, q3_k repacking at load
 __global__ void repack_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ body, uint8_t* __restrict__ tail, size_t nblocks,
@@ -1671,6 +1839,10 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
     e = getenv("LOWBIT_CUDA_ATT_Q");
     g_att_q = e && e[0] == '1';
+    e = getenv("LOWBIT_CUDA_ATT_SPLIT");
+    if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_SNT");
+    g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -1958,12 +2130,27 @@ LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint
 }
 
 // one decode token: RoPE on q and k, the k/v cache store and attention in one launch; with xq
-// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter)
+// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter);
+// part (0: none): room for the split attention's partials, lb_attn_part_bytes(H, D) bytes
 LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count) {
+                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count, uint64_t part) {
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
+    if (part && g_att_split >= 1 && D >= 8 && (D & (D - 1)) == 0) {   // split over positions, merged (and quantized) after
+        const int S = g_att_split;
+        cudaError_t r = launch(g_att_snt == 256 ? attn_split_kernel<256, 8> : attn_split_kernel<128, 8>, dim3(H, S), dim3(g_att_snt),
+                               (const float*)q, (__half*)kc, (__half*)vc, (float*)part, (const int32_t*)pos0, H, KVH, D,
+                               (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT, (int)g_att_pf);
+        if (r != cudaSuccess) return fail("attn_split_kernel launch", r);
+        CKL("attn_split_kernel");
+        const int nbx = (H * D + 255) >> 8;
+        r = launch(attn_combine_q_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)part, S, H, D,
+                   (float*)out, (uint8_t*)xq, cap);
+        if (r != cudaSuccess) return fail("attn_combine_q_kernel launch", r);
+        CKL("attn_combine_q_kernel");
+        return 0;
+    }
     const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (the default)
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
@@ -1981,6 +2168,8 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     }
     return 0;
 }
+
+LB_API size_t lb_attn_part_bytes(int H, int D) { return (size_t)H * LB_ATT_SPLIT_MAX * (D + 2) * sizeof(float); }
 
 // state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
 LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {

@@ -154,6 +154,7 @@ class CudaTransformer:
         rt.call("lb_memset", self.argmax_state, 0, 16)
         self.att_count = self.alloc(16)   # decode attention: blocks done (the last one quantizes for wo)
         rt.call("lb_memset", self.att_count, 0, 16)
+        self.att_part = self.alloc(rt.lib.lb_attn_part_bytes(c.num_heads, c.head_dim))   # split attention's partials
         hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
         rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
         self.next_host_ptr, self.next_dev = hp[0], dp[0]
@@ -258,7 +259,7 @@ class CudaTransformer:
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
             if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
-                                          self.xq, self.xq_cap, self.att_count), "attention")
+                                          self.xq, self.xq_cap, self.att_count, self.att_part), "attention")
             else:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
