@@ -74,7 +74,8 @@ static bool g_att_q = false;    // wo's input quantized by the decode attention'
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static int g_att_split = 4;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0: attn_decode_kernel, one block per head)
-static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
+static int g_att_snt = 128;
+static bool g_argmax_fuse = true; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=0: argmax_kernel)     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1000,7 +1001,11 @@ __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0
     }
 }
 
-template <int P>
+// ARG (the fused greedy argmax; mode 0, no bias): lane l < 4P of warp 0 keeps in am_best[l] the
+// largest argmax_key of the values it stored (shared memory: no registers live across the loop)
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i);
+__shared__ unsigned long long am_best[32];
+template <int P, bool ARG = false>
 __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
     constexpr int U = P == 1 ? 4 : P == 2 ? 2 : 1;
     __shared__ float red[2][GEMV_WARPS][4][P];
@@ -1105,6 +1110,7 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
 #pragma unroll
                 for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
                 gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
+                if (ARG) { const unsigned long long k = argmax_key(sa, grow + 4 * h + r); if (k > am_best[lane]) am_best[lane] = k; }
             }
         }
         par ^= 1;
@@ -1129,6 +1135,27 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const l
     pdl_launch();
     if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, 2>(j4, blockIdx.x, nb4);
     else q6k_q8_blocks<2>(j6, blockIdx.x - nb4, gridDim.x - nb4);
+}
+
+// The output GEMV (one q6_k matrix, no bias) of a greedy decode step with the argmax folded in:
+// each block atomicMax'es the best key of its rows into state[0] once, after its last group (no
+// fence inside the pipelined loop), and the last block to finish publishes the token as
+// argmax_kernel does (which this saves: a launch and a 128 KB read of the logits).
+__device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_t* io, int32_t* out, unsigned int nblocks);
+template <int P>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_argmax_kernel(const lb_job job, unsigned long long* state, int32_t* io, int32_t* out) {
+    pdl_launch();
+    if (threadIdx.x < 32) am_best[threadIdx.x] = 0;   // (warp 0 alone writes it later)
+    q6k_q8_blocks<P, true>(job, blockIdx.x, gridDim.x);
+    if (threadIdx.x >= 32) return;
+    __syncwarp();
+    unsigned long long best = am_best[threadIdx.x];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o); best = t > best ? t : best; }
+    if (threadIdx.x == 0) {
+        atomicMax(state, best);
+        argmax_publish(state, io, out, gridDim.x);
+    }
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1419,6 +1446,21 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return ((unsigned long long)u << 32) | (0xFFFFFFFFu - (uint32_t)i);
 }
+// after this block's atomicMax into state[0]: the last of nblocks blocks (counter state[1]) takes
+// the result, writes the token and resets the state for the next launch
+__device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_t* io, int32_t* out, unsigned int nblocks) {
+    __threadfence();
+    if (atomicAdd(reinterpret_cast<unsigned int*>(state + 1), 1u) == nblocks - 1) {
+        __threadfence();
+        const unsigned long long k = atomicExch(state, 0ull);
+        const int tok = (int)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFu));
+        const int pos = io[0];
+        if (out) out[pos] = tok;
+        io[1] = tok;
+        io[0] = pos + 1;
+        state[1] = 0;
+    }
+}
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __restrict__ logits, int n, unsigned long long* state,
                                                                 int32_t* io, int32_t* out) {
     __shared__ unsigned long long red[ARGMAX_THREADS / 32];
@@ -1437,18 +1479,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
     if (threadIdx.x == 0) {
         for (int w = 1; w < ARGMAX_THREADS / 32; w++) best = red[w] > best ? red[w] : best;
         atomicMax(state, best);
-        __threadfence();
-        last = atomicAdd(reinterpret_cast<unsigned int*>(state + 1), 1u) == ARGMAX_BLOCKS - 1;
-        if (last) {
-            __threadfence();
-            const unsigned long long k = atomicExch(state, 0ull);
-            const int tok = (int)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFu));
-            const int pos = io[0];
-            if (out) out[pos] = tok;
-            io[1] = tok;
-            io[0] = pos + 1;
-            state[1] = 0;
-        }
+        argmax_publish(state, io, out, ARGMAX_BLOCKS);
     }
 }
 
@@ -1843,6 +1874,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
+    e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
+    g_argmax_fuse = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2179,6 +2212,30 @@ LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, u
     CKL("argmax_kernel");
     return 0;
 }
+// The output GEMV of a greedy decode step followed by the argmax (as lb_gemv + lb_argmax_next); one
+// launch when the job is one q6_k matrix without bias on the dp4a path (x already quantized)
+LB_API int lb_gemv_argmax(const lb_job* job_in, uint64_t x, int ldx, uint64_t state, uint64_t io, uint64_t out) {
+    const lb_mat& m = job_in->m[0];
+    if (g_argmax_fuse && g_dp4a && g_dp4a_q6k && job_in->xq && job_in->xq_ready && job_in->nmat == 1 && job_in->mode == 0
+        && m.type == T_Q6_K && !m.bias && (m.cols + 255) >> 8 <= job_in->xq_cap) {
+        lb_job j = *job_in;
+        j.ksplit = g_rows_q6;
+        double bytes;
+        const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
+        const dim3 grid(blocks), block(32 * GEMV_WARPS);
+        unsigned long long* st = (unsigned long long*)state;
+        const int rg = j.ksplit;
+        cudaError_t r = rg == 16 ? launch(gemv_q6k_q8_argmax_kernel<4>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
+                      : rg == 8 ? launch(gemv_q6k_q8_argmax_kernel<2>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
+                                : launch(gemv_q6k_q8_argmax_kernel<1>, grid, block, j, st, (int32_t*)io, (int32_t*)out);
+        if (r != cudaSuccess) return fail("gemv_q6k_q8_argmax_kernel launch", r);
+        CKL("gemv_q6k_q8_argmax_kernel");
+        return 0;
+    }
+    int rc = lb_gemv(job_in, x, ldx, 1);
+    return rc ? rc : lb_argmax_next(job_in->y[0], m.rows, state, io, out);
+}
+
 // pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
 LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
     void* p;

@@ -244,8 +244,9 @@ class CudaTransformer:
     def new_cache(self) -> CudaKVCache:
         return CudaKVCache(self, self.n_ctx)
 
-    def _enqueue(self, n, cache, n_logits):
-        """Queue one pass over n tokens (ids and pos0 already in self.io) on the stream."""
+    def _enqueue(self, n, cache, n_logits, greedy=False):
+        """Queue one pass over n tokens (ids and pos0 already in self.io) on the stream; greedy (a
+        decode step): the output GEMV is followed by the device argmax (see _capture)."""
         c, lib = self.config, self.rt.lib
         H, KVH, D, dim = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
         chk = self.rt.check
@@ -272,16 +273,17 @@ class CudaTransformer:
         first = n - n_logits
         oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
         chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, eps, oq, ocap), "rmsnorm")
-        chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+        if greedy:   # the argmax may be folded into the output GEMV's launch
+            chk(lib.lb_gemv_argmax(self.out_job, self.h, dim, self.argmax_state, self.io, self.next_dev), "gemv output + argmax")
+        else:
+            chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
 
     def _capture(self, cache, greedy):
         """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the
         argmax kernel, which writes the next step's token and position into self.io."""
         self.rt.call("lb_capture_begin")
         try:
-            self._enqueue(1, cache, 1)
-            if greedy:
-                self.rt.call("lb_argmax_next", self.logits, self.config.vocab_size, self.argmax_state, self.io, self.next_dev)
+            self._enqueue(1, cache, 1, greedy)
         finally:
             g = self.rt.ffi.new("uint64_t*")
             self.rt.call("lb_capture_end", g)
