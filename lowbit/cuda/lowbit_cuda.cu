@@ -72,10 +72,13 @@ static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads 
 static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
 static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
-static int g_att_split = 4;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
-                                // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0: attn_decode_kernel, one block per head)
-static int g_att_snt = 128;
-static bool g_argmax_fuse = true; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=0: argmax_kernel)     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
+static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
+                                // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
+static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
+static int g_kv_pf = 1;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
+                                // (LOWBIT_CUDA_KV_PF=0: off, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
+                                // the previous layer's FFN RMSNorm: a longer lead, more traffic in between)
+static bool g_argmax_fuse = false; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=1)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1266,15 +1269,35 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
 // normalizes and quantizes its own 256-block. A 1024-thread block (rmsnorm_kernel) needs a whole
 // SM free of the previous GEMV's blocks before it can start, and then reduces 32 partial sums
 // serially; these small blocks start as single GEMV blocks retire and reduce 8.
+// kv (decode, before the qkv GEMV; 0: none): the layer's cached keys and values of the positions
+// before this token, kv.row bytes per position, go to L2 before the PDL wait, so that they arrive
+// while the qkv GEMV runs (attention's own prefetch starts only when its blocks get an SM, near
+// the end of qkv). A hint: the position read before the wait may be stale (smaller).
+struct lb_kvpf { const char* k; const char* v; const int32_t* pos; int row; int mode; };
+__device__ __forceinline__ void kv_prefetch(const lb_kvpf& kv) {
+    const size_t n = (size_t)(*(volatile const int32_t*)kv.pos) * kv.row;   // multiple of 16 (row is)
+    const int nt = gridDim.x * blockDim.x, t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (kv.mode == 1) {   // bulk requests of up to 16 KB
+        constexpr size_t CH = 16384;
+        for (size_t c = t; c * CH < n; c += nt) {
+            const uint32_t len = (uint32_t)min(CH, n - c * CH);
+            l2_prefetch(kv.k + c * CH, len);
+            l2_prefetch(kv.v + c * CH, len);
+        }
+    } else {               // a 128-byte line per request
+        for (size_t c = t; c * 128 < n; c += nt) { l2_prefetch_line(kv.k + c * 128); l2_prefetch_line(kv.v + c * 128); }
+    }
+}
 template <int NORM_MB_THREADS>
 __global__ void __launch_bounds__(NORM_MB_THREADS) rmsnorm_mb_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim,
-                                                                     float eps, uint8_t* __restrict__ xq, int cap) {
+                                                                     float eps, uint8_t* __restrict__ xq, int cap, const lb_kvpf kv) {
     __shared__ double part[NORM_MB_THREADS / 32];
     pdl_launch();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, b = blockIdx.x, o = 256 * b + 8 * lane;
     const bool vec = (dim & 3) == 0;
     float g[8], v[8];
     if (warp == 0) norm_load8(w + o, dim - o, vec, g);
+    if (kv.mode) kv_prefetch(kv);
     pdl_wait();
     if (warp == 0) norm_load8(x + o, dim - o, vec, v);
     double s = 0.0;
@@ -1875,7 +1898,9 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
-    g_argmax_fuse = !(e && e[0] == '0');
+    g_argmax_fuse = e && e[0] == '1';
+    e = getenv("LOWBIT_CUDA_KV_PF");
+    g_kv_pf = e && e[0] >= '0' && e[0] <= '3' && !e[1] ? e[0] - '0' : 1;
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2127,13 +2152,13 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
     return 0;
 }
 
-LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
+static int rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap, const lb_kvpf& kv) {
     if (dim > NORM_MAX) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_MAX); return -1; }
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
     if (n == 1 && g_norm_mb) {
         cudaError_t r = launch(g_norm_mb == 128 ? rmsnorm_mb_kernel<128> : rmsnorm_mb_kernel<256>, dim3((dim + 255) / 256), dim3(g_norm_mb), (const float*)x, (const float*)w, (float*)out,
-                               dim, eps, (uint8_t*)xq, cap);
+                               dim, eps, (uint8_t*)xq, cap, kv);
         if (r != cudaSuccess) return fail("rmsnorm_mb_kernel launch", r);
         CKL("rmsnorm_mb_kernel");
         return 0;
@@ -2143,6 +2168,19 @@ LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, floa
     if (r != cudaSuccess) return fail("rmsnorm_kernel launch", r);
     CKL("rmsnorm_kernel");
     return 0;
+}
+LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
+    return rmsnorm(x, w, out, n, dim, eps, xq, cap, lb_kvpf{});
+}
+// a decode token's RMSNorm that may also send a layer's cached keys (kc) and values (vc) of the
+// positions before *pos0 (row bytes each) to L2 (g_kv_pf; kv_prefetch). slot: 0 = this layer's
+// attention norm, 1 = the FFN norm of the layer before it, 2 = the first layer's attention norm
+// (both modes prefetch there).
+LB_API int lb_rmsnorm_kvpf(uint64_t x, uint64_t w, uint64_t out, int dim, float eps, uint64_t xq, int cap,
+                           uint64_t kc, uint64_t vc, uint64_t pos0, int row, int slot) {
+    const bool mine = slot == 2 || (slot == 1) == (g_kv_pf == 3);
+    const bool on = g_kv_pf && mine && g_norm_mb && kc && row % 16 == 0 && kc % 16 == 0 && vc % 16 == 0;
+    return rmsnorm(x, w, out, 1, dim, eps, xq, cap, on ? lb_kvpf{(const char*)kc, (const char*)vc, (const int32_t*)pos0, row, g_kv_pf == 2 ? 2 : 1} : lb_kvpf{});
 }
 
 LB_API int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
