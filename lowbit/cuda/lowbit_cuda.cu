@@ -1487,7 +1487,6 @@ __device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __restrict__ logits, int n, unsigned long long* state,
                                                                 int32_t* io, int32_t* out) {
     __shared__ unsigned long long red[ARGMAX_THREADS / 32];
-    __shared__ bool last;
     pdl_launch();
     pdl_wait();
     unsigned long long best = 0;
