@@ -74,9 +74,11 @@ static bool g_att_q = false;    // wo's input quantized by the decode attention'
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
+static bool g_att_ke = true;    // decode attention (512 threads, PV16): first-tile keys and first P.V values loaded
+                                // before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off)
 static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
-static int g_kv_pf = 1;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
-                                // (LOWBIT_CUDA_KV_PF=0: off, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
+static int g_kv_pf = 0;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
+                                // (LOWBIT_CUDA_KV_PF=0: off, the default, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
                                 // the previous layer's FFN RMSNorm: a longer lead, more traffic in between)
 static bool g_argmax_fuse = false; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=1)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
@@ -1526,8 +1528,24 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
     return r;
 }
 // NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
-// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16)
-template <int NT, int PVU>
+// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16);
+// KE (head_dim 128): each thread's key row of the first tile (all 16 loads at once) and the first
+// half of its warp's first P.V round of values are loaded into registers before the PDL wait, so their latency
+// overlaps the qkv GEMV's tail instead of adding serial rounds after it. The cached rows below
+// the position were written by earlier steps; the position is read again after the wait and the
+// early loads are dropped if it moved (it cannot within a graph; a guard, not a hint).
+__device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
+    float s = 0.f;
+#pragma unroll
+    for (int i8 = 0; i8 < 16; i8++) {
+        const uint4 u = k[i8];
+        const float4 qa = *reinterpret_cast<const float4*>(qs + 8 * i8), qb = *reinterpret_cast<const float4*>(qs + 8 * i8 + 4);
+        s += qa.x * h2f(u.x) + qa.y * h2f(u.x >> 16) + qa.z * h2f(u.y) + qa.w * h2f(u.y >> 16)
+           + qb.x * h2f(u.z) + qb.y * h2f(u.z >> 16) + qb.z * h2f(u.w) + qb.w * h2f(u.w >> 16);
+    }
+    return s;
+}
+template <int NT, int PVU, bool KE = false>
 __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
@@ -1552,8 +1570,29 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             l2_prefetch_line((const char*)vc + o);
         }
     }
+    uint4 kr[KE ? 16 : 1];
+    constexpr int VE = KE ? 8 : 1;   // values loaded early: the first 8 of the warp's first P.V round (registers)
+    uint2 ve[VE];
+    bool kpre = false, vpre = false;
+    // nA: the cached positions of the first tile (below the newest one, whose key/value come from kcur/vcur)
+    const int lenA = KE && D == 128 ? *(volatile const int32_t*)pos0p + 1 : 0, nA = min(lenA - 1, AD_TILE);
+    if (KE && D == 128) {
+        kpre = tid < nA;
+        if (kpre) {
+            const uint4* kp = reinterpret_cast<const uint4*>(kc + ((size_t)tid * KVH + kvh) * D);
+#pragma unroll
+            for (int i = 0; i < (KE ? 16 : 1); i++) kr[i] = kp[i];
+        }
+        vpre = true;
+#pragma unroll
+        for (int u = 0; u < VE; u++) {
+            const int j = warp + u * AD_WARPS;
+            ve[u] = j < nA ? *reinterpret_cast<const uint2*>(vc + ((size_t)j * KVH + kvh) * D + 4 * lane) : make_uint2(0, 0);
+        }
+    }
     pdl_wait();
     const int len = *pos0p + 1, half_d = D / 2;
+    if (KE && len != lenA) kpre = vpre = false;
     const float scale = rsqrtf((float)D);
     {
         const float* qrow = q + (size_t)h * D;
@@ -1574,6 +1613,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
     float M = -INFINITY, L = 0.f, acc[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[e] = 0.f;
+    const float s0 = KE && kpre ? dot_q_k16(qs, kr) : 0.f;   // (kr is dead after this)
     for (int t0 = 0; t0 < len; t0 += AD_TILE) {
         const int n = min(AD_TILE, len - t0);
         float lmax = -INFINITY;
@@ -1582,6 +1622,8 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             float s = 0.f;
             if (j == len - 1) {
                 for (int i = 0; i < D; i++) s += qs[i] * __half2float(kcur[i]);
+            } else if (KE && kpre && t0 == 0 && jj == tid) {
+                s = s0;
             } else if ((D & 7) == 0) {
                 const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + kvh) * D);
 #pragma unroll 4
@@ -1615,8 +1657,12 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
                     pp[u] = 0.f; vv[u] = make_uint2(0, 0);
                     if (jj < n) {
                         pp[u] = sc[jj];
-                        const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
-                        vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
+                        if (KE && u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
+                            vv[u] = ve[u < VE ? u : 0];
+                        } else {
+                            const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+                            vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
+                        }
                     }
                 }
 #pragma unroll
@@ -1894,12 +1940,14 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_att_q = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_ATT_SPLIT");
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_KE");
+    g_att_ke = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
     g_argmax_fuse = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_KV_PF");
-    g_kv_pf = e && e[0] >= '0' && e[0] <= '3' && !e[1] ? e[0] - '0' : 1;
+    g_kv_pf = e && e[0] >= '0' && e[0] <= '3' && !e[1] ? e[0] - '0' : 0;
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2225,7 +2273,8 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                                     : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                                     : (g_att_pv16 ? (g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
+                                                   : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
