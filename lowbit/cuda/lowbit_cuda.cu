@@ -74,8 +74,8 @@ static bool g_att_q = false;    // wo's input quantized by the decode attention'
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
-static bool g_att_ke = true;    // decode attention (512 threads, PV16): first-tile keys and first P.V values loaded
-                                // before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off)
+static int g_att_ke = 8;        // decode attention (512 threads, PV16): first-tile keys and this many of each warp's
+                                // first P.V values loaded before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off, 16: all 16)
 static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
 static int g_kv_pf = 0;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
                                 // (LOWBIT_CUDA_KV_PF=0: off, the default, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
@@ -1545,7 +1545,7 @@ __device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
     }
     return s;
 }
-template <int NT, int PVU, bool KE = false>
+template <int NT, int PVU, bool KE = false, int VEN = 8>
 __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
@@ -1571,7 +1571,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
         }
     }
     uint4 kr[KE ? 16 : 1];
-    constexpr int VE = KE ? 8 : 1;   // values loaded early: the first 8 of the warp's first P.V round (registers)
+    constexpr int VE = KE ? VEN : 1;   // values loaded early: the first VEN of the warp's first P.V round (registers)
     uint2 ve[VE];
     bool kpre = false, vpre = false;
     // nA: the cached positions of the first tile (below the newest one, whose key/value come from kcur/vcur)
@@ -1941,7 +1941,7 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_ATT_SPLIT");
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_KE");
-    g_att_ke = !(e && e[0] == '0');
+    g_att_ke = e && atoi(e) == 0 ? 0 : e && atoi(e) == 16 ? 16 : 8;
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
@@ -2273,7 +2273,8 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                                     : (g_att_pv16 ? (g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
+                                     : (g_att_pv16 ? (g_att_ke == 16 ? attn_decode_kernel<512, 16, true, 16>
+                                                    : g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
                                                    : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
