@@ -76,6 +76,7 @@ static int g_att_split = 0;     // decode attention: blocks per head over the po
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
 static int g_att_ke = 8;        // decode attention (512 threads, PV16): first-tile keys and this many of each warp's
                                 // first P.V values loaded before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off, 16: all 16)
+static bool g_att_vl = true;    // with ATT_KE=8: the other 8 first-round values loaded before the softmax (LOWBIT_CUDA_ATT_VL=0: off)
 static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
 static int g_kv_pf = 0;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
                                 // (LOWBIT_CUDA_KV_PF=0: off, the default, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
@@ -1545,7 +1546,9 @@ __device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
     }
     return s;
 }
-template <int NT, int PVU, bool KE = false, int VEN = 8>
+// VL (with KE): the rest of the first P.V round's values are loaded right after the scores, before
+// the softmax's reductions (they do not depend on them; the early keys' registers are free by then).
+template <int NT, int PVU, bool KE = false, int VEN = 8, bool VL = false>
 __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
@@ -1640,6 +1643,15 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             sc[jj] = s;
             lmax = fmaxf(lmax, s);
         }
+        constexpr int NVL = VL && KE && PVU > VE ? PVU - VE : 1;
+        uint2 vl[NVL];
+        if (VL && KE && D == 128 && t0 == 0) {
+#pragma unroll
+            for (int u = 0; u < NVL; u++) {
+                const int jj = warp + (u + VE) * AD_WARPS;
+                vl[u] = jj < n && jj != len - 1 ? *reinterpret_cast<const uint2*>(vc + ((size_t)jj * KVH + kvh) * D + 4 * lane) : make_uint2(0, 0);
+            }
+        }
         const float Mn = fmaxf(M, block_reduce<AD_WARPS>(lmax, true, wred)), corr = __expf(M - Mn);
         float lsum = 0.f;
         for (int jj = tid; jj < n; jj += AD_THREADS) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
@@ -1659,6 +1671,8 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
                         pp[u] = sc[jj];
                         if (KE && u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
                             vv[u] = ve[u < VE ? u : 0];
+                        } else if (VL && KE && u >= VE && t0 == 0 && j0 == warp && j != len - 1) {
+                            vv[u] = vl[u >= VE && u - VE < NVL ? u - VE : 0];
                         } else {
                             const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
                             vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
@@ -1942,6 +1956,8 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_KE");
     g_att_ke = e && atoi(e) == 0 ? 0 : e && atoi(e) == 16 ? 16 : 8;
+    e = getenv("LOWBIT_CUDA_ATT_VL");
+    g_att_vl = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
@@ -2274,6 +2290,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
                                      : (g_att_pv16 ? (g_att_ke == 16 ? attn_decode_kernel<512, 16, true, 16>
+                                                    : g_att_ke && g_att_vl ? attn_decode_kernel<512, 16, true, 8, true>
                                                     : g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
                                                    : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
