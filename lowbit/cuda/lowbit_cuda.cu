@@ -75,8 +75,8 @@ static bool g_att_q = false;    // wo's input quantized by the decode attention'
 static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
 static int g_att_ke = 8;        // decode attention (512 threads, PV16): first-tile keys and this many of each warp's
-                                // first P.V values loaded before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off, 16: all 16)
-static bool g_att_vl = true;    // with ATT_KE=8: the other 8 first-round values loaded before the softmax (LOWBIT_CUDA_ATT_VL=0: off)
+                                // first P.V values loaded before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off, 16: all 16, 96: keys only, 96 registers)
+static bool g_att_vl = false;   // with ATT_KE=8: the other 8 first-round values loaded before the softmax (LOWBIT_CUDA_ATT_VL=1; slower)
 static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
 static int g_kv_pf = 0;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
                                 // (LOWBIT_CUDA_KV_PF=0: off, the default, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
@@ -1548,12 +1548,14 @@ __device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
 }
 // VL (with KE): the rest of the first P.V round's values are loaded right after the scores, before
 // the softmax's reductions (they do not depend on them; the early keys' registers are free by then).
+#define ATT_DECODE_PARAMS const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,                      \
+                          float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,              \
+                          const float* __restrict__ kf, const float* __restrict__ vf,                                     \
+                          const float* __restrict__ cosT, const float* __restrict__ sinT,                                 \
+                          uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch
+#define ATT_DECODE_ARGS q, kc, vc, out, pos0p, H, KVH, D, kf, vf, cosT, sinT, xq, cap, counter, prefetch
 template <int NT, int PVU, bool KE = false, int VEN = 8, bool VL = false>
-__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
-                                                                 float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
-                                                                 const float* __restrict__ kf, const float* __restrict__ vf,
-                                                                 const float* __restrict__ cosT, const float* __restrict__ sinT,
-                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
+__device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
     __shared__ __align__(16) float qs[256];
     constexpr int AD_THREADS = NT, AD_WARPS = NT / 32;
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
@@ -1723,6 +1725,12 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
         }
     }
 }
+
+template <int NT, int PVU, bool KE = false, int VEN = 8, bool VL = false>
+__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(ATT_DECODE_PARAMS) { attn_decode_body<NT, PVU, KE, VEN, VL>(ATT_DECODE_ARGS); }
+// the early-key variant held to 96 registers (LOWBIT_CUDA_ATT_KE=96): a block then fits beside one
+// GEMV block (48K + 16K registers) instead of needing a whole SM (128 x 512 = the register file)
+__global__ void __maxnreg__(96) attn_decode_kernel_r96(ATT_DECODE_PARAMS) { attn_decode_body<512, 16, true, 1>(ATT_DECODE_ARGS); }
 
 // Decode attention split over positions (flash-decoding): block (h, s) of an H x S grid does head
 // h over positions [s c, (s + 1) c), c = ceil(len / S), and writes its unnormalized P.V, running
@@ -1955,9 +1963,9 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_ATT_SPLIT");
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_KE");
-    g_att_ke = e && atoi(e) == 0 ? 0 : e && atoi(e) == 16 ? 16 : 8;
+    g_att_ke = e && (atoi(e) == 0 || atoi(e) == 16 || atoi(e) == 96) ? atoi(e) : 8;
     e = getenv("LOWBIT_CUDA_ATT_VL");
-    g_att_vl = !(e && e[0] == '0');
+    g_att_vl = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
@@ -2291,6 +2299,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
                                      : (g_att_pv16 ? (g_att_ke == 16 ? attn_decode_kernel<512, 16, true, 16>
                                                     : g_att_ke && g_att_vl ? attn_decode_kernel<512, 16, true, 8, true>
+                                                    : g_att_ke == 96 ? attn_decode_kernel_r96
                                                     : g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
                                                    : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
