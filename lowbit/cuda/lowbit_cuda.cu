@@ -74,13 +74,9 @@ static bool g_att_q = false;    // wo's input quantized by the decode attention'
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
 static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
                                 // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
-static int g_att_ke = 8;        // decode attention (512 threads, PV16): first-tile keys and this many of each warp's
-                                // first P.V values loaded before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off, 16: all 16, 96: keys only, 96 registers)
-static bool g_att_vl = false;   // with ATT_KE=8: the other 8 first-round values loaded before the softmax (LOWBIT_CUDA_ATT_VL=1; slower)
+static bool g_att_ke = true;    // decode attention (512 threads, PV16): first-tile keys and first P.V values loaded
+                                // before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off)
 static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
-static int g_kv_pf = 0;         // decode: the attention RMSNorm prefetches the layer's KV cache into L2
-                                // (LOWBIT_CUDA_KV_PF=0: off, the default, 1: 16 KB bulk requests, 2: 128-byte lines, 3: bulk, by
-                                // the previous layer's FFN RMSNorm: a longer lead, more traffic in between)
 static bool g_argmax_fuse = false; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=1)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
@@ -1272,35 +1268,15 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
 // normalizes and quantizes its own 256-block. A 1024-thread block (rmsnorm_kernel) needs a whole
 // SM free of the previous GEMV's blocks before it can start, and then reduces 32 partial sums
 // serially; these small blocks start as single GEMV blocks retire and reduce 8.
-// kv (decode, before the qkv GEMV; 0: none): the layer's cached keys and values of the positions
-// before this token, kv.row bytes per position, go to L2 before the PDL wait, so that they arrive
-// while the qkv GEMV runs (attention's own prefetch starts only when its blocks get an SM, near
-// the end of qkv). A hint: the position read before the wait may be stale (smaller).
-struct lb_kvpf { const char* k; const char* v; const int32_t* pos; int row; int mode; };
-__device__ __forceinline__ void kv_prefetch(const lb_kvpf& kv) {
-    const size_t n = (size_t)(*(volatile const int32_t*)kv.pos) * kv.row;   // multiple of 16 (row is)
-    const int nt = gridDim.x * blockDim.x, t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (kv.mode == 1) {   // bulk requests of up to 16 KB
-        constexpr size_t CH = 16384;
-        for (size_t c = t; c * CH < n; c += nt) {
-            const uint32_t len = (uint32_t)min(CH, n - c * CH);
-            l2_prefetch(kv.k + c * CH, len);
-            l2_prefetch(kv.v + c * CH, len);
-        }
-    } else {               // a 128-byte line per request
-        for (size_t c = t; c * 128 < n; c += nt) { l2_prefetch_line(kv.k + c * 128); l2_prefetch_line(kv.v + c * 128); }
-    }
-}
 template <int NORM_MB_THREADS>
 __global__ void __launch_bounds__(NORM_MB_THREADS) rmsnorm_mb_kernel(const float* __restrict__ x, const float* __restrict__ w, float* out, int dim,
-                                                                     float eps, uint8_t* __restrict__ xq, int cap, const lb_kvpf kv) {
+                                                                     float eps, uint8_t* __restrict__ xq, int cap) {
     __shared__ double part[NORM_MB_THREADS / 32];
     pdl_launch();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, b = blockIdx.x, o = 256 * b + 8 * lane;
     const bool vec = (dim & 3) == 0;
     float g[8], v[8];
     if (warp == 0) norm_load8(w + o, dim - o, vec, g);
-    if (kv.mode) kv_prefetch(kv);
     pdl_wait();
     if (warp == 0) norm_load8(x + o, dim - o, vec, v);
     double s = 0.0;
@@ -1546,16 +1522,12 @@ __device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
     }
     return s;
 }
-// VL (with KE): the rest of the first P.V round's values are loaded right after the scores, before
-// the softmax's reductions (they do not depend on them; the early keys' registers are free by then).
-#define ATT_DECODE_PARAMS const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,                      \
-                          float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,              \
-                          const float* __restrict__ kf, const float* __restrict__ vf,                                     \
-                          const float* __restrict__ cosT, const float* __restrict__ sinT,                                 \
-                          uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch
-#define ATT_DECODE_ARGS q, kc, vc, out, pos0p, H, KVH, D, kf, vf, cosT, sinT, xq, cap, counter, prefetch
-template <int NT, int PVU, bool KE = false, int VEN = 8, bool VL = false>
-__device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
+template <int NT, int PVU, bool KE = false>
+__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                                 float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                                 const float* __restrict__ kf, const float* __restrict__ vf,
+                                                                 const float* __restrict__ cosT, const float* __restrict__ sinT,
+                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
     __shared__ __align__(16) float qs[256];
     constexpr int AD_THREADS = NT, AD_WARPS = NT / 32;
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
@@ -1576,7 +1548,7 @@ __device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
         }
     }
     uint4 kr[KE ? 16 : 1];
-    constexpr int VE = KE ? VEN : 1;   // values loaded early: the first VEN of the warp's first P.V round (registers)
+    constexpr int VE = KE ? 8 : 1;   // values loaded early: the first 8 of the warp's first P.V round (registers)
     uint2 ve[VE];
     bool kpre = false, vpre = false;
     // nA: the cached positions of the first tile (below the newest one, whose key/value come from kcur/vcur)
@@ -1645,15 +1617,6 @@ __device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
             sc[jj] = s;
             lmax = fmaxf(lmax, s);
         }
-        constexpr int NVL = VL && KE && PVU > VE ? PVU - VE : 1;
-        uint2 vl[NVL];
-        if (VL && KE && D == 128 && t0 == 0) {
-#pragma unroll
-            for (int u = 0; u < NVL; u++) {
-                const int jj = warp + (u + VE) * AD_WARPS;
-                vl[u] = jj < n && jj != len - 1 ? *reinterpret_cast<const uint2*>(vc + ((size_t)jj * KVH + kvh) * D + 4 * lane) : make_uint2(0, 0);
-            }
-        }
         const float Mn = fmaxf(M, block_reduce<AD_WARPS>(lmax, true, wred)), corr = __expf(M - Mn);
         float lsum = 0.f;
         for (int jj = tid; jj < n; jj += AD_THREADS) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
@@ -1673,8 +1636,6 @@ __device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
                         pp[u] = sc[jj];
                         if (KE && u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
                             vv[u] = ve[u < VE ? u : 0];
-                        } else if (VL && KE && u >= VE && t0 == 0 && j0 == warp && j != len - 1) {
-                            vv[u] = vl[u >= VE && u - VE < NVL ? u - VE : 0];
                         } else {
                             const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
                             vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
@@ -1725,12 +1686,6 @@ __device__ __forceinline__ void attn_decode_body(ATT_DECODE_PARAMS) {
         }
     }
 }
-
-template <int NT, int PVU, bool KE = false, int VEN = 8, bool VL = false>
-__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(ATT_DECODE_PARAMS) { attn_decode_body<NT, PVU, KE, VEN, VL>(ATT_DECODE_ARGS); }
-// the early-key variant held to 96 registers (LOWBIT_CUDA_ATT_KE=96): a block then fits beside one
-// GEMV block (48K + 16K registers) instead of needing a whole SM (128 x 512 = the register file)
-__global__ void __maxnreg__(96) attn_decode_kernel_r96(ATT_DECODE_PARAMS) { attn_decode_body<512, 16, true, 1>(ATT_DECODE_ARGS); }
 
 // Decode attention split over positions (flash-decoding): block (h, s) of an H x S grid does head
 // h over positions [s c, (s + 1) c), c = ceil(len / S), and writes its unnormalized P.V, running
@@ -1963,15 +1918,11 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     e = getenv("LOWBIT_CUDA_ATT_SPLIT");
     if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
     e = getenv("LOWBIT_CUDA_ATT_KE");
-    g_att_ke = e && (atoi(e) == 0 || atoi(e) == 16 || atoi(e) == 96) ? atoi(e) : 8;
-    e = getenv("LOWBIT_CUDA_ATT_VL");
-    g_att_vl = e && e[0] == '1';
+    g_att_ke = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_ATT_SNT");
     g_att_snt = e && atoi(e) == 256 ? 256 : 128;
     e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
     g_argmax_fuse = e && e[0] == '1';
-    e = getenv("LOWBIT_CUDA_KV_PF");
-    g_kv_pf = e && e[0] >= '0' && e[0] <= '3' && !e[1] ? e[0] - '0' : 0;
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2223,13 +2174,13 @@ LB_API int lb_dequant(const lb_mat* m, uint64_t out) {
     return 0;
 }
 
-static int rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap, const lb_kvpf& kv) {
+LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
     if (dim > NORM_MAX) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_MAX); return -1; }
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
     if (n == 1 && g_norm_mb) {
         cudaError_t r = launch(g_norm_mb == 128 ? rmsnorm_mb_kernel<128> : rmsnorm_mb_kernel<256>, dim3((dim + 255) / 256), dim3(g_norm_mb), (const float*)x, (const float*)w, (float*)out,
-                               dim, eps, (uint8_t*)xq, cap, kv);
+                               dim, eps, (uint8_t*)xq, cap);
         if (r != cudaSuccess) return fail("rmsnorm_mb_kernel launch", r);
         CKL("rmsnorm_mb_kernel");
         return 0;
@@ -2239,19 +2190,6 @@ static int rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float e
     if (r != cudaSuccess) return fail("rmsnorm_kernel launch", r);
     CKL("rmsnorm_kernel");
     return 0;
-}
-LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap) {
-    return rmsnorm(x, w, out, n, dim, eps, xq, cap, lb_kvpf{});
-}
-// a decode token's RMSNorm that may also send a layer's cached keys (kc) and values (vc) of the
-// positions before *pos0 (row bytes each) to L2 (g_kv_pf; kv_prefetch). slot: 0 = this layer's
-// attention norm, 1 = the FFN norm of the layer before it, 2 = the first layer's attention norm
-// (both modes prefetch there).
-LB_API int lb_rmsnorm_kvpf(uint64_t x, uint64_t w, uint64_t out, int dim, float eps, uint64_t xq, int cap,
-                           uint64_t kc, uint64_t vc, uint64_t pos0, int row, int slot) {
-    const bool mine = slot == 2 || (slot == 1) == (g_kv_pf == 3);
-    const bool on = g_kv_pf && mine && g_norm_mb && kc && row % 16 == 0 && kc % 16 == 0 && vc % 16 == 0;
-    return rmsnorm(x, w, out, 1, dim, eps, xq, cap, on ? lb_kvpf{(const char*)kc, (const char*)vc, (const int32_t*)pos0, row, g_kv_pf == 2 ? 2 : 1} : lb_kvpf{});
 }
 
 LB_API int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
@@ -2297,10 +2235,7 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                                     : (g_att_pv16 ? (g_att_ke == 16 ? attn_decode_kernel<512, 16, true, 16>
-                                                    : g_att_ke && g_att_vl ? attn_decode_kernel<512, 16, true, 8, true>
-                                                    : g_att_ke == 96 ? attn_decode_kernel_r96
-                                                    : g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
+                                     : (g_att_pv16 ? (g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
                                                    : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);

@@ -256,10 +256,7 @@ class CudaTransformer:
         xq, cap = (self.xq, self.xq_cap) if n == 1 else (0, 0)   # decode: norms also quantize their output
         for li, L in enumerate(self.layers):
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
-            if n == 1:   # decode: the norms also send the attention's cached keys/values to L2 (lb_rmsnorm_kvpf)
-                chk(lib.lb_rmsnorm_kvpf(self.x, L["attn_norm"], self.h, dim, eps, xq, cap, kc, vc, pos, KVH * D * 2, 2 if li == 0 else 0), "rmsnorm")
-            else:
-                chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
             if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
@@ -268,11 +265,7 @@ class CudaTransformer:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
             chk(lib.lb_gemv(L["o"], self.att, self.qdim, n), "gemv o")
-            if n == 1 and li + 1 < len(self.layers):
-                nk, nv = kc + cache.layer_bytes, vc + cache.layer_bytes   # the next layer's cache
-                chk(lib.lb_rmsnorm_kvpf(self.x, L["ffn_norm"], self.h, dim, eps, xq, cap, nk, nv, pos, KVH * D * 2, 1), "rmsnorm")
-            else:
-                chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
+            chk(lib.lb_rmsnorm(self.x, L["ffn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["gu"], self.h, dim, n), "gemv gate/up")
             chk(lib.lb_gemv(L["dn"], self.g, c.intermediate_size, n), "gemv down")
         if n_logits == 0:

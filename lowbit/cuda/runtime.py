@@ -44,8 +44,6 @@ int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);
 int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, float eps, uint64_t xq, int cap);
-int lb_rmsnorm_kvpf(uint64_t x, uint64_t w, uint64_t out, int dim, float eps, uint64_t xq, int cap,
-                    uint64_t kc, uint64_t vc, uint64_t pos0, int row, int slot);
 int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_t cosT, uint64_t sinT,
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
