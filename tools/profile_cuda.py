@@ -60,9 +60,9 @@ def main():
                      ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
                      (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D)),
                      (f"rope+store+attention+quantize (decode, fused) @pos {a.pos}",
-                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, m.xq, m.xq_cap, m.att_count)),
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, m.xq, m.xq_cap, m.att_count, m.att_part)),
                      (f"rope+store+attention (decode, fused) @pos {a.pos}",
-                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, 0, 0, 0))):
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, 0, 0, 0, m.att_part))):
         rows.append((name, timed(rt, lambda: rt.check(fn(), name)), None))
     # the whole captured decode step, replayed
     m.forward([1], cache)

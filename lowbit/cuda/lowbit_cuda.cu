@@ -64,6 +64,7 @@ __host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)ca
 
 static char g_err[512];
 static cudaStream_t g_stream = 0;
+#define LB_ATT_SPLIT_MAX 8
 static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
 static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
 static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
@@ -79,6 +80,12 @@ static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads 
 static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
 static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
                                 // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
+static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
+                                // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
+static bool g_att_ke = true;    // decode attention (512 threads, PV16): first-tile keys and first P.V values loaded
+                                // before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off)
+static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
+static bool g_argmax_fuse = false; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=1)
 static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
 static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
@@ -1026,7 +1033,11 @@ __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0
     }
 }
 
-template <int P>
+// ARG (the fused greedy argmax; mode 0, no bias): lane l < 4P of warp 0 keeps in am_best[l] the
+// largest argmax_key of the values it stored (shared memory: no registers live across the loop)
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i);
+__shared__ unsigned long long am_best[32];
+template <int P, bool ARG = false>
 __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
     constexpr int U = P == 1 ? 4 : P == 2 ? 2 : 1;
     __shared__ float red[2][GEMV_WARPS][4][P];
@@ -1131,6 +1142,7 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
 #pragma unroll
                 for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
                 gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
+                if (ARG) { const unsigned long long k = argmax_key(sa, grow + 4 * h + r); if (k > am_best[lane]) am_best[lane] = k; }
             }
         }
         par ^= 1;
@@ -1155,6 +1167,27 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const l
     pdl_launch();
     if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, 2>(j4, blockIdx.x, nb4);
     else q6k_q8_blocks<2>(j6, blockIdx.x - nb4, gridDim.x - nb4);
+}
+
+// The output GEMV (one q6_k matrix, no bias) of a greedy decode step with the argmax folded in:
+// each block atomicMax'es the best key of its rows into state[0] once, after its last group (no
+// fence inside the pipelined loop), and the last block to finish publishes the token as
+// argmax_kernel does (which this saves: a launch and a 128 KB read of the logits).
+__device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_t* io, int32_t* out, unsigned int nblocks);
+template <int P>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_argmax_kernel(const lb_job job, unsigned long long* state, int32_t* io, int32_t* out) {
+    pdl_launch();
+    if (threadIdx.x < 32) am_best[threadIdx.x] = 0;   // (warp 0 alone writes it later)
+    q6k_q8_blocks<P, true>(job, blockIdx.x, gridDim.x);
+    if (threadIdx.x >= 32) return;
+    __syncwarp();
+    unsigned long long best = am_best[threadIdx.x];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o); best = t > best ? t : best; }
+    if (threadIdx.x == 0) {
+        atomicMax(state, best);
+        argmax_publish(state, io, out, gridDim.x);
+    }
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1445,10 +1478,24 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return ((unsigned long long)u << 32) | (0xFFFFFFFFu - (uint32_t)i);
 }
+// after this block's atomicMax into state[0]: the last of nblocks blocks (counter state[1]) takes
+// the result, writes the token and resets the state for the next launch
+__device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_t* io, int32_t* out, unsigned int nblocks) {
+    __threadfence();
+    if (atomicAdd(reinterpret_cast<unsigned int*>(state + 1), 1u) == nblocks - 1) {
+        __threadfence();
+        const unsigned long long k = atomicExch(state, 0ull);
+        const int tok = (int)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFu));
+        const int pos = io[0];
+        if (out) out[pos] = tok;
+        io[1] = tok;
+        io[0] = pos + 1;
+        state[1] = 0;
+    }
+}
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __restrict__ logits, int n, unsigned long long* state,
                                                                 int32_t* io, int32_t* out) {
     __shared__ unsigned long long red[ARGMAX_THREADS / 32];
-    __shared__ bool last;
     pdl_launch();
     pdl_wait();
     unsigned long long best = 0;
@@ -1463,18 +1510,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
     if (threadIdx.x == 0) {
         for (int w = 1; w < ARGMAX_THREADS / 32; w++) best = red[w] > best ? red[w] : best;
         atomicMax(state, best);
-        __threadfence();
-        last = atomicAdd(reinterpret_cast<unsigned int*>(state + 1), 1u) == ARGMAX_BLOCKS - 1;
-        if (last) {
-            __threadfence();
-            const unsigned long long k = atomicExch(state, 0ull);
-            const int tok = (int)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFu));
-            const int pos = io[0];
-            if (out) out[pos] = tok;
-            io[1] = tok;
-            io[0] = pos + 1;
-            state[1] = 0;
-        }
+        argmax_publish(state, io, out, ARGMAX_BLOCKS);
     }
 }
 
@@ -1499,8 +1535,24 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
     return r;
 }
 // NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
-// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16)
-template <int NT, int PVU>
+// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16);
+// KE (head_dim 128): each thread's key row of the first tile (all 16 loads at once) and the first
+// half of its warp's first P.V round of values are loaded into registers before the PDL wait, so their latency
+// overlaps the qkv GEMV's tail instead of adding serial rounds after it. The cached rows below
+// the position were written by earlier steps; the position is read again after the wait and the
+// early loads are dropped if it moved (it cannot within a graph; a guard, not a hint).
+__device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
+    float s = 0.f;
+#pragma unroll
+    for (int i8 = 0; i8 < 16; i8++) {
+        const uint4 u = k[i8];
+        const float4 qa = *reinterpret_cast<const float4*>(qs + 8 * i8), qb = *reinterpret_cast<const float4*>(qs + 8 * i8 + 4);
+        s += qa.x * h2f(u.x) + qa.y * h2f(u.x >> 16) + qa.z * h2f(u.y) + qa.w * h2f(u.y >> 16)
+           + qb.x * h2f(u.z) + qb.y * h2f(u.z >> 16) + qb.z * h2f(u.w) + qb.w * h2f(u.w >> 16);
+    }
+    return s;
+}
+template <int NT, int PVU, bool KE = false>
 __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
                                                                  float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
                                                                  const float* __restrict__ kf, const float* __restrict__ vf,
@@ -1525,8 +1577,29 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             l2_prefetch_line((const char*)vc + o);
         }
     }
+    uint4 kr[KE ? 16 : 1];
+    constexpr int VE = KE ? 8 : 1;   // values loaded early: the first 8 of the warp's first P.V round (registers)
+    uint2 ve[VE];
+    bool kpre = false, vpre = false;
+    // nA: the cached positions of the first tile (below the newest one, whose key/value come from kcur/vcur)
+    const int lenA = KE && D == 128 ? *(volatile const int32_t*)pos0p + 1 : 0, nA = min(lenA - 1, AD_TILE);
+    if (KE && D == 128) {
+        kpre = tid < nA;
+        if (kpre) {
+            const uint4* kp = reinterpret_cast<const uint4*>(kc + ((size_t)tid * KVH + kvh) * D);
+#pragma unroll
+            for (int i = 0; i < (KE ? 16 : 1); i++) kr[i] = kp[i];
+        }
+        vpre = true;
+#pragma unroll
+        for (int u = 0; u < VE; u++) {
+            const int j = warp + u * AD_WARPS;
+            ve[u] = j < nA ? *reinterpret_cast<const uint2*>(vc + ((size_t)j * KVH + kvh) * D + 4 * lane) : make_uint2(0, 0);
+        }
+    }
     pdl_wait();
     const int len = *pos0p + 1, half_d = D / 2;
+    if (KE && len != lenA) kpre = vpre = false;
     const float scale = rsqrtf((float)D);
     {
         const float* qrow = q + (size_t)h * D;
@@ -1547,6 +1620,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
     float M = -INFINITY, L = 0.f, acc[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[e] = 0.f;
+    const float s0 = KE && kpre ? dot_q_k16(qs, kr) : 0.f;   // (kr is dead after this)
     for (int t0 = 0; t0 < len; t0 += AD_TILE) {
         const int n = min(AD_TILE, len - t0);
         float lmax = -INFINITY;
@@ -1555,6 +1629,8 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             float s = 0.f;
             if (j == len - 1) {
                 for (int i = 0; i < D; i++) s += qs[i] * __half2float(kcur[i]);
+            } else if (KE && kpre && t0 == 0 && jj == tid) {
+                s = s0;
             } else if ((D & 7) == 0) {
                 const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + kvh) * D);
 #pragma unroll 4
@@ -1588,8 +1664,12 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
                     pp[u] = 0.f; vv[u] = make_uint2(0, 0);
                     if (jj < n) {
                         pp[u] = sc[jj];
-                        const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
-                        vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
+                        if (KE && u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
+                            vv[u] = ve[u < VE ? u : 0];
+                        } else {
+                            const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
+                            vv[u] = *reinterpret_cast<const uint2*>(vr + 4 * lane);
+                        }
                     }
                 }
 #pragma unroll
@@ -1635,6 +1715,170 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             if (tid == 0) *counter = 0;
         }
     }
+}
+
+// Decode attention split over positions (flash-decoding): block (h, s) of an H x S grid does head
+// h over positions [s c, (s + 1) c), c = ceil(len / S), and writes its unnormalized P.V, running
+// max M and sum L to part (per (h, s): D floats, then M, L at part + H S D); attn_combine_q_kernel
+// (the wo quant_x launch, which reads the output anyway) merges the S partials. A lane owns one
+// 16-byte chunk (8 dims) of a position's fp16 key/value row: LP = D / 8 lanes per position (D a
+// power of two, 8..256), PPW = 32 / LP positions per warp per load, U loads in flight per lane in
+// both the score and the P.V pass; no thread per position waits on a whole 256-byte row.
+constexpr int AS_TILE = 256;   // positions per tile (online softmax across tiles)
+template <int NT, int U>
+__global__ void __launch_bounds__(NT) attn_split_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                        float* __restrict__ part, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                        const float* __restrict__ kf, const float* __restrict__ vf,
+                                                        const float* __restrict__ cosT, const float* __restrict__ sinT, int prefetch) {
+    constexpr int W = NT / 32;
+    __shared__ __align__(16) float qs[256];
+    __shared__ __align__(16) __half kcur[256], vcur[256];
+    __shared__ float sc[AS_TILE], wred[W];
+    __shared__ __align__(16) float red[W][256];
+    pdl_launch();
+    const int h = blockIdx.x, s = blockIdx.y, S = gridDim.y, kvh = h / (H / KVH);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int LP = D >> 3, PPW = 32 / LP, NS = W * PPW, dc = lane & (LP - 1), ps = lane / LP;
+    if (prefetch) {   // a hint, as in attn_decode_kernel: the position read before the wait may be stale
+        const int np = *(volatile const int32_t*)pos0p, c = (np + S) / S, j0 = s * c, j1 = min(np, j0 + c), lpr = (2 * D + 127) >> 7;
+        for (int i = tid; i < (j1 - j0) * lpr; i += NT) {
+            const int j = j0 + i / lpr;
+            const size_t o = ((size_t)j * KVH + kvh) * D * 2 + 128 * (i % lpr);
+            l2_prefetch_line((const char*)kc + o);
+            l2_prefetch_line((const char*)vc + o);
+        }
+    }
+    pdl_wait();
+    const int len = *pos0p + 1, half_d = D / 2, c = (len + S - 1) / S, j0 = s * c, j1 = min(len, j0 + c);
+    {
+        const float scale = rsqrtf((float)D);
+        const float* qrow = q + (size_t)h * D;
+        const float* cs = cosT + (size_t)(len - 1) * half_d;
+        const float* sn = sinT + (size_t)(len - 1) * half_d;
+        const bool store = s == 0 && h % (H / KVH) == 0;
+        for (int i = tid; i < D; i += NT) {
+            const bool first = i < half_d;
+            const int ii = first ? i : i - half_d, pi = first ? i + half_d : i - half_d;
+            const float cc = cs[ii], sg = first ? -sn[ii] : sn[ii];
+            qs[i] = (qrow[i] * cc + qrow[pi] * sg) * scale;
+            const __half kh = __float2half(kf[kvh * D + i] * cc + kf[kvh * D + pi] * sg), vh = __float2half(vf[kvh * D + i]);
+            kcur[i] = kh; vcur[i] = vh;
+            if (store) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kh; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vh; }
+        }
+    }
+    __syncthreads();
+    float qv[8], acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) { qv[e] = qs[8 * dc + e]; acc[e] = 0.f; }
+    float M = -INFINITY, L = 0.f;
+    const size_t rs = (size_t)KVH * D;   // halves between positions in the cache
+    for (int t0 = j0; t0 < j1; t0 += AS_TILE) {
+        const int n = min(AS_TILE, j1 - t0);
+        float lmax = -INFINITY;
+        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {   // warp-uniform bound: the shuffles see every lane
+            uint4 kk[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int rr = r0 + u * NS + ps, j = t0 + rr;
+                kk[u] = make_uint4(0, 0, 0, 0);
+                if (rr < n) kk[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? kcur : kc + (size_t)j * rs + kvh * D) + 8 * dc);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float d = qv[0] * h2f(kk[u].x) + qv[1] * h2f(kk[u].x >> 16) + qv[2] * h2f(kk[u].y) + qv[3] * h2f(kk[u].y >> 16)
+                        + qv[4] * h2f(kk[u].z) + qv[5] * h2f(kk[u].z >> 16) + qv[6] * h2f(kk[u].w) + qv[7] * h2f(kk[u].w >> 16);
+                for (int o = 1; o < LP; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                const int rr = r0 + u * NS + ps;
+                if (rr < n) {
+                    if (dc == 0) sc[rr] = d;
+                    lmax = fmaxf(lmax, d);
+                }
+            }
+        }
+        const float Mn = fmaxf(M, block_reduce<W>(lmax, true, wred)), corr = __expf(M - Mn);
+        float lsum = 0.f;
+        for (int jj = tid; jj < n; jj += NT) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
+        L = L * corr + block_reduce<W>(lsum, false, wred);   // (its barriers also publish sc)
+        M = Mn;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[e] *= corr;
+        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {
+            uint4 vv[U];
+            float pp[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int rr = r0 + u * NS + ps, j = t0 + rr;
+                vv[u] = make_uint4(0, 0, 0, 0); pp[u] = 0.f;
+                if (rr < n) {
+                    pp[u] = sc[rr];
+                    vv[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? vcur : vc + (size_t)j * rs + kvh * D) + 8 * dc);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                acc[0] += pp[u] * h2f(vv[u].x); acc[1] += pp[u] * h2f(vv[u].x >> 16);
+                acc[2] += pp[u] * h2f(vv[u].y); acc[3] += pp[u] * h2f(vv[u].y >> 16);
+                acc[4] += pp[u] * h2f(vv[u].z); acc[5] += pp[u] * h2f(vv[u].z >> 16);
+                acc[6] += pp[u] * h2f(vv[u].w); acc[7] += pp[u] * h2f(vv[u].w >> 16);
+            }
+        }
+        __syncthreads();   // sc is rewritten by the next tile
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        for (int o = LP; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
+    if (ps == 0) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) red[warp][8 * dc + e] = acc[e];
+    }
+    __syncthreads();
+    float* po = part + ((size_t)h * S + s) * D;
+    for (int i = tid; i < D; i += NT) {
+        float o = 0.f;
+        for (int w = 0; w < W; w++) o += red[w][i];
+        po[i] = o;
+    }
+    if (tid == 0) {
+        float* ml = part + (size_t)H * S * D + 2 * ((size_t)h * S + s);
+        ml[0] = M; ml[1] = L;
+    }
+}
+
+// The S partials of attn_split_kernel merged into the attention output (out, H x D floats) and,
+// with xq, quantized for wo (q8_K, XQ): one warp per 256-block, lane l holding values 8l..8l+7
+// (one head's: D is a multiple of 8), as quant_x_kernel.
+__global__ void attn_combine_q_kernel(const float* __restrict__ part, int S, int H, int D, float* __restrict__ out,
+                                      uint8_t* __restrict__ xq, int cap) {
+    pdl_launch();
+    pdl_wait();
+    const int cols = H * D, lane = threadIdx.x & 31;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= (cols + 255) >> 8) return;
+    const int i0 = 256 * b + 8 * lane;
+    float v[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = 0.f;
+    if (i0 < cols) {
+        const int h = i0 / D, d0 = i0 - h * D;
+        const float* ml = part + (size_t)H * S * D + 2 * (size_t)h * S;
+        float mx = -INFINITY;
+        for (int s = 0; s < S; s++) mx = fmaxf(mx, __ldcg(ml + 2 * s));
+        float lt = 0.f;
+        for (int s = 0; s < S; s++) {
+            const float m = __ldcg(ml + 2 * s), w = m == -INFINITY ? 0.f : __expf(m - mx);
+            if (w == 0.f) continue;
+            lt += w * __ldcg(ml + 2 * s + 1);
+            const float* p = part + ((size_t)h * S + s) * D + d0;
+            const float4 a = __ldcg(reinterpret_cast<const float4*>(p)), c4 = __ldcg(reinterpret_cast<const float4*>(p + 4));
+            v[0] += w * a.x; v[1] += w * a.y; v[2] += w * a.z; v[3] += w * a.w;
+            v[4] += w * c4.x; v[5] += w * c4.y; v[6] += w * c4.z; v[7] += w * c4.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) v[e] /= lt;
+        *reinterpret_cast<float4*>(out + i0) = make_float4(v[0], v[1], v[2], v[3]);
+        *reinterpret_cast<float4*>(out + i0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+    if (xq) quant_x_vals(v, b, lane, xq, cap);
 }
 
 // split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
@@ -1714,6 +1958,14 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
     e = getenv("LOWBIT_CUDA_ATT_Q");
     g_att_q = e && e[0] == '1';
+    e = getenv("LOWBIT_CUDA_ATT_SPLIT");
+    if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
+    e = getenv("LOWBIT_CUDA_ATT_KE");
+    g_att_ke = !(e && e[0] == '0');
+    e = getenv("LOWBIT_CUDA_ATT_SNT");
+    g_att_snt = e && atoi(e) == 256 ? 256 : 128;
+    e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
+    g_argmax_fuse = e && e[0] == '1';
     e = getenv("LOWBIT_CUDA_ATT_PF");
     g_att_pf = !(e && e[0] == '0');
     auto rows_env = [](const char* name, int def, bool sixteen) {
@@ -2213,17 +2465,33 @@ LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint
 }
 
 // one decode token: RoPE on q and k, the k/v cache store and attention in one launch; with xq
-// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter)
+// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter);
+// part (0: none): room for the split attention's partials, lb_attn_part_bytes(H, D) bytes
 LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count) {
+                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count, uint64_t part) {
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
     if (!g_dp4a || !count) xq = 0;
+    if (part && g_att_split >= 1 && D >= 8 && (D & (D - 1)) == 0) {   // split over positions, merged (and quantized) after
+        const int S = g_att_split;
+        cudaError_t r = launch(g_att_snt == 256 ? attn_split_kernel<256, 8> : attn_split_kernel<128, 8>, dim3(H, S), dim3(g_att_snt),
+                               (const float*)q, (__half*)kc, (__half*)vc, (float*)part, (const int32_t*)pos0, H, KVH, D,
+                               (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT, (int)g_att_pf);
+        if (r != cudaSuccess) return fail("attn_split_kernel launch", r);
+        CKL("attn_split_kernel");
+        const int nbx = (H * D + 255) >> 8;
+        r = launch(attn_combine_q_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)part, S, H, D,
+                   (float*)out, (uint8_t*)xq, cap);
+        if (r != cudaSuccess) return fail("attn_combine_q_kernel launch", r);
+        CKL("attn_combine_q_kernel");
+        return 0;
+    }
     const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (the default)
     if (xq_own) xq = 0;
     const int nt = g_att_threads;
     cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                                     : (g_att_pv16 ? attn_decode_kernel<512, 16> : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                                     : (g_att_pv16 ? (g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
+                                                   : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
                            (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
                            (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
@@ -2237,6 +2505,8 @@ LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, 
     return 0;
 }
 
+LB_API size_t lb_attn_part_bytes(int H, int D) { return (size_t)H * LB_ATT_SPLIT_MAX * (D + 2) * sizeof(float); }
+
 // state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
 LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {
     cudaError_t r = launch(argmax_kernel, dim3(ARGMAX_BLOCKS), dim3(ARGMAX_THREADS), (const float*)logits, n, (unsigned long long*)state,
@@ -2245,6 +2515,30 @@ LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, u
     CKL("argmax_kernel");
     return 0;
 }
+// The output GEMV of a greedy decode step followed by the argmax (as lb_gemv + lb_argmax_next); one
+// launch when the job is one q6_k matrix without bias on the dp4a path (x already quantized)
+LB_API int lb_gemv_argmax(const lb_job* job_in, uint64_t x, int ldx, uint64_t state, uint64_t io, uint64_t out) {
+    const lb_mat& m = job_in->m[0];
+    if (g_argmax_fuse && g_dp4a && g_dp4a_q6k && job_in->xq && job_in->xq_ready && job_in->nmat == 1 && job_in->mode == 0
+        && m.type == T_Q6_K && !m.bias && (m.cols + 255) >> 8 <= job_in->xq_cap) {
+        lb_job j = *job_in;
+        j.ksplit = g_rows_q6;
+        double bytes;
+        const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
+        const dim3 grid(blocks), block(32 * GEMV_WARPS);
+        unsigned long long* st = (unsigned long long*)state;
+        const int rg = j.ksplit;
+        cudaError_t r = rg == 16 ? launch(gemv_q6k_q8_argmax_kernel<4>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
+                      : rg == 8 ? launch(gemv_q6k_q8_argmax_kernel<2>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
+                                : launch(gemv_q6k_q8_argmax_kernel<1>, grid, block, j, st, (int32_t*)io, (int32_t*)out);
+        if (r != cudaSuccess) return fail("gemv_q6k_q8_argmax_kernel launch", r);
+        CKL("gemv_q6k_q8_argmax_kernel");
+        return 0;
+    }
+    int rc = lb_gemv(job_in, x, ldx, 1);
+    return rc ? rc : lb_argmax_next(job_in->y[0], m.rows, state, io, out);
+}
+
 // pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
 LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
     void* p;

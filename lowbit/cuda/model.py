@@ -164,6 +164,7 @@ class CudaTransformer:
         rt.call("lb_memset", self.argmax_state, 0, 16)
         self.att_count = self.alloc(16)   # decode attention: blocks done (the last one quantizes for wo)
         rt.call("lb_memset", self.att_count, 0, 16)
+        self.att_part = self.alloc(rt.lib.lb_attn_part_bytes(c.num_heads, c.head_dim))   # split attention's partials
         hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
         rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
         self.next_host_ptr, self.next_dev = hp[0], dp[0]
@@ -253,8 +254,9 @@ class CudaTransformer:
     def new_cache(self) -> CudaKVCache:
         return CudaKVCache(self, self.n_ctx)
 
-    def _enqueue(self, n, cache, n_logits):
-        """Queue one pass over n tokens (ids and pos0 already in self.io) on the stream."""
+    def _enqueue(self, n, cache, n_logits, greedy=False):
+        """Queue one pass over n tokens (ids and pos0 already in self.io) on the stream; greedy (a
+        decode step): the output GEMV is followed by the device argmax (see _capture)."""
         c, lib = self.config, self.rt.lib
         H, KVH, D, dim = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
         chk = self.rt.check
@@ -268,7 +270,7 @@ class CudaTransformer:
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
             if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
-                                          self.xq, self.xq_cap, self.att_count), "attention")
+                                          self.xq, self.xq_cap, self.att_count, self.att_part), "attention")
             else:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
@@ -281,16 +283,17 @@ class CudaTransformer:
         first = n - n_logits
         oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
         chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, eps, oq, ocap), "rmsnorm")
-        chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+        if greedy:   # the argmax may be folded into the output GEMV's launch
+            chk(lib.lb_gemv_argmax(self.out_job, self.h, dim, self.argmax_state, self.io, self.next_dev), "gemv output + argmax")
+        else:
+            chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
 
     def _capture(self, cache, greedy):
         """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the
         argmax kernel, which writes the next step's token and position into self.io."""
         self.rt.call("lb_capture_begin")
         try:
-            self._enqueue(1, cache, 1)
-            if greedy:
-                self.rt.call("lb_argmax_next", self.logits, self.config.vocab_size, self.argmax_state, self.io, self.next_dev)
+            self._enqueue(1, cache, 1, greedy)
         finally:
             g = self.rt.ffi.new("uint64_t*")
             self.rt.call("lb_capture_end", g)

@@ -49,7 +49,9 @@ int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count);
+                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count, uint64_t part);
+size_t lb_attn_part_bytes(int H, int D);
+int lb_gemv_argmax(const lb_job* job, uint64_t x, int ldx, uint64_t state, uint64_t io, uint64_t out);
 int lb_capture_begin(void);
 int lb_capture_end(uint64_t* exec);
 int lb_graph_launch(uint64_t exec);
