@@ -1385,6 +1385,244 @@ static void *scratch(size_t bytes) {
     return g_scratch;
 }
 
+/* ================================================================ Huffman-coded types (`<base>.h`)
+
+   A `<base>.h` tensor stores the base type's rows with their index bytes canonical-Huffman coded,
+   one byte-aligned chunk per row (format_spec/types/huffman.md). A matmul decodes the 4 rows of a
+   tile into a small per-thread scratch in the base layout (L1-resident) and runs the base type's
+   own kernels on it, so any base type with a kernel works coded too: the weight bytes are read once
+   from the map and no tensor is ever decoded whole. Decoding is one look-up per step in a table of
+   2^LB_HUFF_BITS entries built once per tensor, each entry giving one or two symbols (two when
+   both codes fit the window); the 4 rows' chunks are 4 independent bit streams decoded in
+   lock-step, for instruction-level parallelism. The bit reader never reads outside a chunk: bits
+   past its end read as zeros, as the spec says (a damaged chunk decodes to other bytes, every one
+   of them valid for the base type). */
+
+#ifndef LB_HUFF_BITS
+#define LB_HUFF_BITS 12          /* window of one look-up: >= the longest code (12), <= 14 */
+#endif
+#define HUFF_MAXLEN 12
+#define HUFF_STEPS (56 / LB_HUFF_BITS)   /* look-ups per refill, each with >= LB_HUFF_BITS valid bits */
+#define HUFF_SLACK 16                    /* bytes past n_idx a decode may write */
+
+struct lb_huff {
+    uint32_t table[1 << LB_HUFF_BITS];   /* sym0 | sym1 << 8 | bits << 16 | count << 24 */
+    int64_t rows, n_idx, n_other, row_bytes, nruns;
+    const uint8_t *other, *stream, *offsets;
+    uint64_t stream_bytes;
+    uint32_t runs[];                     /* (is_index, length) pairs */
+};
+
+static inline uint32_t huff_off(const lb_huff *h, int64_t r) { return rd32(h->offsets + 4 * r); }
+
+void lb_huff_free(lb_huff *h) { free(h); }
+
+lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_t n_other, const uint8_t *other,
+                     const uint8_t *stream, uint64_t stream_bytes, const uint8_t *offsets,
+                     const uint32_t *runs, int64_t nruns, int64_t row_bytes) {
+    if (!lengths || !offsets || !runs || rows < 1 || rows > UINT32_MAX || n_idx < 0 || n_other < 0 ||
+        n_idx > (1 << 30) || n_other > (1 << 30) || row_bytes != n_idx + n_other || nruns < 0 || nruns > row_bytes + 1 ||
+        (n_other && !other) || (stream_bytes && !stream) || stream_bytes >= ((uint64_t)1 << 32))
+        return NULL;
+    uint32_t kraft = 0;
+    int used = 0;
+    for (int s = 0; s < 256; s++) {
+        if (lengths[s] > HUFF_MAXLEN) return NULL;
+        if (lengths[s]) { kraft += 1u << (HUFF_MAXLEN - lengths[s]); used++; }
+    }
+    if (used ? kraft != (1u << HUFF_MAXLEN) : n_idx > 0) return NULL;   /* complete, or unused */
+    if (rd32(offsets) != 0 || rd32(offsets + 4 * rows) != stream_bytes) return NULL;
+    for (int64_t r = 0; r < rows; r++)
+        if (rd32(offsets + 4 * r + 4) < rd32(offsets + 4 * r)) return NULL;
+    int64_t si = 0, so = 0;
+    for (int64_t i = 0; i < nruns; i++) *(runs[2 * i] ? &si : &so) += runs[2 * i + 1];
+    if (si != n_idx || so != n_other) return NULL;
+    lb_huff *h = aligned_alloc(64, (sizeof(lb_huff) + 8 * nruns + 63) / 64 * 64);
+    if (!h) return NULL;
+    h->rows = rows; h->n_idx = n_idx; h->n_other = n_other; h->row_bytes = row_bytes; h->nruns = nruns;
+    h->other = other; h->stream = stream; h->offsets = offsets; h->stream_bytes = stream_bytes;
+    memcpy(h->runs, runs, 8 * nruns);
+    /* canonical codes (symbols by length, then value) -> one-symbol table over HUFF_MAXLEN bits */
+    static const int M = 1 << HUFF_MAXLEN;
+    uint16_t one[1 << HUFF_MAXLEN];
+    memset(one, 0, sizeof one);
+    uint32_t code = 0;
+    int prev = 0;
+    for (int l = 1; l <= HUFF_MAXLEN; l++)
+        for (int s = 0; s < 256; s++) {
+            if (lengths[s] != l) continue;
+            code <<= l - prev; prev = l;
+            const uint32_t lo = code << (HUFF_MAXLEN - l), span = 1u << (HUFF_MAXLEN - l);
+            for (uint32_t w = lo; w < lo + span && w < (uint32_t)M; w++) one[w] = (uint16_t)(s | l << 8);
+            code++;
+        }
+    /* the look-up window: the first symbol from its top bits, a second one when its code fits too */
+    const uint32_t B = LB_HUFF_BITS, mask = (1u << B) - 1;
+    for (uint32_t w = 0; w <= mask; w++) {
+        const uint32_t e1 = one[w >> (B - HUFF_MAXLEN)], l1 = e1 >> 8;
+        uint32_t e = (e1 & 255) | l1 << 16 | 1u << 24;
+        if (l1 && l1 < B) {
+            const uint32_t e2 = one[((w << l1) & mask) >> (B - HUFF_MAXLEN)], l2 = e2 >> 8;
+            if (l2 && l1 + l2 <= B) e = (e1 & 255) | (e2 & 255) << 8 | (l1 + l2) << 16 | 2u << 24;
+        }
+        h->table[w] = used ? e : 0;
+    }
+    return h;
+}
+
+typedef struct { uint64_t buf; int64_t pos, len; int nbits; const uint8_t *p; } huff_reader;
+
+/* 8 chunk bytes from pos, big-endian; bytes at or past the chunk's end read as zero */
+static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
+    if (pos + 8 <= len) { uint64_t v; memcpy(&v, p + pos, 8); return __builtin_bswap64(v); }
+    uint64_t v = 0;
+    for (int i = 0; i < 8 && pos + i < len; i++) v |= (uint64_t)p[pos + i] << (56 - 8 * i);
+    return v;
+}
+
+/* branch-free refill to 56..63 valid bits (the bits below them are the stream's next bits or zeros) */
+static inline void huff_refill(huff_reader *s) {
+    s->buf |= huff_load(s->p, s->pos, s->len) >> s->nbits;
+    s->pos += (63 - s->nbits) >> 3;
+    s->nbits |= 56;
+}
+
+#define HUFF_STEP(s, o, i)                                                        \
+    do {                                                                         \
+        const uint32_t e_ = T[(s).buf >> (64 - LB_HUFF_BITS)];                   \
+        (o)[i] = (uint8_t)e_; (o)[(i) + 1] = (uint8_t)(e_ >> 8);                 \
+        (i) += e_ >> 24;                                                         \
+        (s).buf <<= (e_ >> 16) & 255; (s).nbits -= (e_ >> 16) & 255;             \
+    } while (0)
+
+static inline void huff_reader_at(const lb_huff *h, int64_t row, huff_reader *s) {
+    const uint32_t a = huff_off(h, row);
+    s->buf = 0; s->nbits = 0; s->pos = 0; s->len = (int64_t)huff_off(h, row + 1) - a; s->p = h->stream + a;
+}
+
+/* The index bytes of rows ids[0..3] into out[k][0..n_idx) (each with HUFF_SLACK bytes of room). */
+static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const out[4]) {
+    const int64_t n = h->n_idx;
+    if (!n) return;
+    const uint32_t *T = h->table;
+    huff_reader s0, s1, s2, s3;
+    huff_reader_at(h, ids[0], &s0); huff_reader_at(h, ids[1], &s1);
+    huff_reader_at(h, ids[2], &s2); huff_reader_at(h, ids[3], &s3);
+    uint8_t *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3];
+    int64_t i0 = 0, i1 = 0, i2 = 0, i3 = 0;
+    for (;;) {   /* lock-step rounds while every stream has room for a whole round */
+        int64_t hi = i0 > i1 ? i0 : i1;
+        hi = hi > i2 ? hi : i2;
+        hi = hi > i3 ? hi : i3;
+        if (hi + 2 * HUFF_STEPS > n) break;
+        huff_refill(&s0); huff_refill(&s1); huff_refill(&s2); huff_refill(&s3);
+        for (int k = 0; k < HUFF_STEPS; k++) {
+            HUFF_STEP(s0, o0, i0); HUFF_STEP(s1, o1, i1); HUFF_STEP(s2, o2, i2); HUFF_STEP(s3, o3, i3);
+        }
+    }
+    huff_reader *S[4] = {&s0, &s1, &s2, &s3};
+    int64_t I[4] = {i0, i1, i2, i3};
+    for (int k = 0; k < 4; k++) {   /* each stream's last symbols */
+        huff_reader s = *S[k];
+        int64_t i = I[k];
+        uint8_t *o = out[k];
+        while (i < n) {
+            if (s.nbits < LB_HUFF_BITS) huff_refill(&s);
+            HUFF_STEP(s, o, i);
+        }
+    }
+}
+
+/* Interleave decoded index bytes with the row's other bytes into the base layout. */
+static void huff_scatter(const lb_huff *h, int64_t row, const uint8_t *idx, uint8_t *dst) {
+    const uint8_t *oth = h->other + row * h->n_other;
+    for (int64_t i = 0; i < h->nruns; i++) {
+        const uint32_t len = h->runs[2 * i + 1];
+        if (h->runs[2 * i]) { memcpy(dst, idx, len); idx += len; }
+        else { memcpy(dst, oth, len); oth += len; }
+        dst += len;
+    }
+}
+
+static size_t huff_scratch(const lb_huff *h) { return h ? 4 * (size_t)(h->row_bytes + h->n_idx + HUFF_SLACK + 128) : 0; }
+
+/* Rows ids[0..nr) (nr 1..4) in the base layout at buf + k * row_bytes; rows[k] point at them
+   (the last one repeated up to 4). */
+static void huff_rows4(const lb_huff *h, const int64_t *ids, int nr, uint8_t *buf, const uint8_t *rows[4]) {
+    const int64_t rb = h->row_bytes, ib = (h->n_idx + HUFF_SLACK + 63) / 64 * 64;
+    uint8_t *idx = buf + 4 * ((rb + 63) / 64 * 64);
+    int64_t id4[4];
+    uint8_t *out[4];
+    for (int k = 0; k < 4; k++) { id4[k] = ids[k < nr ? k : nr - 1]; out[k] = idx + k * ib; }
+    huff_decode4(h, id4, out);
+    for (int k = 0; k < 4; k++) {
+        uint8_t *dst = buf + k * ((rb + 63) / 64 * 64);
+        if (k < nr) huff_scatter(h, id4[k], out[k], dst);
+        rows[k] = buf + (k < nr ? k : nr - 1) * ((rb + 63) / 64 * 64);
+    }
+}
+
+int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out) {
+    if (!h || !ids || !out || n < 0) return -1;
+    for (int64_t t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= h->rows) return -1;
+    uint8_t *buf = aligned_alloc(64, (huff_scratch(h) + 63) / 64 * 64);
+    if (!buf) return -1;
+    for (int64_t t = 0; t < n; t += 4) {
+        const int nr = n - t < 4 ? (int)(n - t) : 4;
+        const uint8_t *rows[4];
+        huff_rows4(h, ids + t, nr, buf, rows);
+        for (int k = 0; k < nr; k++) memcpy(out + (t + k) * h->row_bytes, rows[k], h->row_bytes);
+    }
+    free(buf);
+    return 0;
+}
+
+int64_t lb_huff_bench(const lb_huff *h, int64_t reps) {
+    if (!h || reps < 0) return -1;
+    const int64_t ib = (h->n_idx + HUFF_SLACK + 63) / 64 * 64;
+    uint8_t *buf = aligned_alloc(64, 4 * ib);
+    if (!buf) return -1;
+    uint8_t *out[4] = {buf, buf + ib, buf + 2 * ib, buf + 3 * ib};
+    for (int64_t k = 0; k < reps; k++)
+        for (int64_t r0 = 0; r0 < h->rows; r0 += 4) {
+            int64_t ids[4];
+            for (int j = 0; j < 4; j++) ids[j] = r0 + j < h->rows ? r0 + j : h->rows - 1;
+            huff_decode4(h, ids, out);
+        }
+    volatile uint8_t sink = buf[0];
+    (void)sink;
+    free(buf);
+    return reps * ((h->rows + 3) / 4 * 4) * h->n_idx;
+}
+
+/* Per-thread room for a decoded tile (grown by the caller before a parallel call). */
+static uint8_t *g_hbuf[MAX_THREADS];
+static size_t g_hcap[MAX_THREADS];
+
+static int hbufs_reserve(size_t need) {
+    for (int i = 0; i < g_nth && need; i++) {
+        if (g_hcap[i] >= need) continue;
+        free(g_hbuf[i]);
+        g_hbuf[i] = aligned_alloc(64, (need + 63) / 64 * 64);
+        g_hcap[i] = g_hbuf[i] ? need : 0;
+        if (!g_hbuf[i]) return -1;
+    }
+    return 0;
+}
+
+/* The 4 rows of tile r0 (nr real): straight from the map, or decoded into this thread's scratch. */
+static inline void tile_rows(const lb_weight *W, int64_t rb, int64_t r0, int64_t nr, int ith, const uint8_t *rows[4]) {
+    if (W->huff) {
+        const int64_t ids[4] = {r0, r0 + 1, r0 + 2, r0 + 3};
+        huff_rows4(W->huff, ids, (int)nr, g_hbuf[ith], rows);
+        return;
+    }
+    for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+}
+
+/* ================================================================ end of the Huffman-coded types */
+
 /* ---------------------------------------------------------------- parallel steps */
 
 typedef struct {              /* one matmul inside a step: y[n, rows] (+)= x W^T (+ bias) */
@@ -1454,7 +1692,7 @@ static void matmuls_prefetch(const mm_job *jobs, int njobs, int from, int64_t n,
     for (int j = 0; j < njobs; j++) {
         int64_t a = lo > base ? lo - base : 0, b = hi - base < tiles[j] ? hi - base : tiles[j];
         base += tiles[j];
-        if (j < from || a >= b || !kq_kind(jobs[j].w->type)) continue;
+        if (j < from || a >= b || !kq_kind(jobs[j].w->type) || jobs[j].w->huff) continue;
         const int64_t rb = lb_row_bytes(jobs[j].w->type, jobs[j].w->cols);
         const int64_t bytes = 4 * rb * (b - a) < PF_BYTES ? 4 * rb * (b - a) : PF_BYTES;
         prefetch_bytes(jobs[j].w->data + 4 * a * rb, bytes);
@@ -1486,7 +1724,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                 int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
                 if (direct) {   /* whole blocks straight from the map, the tail block unpacked */
                     const uint8_t *rows[4];
-                    for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                    tile_rows(W, rb, r0, nr, ith, rows);
                     kq_row T[4];
 #if defined(LB_AVX512) || defined(LB_AVX2)
                     const int tail4 = kind == 4 && nb > nfull;   /* q4_k tails: their own direct kernel */
@@ -1502,7 +1740,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     /* prefetch the tile about PF_BYTES ahead (past the range: this one again, already cached);
                        8 to 64 KiB measured alike on a Zen 5, one tile (4.5 KiB at 2048 q4_k columns) less */
                     const int64_t pft = (PF_BYTES + 4 * rb - 1) / (4 * rb);
-                    const uint8_t *pf = tile + pft < b ? W->data + (r0 + 4 * pft) * rb : rows[0];
+                    const uint8_t *pf = tile + pft < b && !W->huff ? W->data + (r0 + 4 * pft) * rb : rows[0];
                     const int64_t pfs = (4 * rb + 64 * nfull - 1) / (64 * nfull) * 64;
                     for (int64_t t = 0; t < n; t++) {
                         float o[4], ot[4];
@@ -1526,7 +1764,11 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                     }
                     continue;
                 }
-                for (int r = 0; r < nr; r++) kq_unpack_row(kind, W->data + (r0 + r) * rb, k, R[r]);
+                {
+                    const uint8_t *rows[4];
+                    tile_rows(W, rb, r0, nr, ith, rows);
+                    for (int r = 0; r < nr; r++) kq_unpack_row(kind, rows[r], k, R[r]);
+                }
                 kq_row Rt[4] = {R[0], R[nr > 1 ? 1 : 0], R[nr > 2 ? 2 : 0], R[nr > 3 ? 3 : 0]};
 #if defined(LB_AVX512)
                 for (int64_t t0 = 0; t0 < n; t0 += KQ_NT) {
@@ -1561,7 +1803,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
             for (int64_t tile = a; tile < b; tile++) {
                 int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
                 const uint8_t *rows[4];
-                for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+                tile_rows(W, rb, r0, nr, ith, rows);
                 const q8_tile T = q8_tile_pack(g_kbuf[ith], rows, k);
                 for (int64_t t0 = 0; t0 < n; t0 += 4) {
                     const int nt = n - t0 < 4 ? (int)(n - t0) : 4;
@@ -1587,7 +1829,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
         for (int64_t tile = a; tile < b; tile++) {
             int64_t r0 = tile * 4, nr = W->rows - r0 < 4 ? W->rows - r0 : 4;
             const uint8_t *rows[4];
-            for (int r = 0; r < 4; r++) rows[r] = W->data + (r0 + (r < nr ? r : nr - 1)) * rb;
+            tile_rows(W, rb, r0, nr, ith, rows);
             for (int64_t t = 0; t < n; t++) {
                 act_row ar = {J->x + t * k, q8 ? J->xq + t * k : NULL, q8 ? J->xd + t * (k / QK) : NULL};
                 float o[4];
@@ -1661,7 +1903,8 @@ static mm_job make_job(const lb_weight *w, const float *x, const act_bufs *B, fl
 }
 
 static int weight_ok(const lb_weight *w) {
-    return w && w->data && lb_type_supported(w->type) && w->rows > 0 && lb_row_bytes(w->type, w->cols) > 0;
+    return w && w->data && lb_type_supported(w->type) && w->rows > 0 && lb_row_bytes(w->type, w->cols) > 0 &&
+           (!w->huff || (w->huff->rows == w->rows && w->huff->row_bytes == lb_row_bytes(w->type, w->cols)));
 }
 
 int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accumulate) {
@@ -1671,7 +1914,8 @@ int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accum
     A.n = n;
     A.fmt = act_format(w->type) == ACT_F32 ? 0 : 1 << act_format(w->type);
     char *s = A.fmt ? scratch(act_bufs_carve(NULL, n, w->cols, NULL)) : NULL;
-    if ((A.fmt && !s) || ((kq_kind(w->type) || w->type == LB_Q8_0) && kbufs_reserve(w->cols))) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    if ((A.fmt && !s) || ((kq_kind(w->type) || w->type == LB_Q8_0) && kbufs_reserve(w->cols)) ||
+        hbufs_reserve(huff_scratch(w->huff))) { pthread_mutex_unlock(&g_call_lock); return -1; }
     act_bufs_carve(s, n, w->cols, &A.bufs);
     A.job = make_job(w, x, &A.bufs, y, w->rows, accumulate);
     pool_run(matmul_work, &A);
@@ -1682,10 +1926,18 @@ int lb_matmul(const lb_weight *w, const float *x, float *y, int64_t n, int accum
 int lb_get_rows(const lb_weight *w, const int64_t *ids, int64_t n, float *out) {
     if (!weight_ok(w) || !ids || !out) return -1;
     int64_t rb = lb_row_bytes(w->type, w->cols);
-    for (int64_t t = 0; t < n; t++) {
+    for (int64_t t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= w->rows) return -1;
-        dequant_row(w->type, w->data + ids[t] * rb, w->cols, out + t * w->cols);
+    uint8_t *hb = w->huff ? aligned_alloc(64, (huff_scratch(w->huff) + 63) / 64 * 64) : NULL;
+    if (w->huff && !hb) return -1;
+    for (int64_t t = 0; t < n; t += 4) {   /* a coded weight: 4 rows decoded at once */
+        const int nr = n - t < 4 ? (int)(n - t) : 4;
+        const uint8_t *rows[4];
+        if (hb) huff_rows4(w->huff, ids + t, nr, hb, rows);
+        else for (int k = 0; k < nr; k++) rows[k] = w->data + ids[t + k] * rb;
+        for (int k = 0; k < nr; k++) dequant_row(w->type, rows[k], w->cols, out + (t + k) * w->cols);
     }
+    free(hb);
     return 0;
 }
 
@@ -1922,7 +2174,10 @@ int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float
     for (int i = 0; i < 8; i++) total += (floats[i] * 4 + 63) / 64 * 64;
     total += act_bufs_carve(NULL, n, widest, NULL);
     char *s = scratch(total);
-    if (!s || kbufs_reserve(widest)) { pthread_mutex_unlock(&g_call_lock); return -1; }
+    size_t hneed = 0;
+    const lb_weight *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    for (int i = 0; i < 7; i++) hneed = huff_scratch(ws[i]->huff) > hneed ? huff_scratch(ws[i]->huff) : hneed;
+    if (!s || kbufs_reserve(widest) || hbufs_reserve(hneed)) { pthread_mutex_unlock(&g_call_lock); return -1; }
     float *bufs[8];
     for (int i = 0; i < 8; i++) { bufs[i] = (float *)s; s += (floats[i] * 4 + 63) / 64 * 64; }
     layer_args A = {L, x, n, pos0, n_ctx, k_cache, v_cache, cos, sin,
