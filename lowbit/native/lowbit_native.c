@@ -1406,7 +1406,7 @@ static void *scratch(size_t bytes) {
 #define HUFF_SLACK 16                    /* bytes past n_idx a decode may write */
 
 struct lb_huff {
-    uint32_t table[1 << LB_HUFF_BITS];   /* sym0 | sym1 << 8 | bits << 16 | count << 24 */
+    uint32_t table[1 << LB_HUFF_BITS];   /* bits | sym0 << 8 | sym1 << 16 | count << 24 */
     int64_t rows, n_idx, n_other, row_bytes, nruns;
     const uint8_t *other, *stream, *offsets;
     uint64_t stream_bytes;
@@ -1460,19 +1460,17 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
     const uint32_t B = LB_HUFF_BITS, mask = (1u << B) - 1;
     for (uint32_t w = 0; w <= mask; w++) {
         const uint32_t e1 = one[w >> (B - HUFF_MAXLEN)], l1 = e1 >> 8;
-        uint32_t e = (e1 & 255) | l1 << 16 | 1u << 24;
+        uint32_t e = l1 | (e1 & 255) << 8 | 1u << 24;
         if (l1 && l1 < B) {
             const uint32_t e2 = one[((w << l1) & mask) >> (B - HUFF_MAXLEN)], l2 = e2 >> 8;
-            if (l2 && l1 + l2 <= B) e = (e1 & 255) | (e2 & 255) << 8 | (l1 + l2) << 16 | 2u << 24;
+            if (l2 && l1 + l2 <= B) e = (l1 + l2) | (e1 & 255) << 8 | (e2 & 255) << 16 | 2u << 24;
         }
         h->table[w] = used ? e : 0;
     }
     return h;
 }
 
-typedef struct { uint64_t buf; int64_t pos, len; int nbits; const uint8_t *p; } huff_reader;
-
-/* 8 chunk bytes from pos, big-endian; bytes at or past the chunk's end read as zero */
+/* 8 chunk bytes from pos, big-endian; bytes at or past the chunk's end (len) read as zero */
 static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
     if (pos + 8 <= len) { uint64_t v; memcpy(&v, p + pos, 8); return __builtin_bswap64(v); }
     uint64_t v = 0;
@@ -1480,24 +1478,37 @@ static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
     return v;
 }
 
-/* branch-free refill to 56..63 valid bits (the bits below them are the stream's next bits or zeros) */
-static inline void huff_refill(huff_reader *s) {
-    s->buf |= huff_load(s->p, s->pos, s->len) >> s->nbits;
-    s->pos += (63 - s->nbits) >> 3;
-    s->nbits |= 56;
-}
-
-#define HUFF_STEP(s, o, i)                                                        \
-    do {                                                                         \
-        const uint32_t e_ = T[(s).buf >> (64 - LB_HUFF_BITS)];                   \
-        (o)[i] = (uint8_t)e_; (o)[(i) + 1] = (uint8_t)(e_ >> 8);                 \
-        (i) += e_ >> 24;                                                         \
-        (s).buf <<= (e_ >> 16) & 255; (s).nbits -= (e_ >> 16) & 255;             \
+/* Refill to 56..63 valid bits, branch-free: the bits below them are the stream's next bits or
+   zeros, either of which the next refill ORs in again. FAST: the 8 bytes lie inside the chunk. */
+#define HUFF_REFILL_FAST(buf, nbits, p, pos)                                         \
+    do {                                                                             \
+        uint64_t v_; memcpy(&v_, (p) + (pos), 8);                                    \
+        (buf) |= __builtin_bswap64(v_) >> (nbits);                                   \
+        (pos) += (63 - (nbits)) >> 3; (nbits) |= 56;                                 \
     } while (0)
 
-static inline void huff_reader_at(const lb_huff *h, int64_t row, huff_reader *s) {
-    const uint32_t a = huff_off(h, row);
-    s->buf = 0; s->nbits = 0; s->pos = 0; s->len = (int64_t)huff_off(h, row + 1) - a; s->p = h->stream + a;
+/* One look-up: an entry is bits | sym0 << 8 | sym1 << 16 | count << 24 (bits <= 14, so the
+   shift takes the entry as is); both symbol bytes are stored, the second overwritten later when
+   the entry had one. */
+#define HUFF_STEP(buf, nbits, o, i)                                                  \
+    do {                                                                             \
+        const uint32_t e_ = T[(buf) >> (64 - LB_HUFF_BITS)];                         \
+        const uint16_t s_ = (uint16_t)(e_ >> 8); memcpy((o) + (i), &s_, 2);          \
+        (i) += e_ >> 24;                                                             \
+        (buf) <<= (e_ & 63); (nbits) -= (int)(e_ & 63);                              \
+    } while (0)
+
+/* One stream's last symbols (up to n), with the bounded load. */
+static __attribute__((noinline)) void huff_finish(const uint32_t *T, uint64_t buf, int nbits, const uint8_t *p,
+                                                  int64_t pos, int64_t len, uint8_t *o, int64_t i, int64_t n) {
+    while (i < n) {
+        if (nbits < LB_HUFF_BITS) {
+            buf |= huff_load(p, pos, len) >> nbits;
+            pos += (63 - nbits) >> 3;
+            nbits |= 56;
+        }
+        HUFF_STEP(buf, nbits, o, i);
+    }
 }
 
 /* The index bytes of rows ids[0..3] into out[k][0..n_idx) (each with HUFF_SLACK bytes of room). */
@@ -1505,32 +1516,39 @@ static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const 
     const int64_t n = h->n_idx;
     if (!n) return;
     const uint32_t *T = h->table;
-    huff_reader s0, s1, s2, s3;
-    huff_reader_at(h, ids[0], &s0); huff_reader_at(h, ids[1], &s1);
-    huff_reader_at(h, ids[2], &s2); huff_reader_at(h, ids[3], &s3);
-    uint8_t *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3];
-    int64_t i0 = 0, i1 = 0, i2 = 0, i3 = 0;
-    for (;;) {   /* lock-step rounds while every stream has room for a whole round */
+#define HUFF_OPEN(k)                                                                  \
+    const uint32_t a##k = huff_off(h, ids[k]);                                       \
+    const uint8_t *p##k = h->stream + a##k;                                          \
+    const int64_t len##k = (int64_t)huff_off(h, ids[k] + 1) - a##k;                  \
+    uint64_t buf##k = 0; int nb##k = 0; int64_t pos##k = 0, i##k = 0;                \
+    uint8_t *o##k = out[k];
+    HUFF_OPEN(0) HUFF_OPEN(1) HUFF_OPEN(2) HUFF_OPEN(3)
+#undef HUFF_OPEN
+    /* lock-step rounds while every stream has room for a whole round and 8 bytes left in its chunk
+       (a refill reads below pos + 8; pos only grows) */
+    int64_t lim = len0 < len1 ? len0 : len1;
+    lim = lim < len2 ? lim : len2;
+    lim = (lim < len3 ? lim : len3) - 8;
+    for (;;) {
         int64_t hi = i0 > i1 ? i0 : i1;
         hi = hi > i2 ? hi : i2;
         hi = hi > i3 ? hi : i3;
-        if (hi + 2 * HUFF_STEPS > n) break;
-        huff_refill(&s0); huff_refill(&s1); huff_refill(&s2); huff_refill(&s3);
+        int64_t ph = pos0 > pos1 ? pos0 : pos1;
+        ph = ph > pos2 ? ph : pos2;
+        ph = ph > pos3 ? ph : pos3;
+        if (hi + 2 * HUFF_STEPS > n || ph > lim) break;
+        HUFF_REFILL_FAST(buf0, nb0, p0, pos0); HUFF_REFILL_FAST(buf1, nb1, p1, pos1);
+        HUFF_REFILL_FAST(buf2, nb2, p2, pos2); HUFF_REFILL_FAST(buf3, nb3, p3, pos3);
+#pragma GCC unroll 4
         for (int k = 0; k < HUFF_STEPS; k++) {
-            HUFF_STEP(s0, o0, i0); HUFF_STEP(s1, o1, i1); HUFF_STEP(s2, o2, i2); HUFF_STEP(s3, o3, i3);
+            HUFF_STEP(buf0, nb0, o0, i0); HUFF_STEP(buf1, nb1, o1, i1);
+            HUFF_STEP(buf2, nb2, o2, i2); HUFF_STEP(buf3, nb3, o3, i3);
         }
     }
-    huff_reader *S[4] = {&s0, &s1, &s2, &s3};
-    int64_t I[4] = {i0, i1, i2, i3};
-    for (int k = 0; k < 4; k++) {   /* each stream's last symbols */
-        huff_reader s = *S[k];
-        int64_t i = I[k];
-        uint8_t *o = out[k];
-        while (i < n) {
-            if (s.nbits < LB_HUFF_BITS) huff_refill(&s);
-            HUFF_STEP(s, o, i);
-        }
-    }
+    huff_finish(T, buf0, nb0, p0, pos0, len0, o0, i0, n);
+    huff_finish(T, buf1, nb1, p1, pos1, len1, o1, i1, n);
+    huff_finish(T, buf2, nb2, p2, pos2, len2, o2, i2, n);
+    huff_finish(T, buf3, nb3, p3, pos3, len3, o3, i3, n);
 }
 
 /* Interleave decoded index bytes with the row's other bytes into the base layout. */
@@ -1611,9 +1629,30 @@ static int hbufs_reserve(size_t need) {
     return 0;
 }
 
+#ifndef LB_HUFF_PF_TILES
+#define LB_HUFF_PF_TILES 6   /* prefetch the chunks and other bytes this many 4-row tiles ahead */
+#endif
+
+/* Software prefetch of rows r0..r0+3's chunks and other bytes: the decoder's stream loads hang
+   off its dependency chain (the next load's address needs the bits consumed), so a cache miss
+   there stalls decoding; the hardware prefetchers see 4 interleaved streams late. */
+static inline void huff_prefetch(const lb_huff *h, int64_t r0) {
+#if defined(LB_AVX512) || defined(LB_AVX2)
+    if (r0 >= h->rows) return;
+    const int64_t r1 = r0 + 4 < h->rows ? r0 + 4 : h->rows;
+    const uint32_t a = huff_off(h, r0) & ~63u, b = huff_off(h, r1);
+    for (uint32_t o = a; o < b; o += 64) _mm_prefetch((const char *)h->stream + o, _MM_HINT_T0);
+    const uint8_t *oth = h->other + r0 * h->n_other;
+    for (int64_t o = 0; o < (r1 - r0) * h->n_other; o += 64) _mm_prefetch((const char *)oth + o, _MM_HINT_T0);
+#else
+    (void)h; (void)r0;
+#endif
+}
+
 /* The 4 rows of tile r0 (nr real): straight from the map, or decoded into this thread's scratch. */
 static inline void tile_rows(const lb_weight *W, int64_t rb, int64_t r0, int64_t nr, int ith, const uint8_t *rows[4]) {
     if (W->huff) {
+        if (LB_HUFF_PF_TILES) huff_prefetch(W->huff, r0 + 4 * LB_HUFF_PF_TILES);
         const int64_t ids[4] = {r0, r0 + 1, r0 + 2, r0 + 3};
         huff_rows4(W->huff, ids, (int)nr, g_hbuf[ith], rows);
         return;
