@@ -1480,34 +1480,34 @@ static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
 
 /* Refill to 56..63 valid bits, branch-free: the bits below them are the stream's next bits or
    zeros, either of which the next refill ORs in again. FAST: the 8 bytes lie inside the chunk. */
-#define HUFF_REFILL_FAST(buf, nbits, p, pos)                                         \
+#define HUFF_REFILL_FAST(buf, nbits, q)                                              \
     do {                                                                             \
-        uint64_t v_; memcpy(&v_, (p) + (pos), 8);                                    \
+        uint64_t v_; memcpy(&v_, (q), 8);                                            \
         (buf) |= __builtin_bswap64(v_) >> (nbits);                                   \
-        (pos) += (63 - (nbits)) >> 3; (nbits) |= 56;                                 \
+        (q) += (63 - (nbits)) >> 3; (nbits) |= 56;                                   \
     } while (0)
 
 /* One look-up: an entry is bits | sym0 << 8 | sym1 << 16 | count << 24 (bits <= 14, so the
    shift takes the entry as is); both symbol bytes are stored, the second overwritten later when
    the entry had one. */
-#define HUFF_STEP(buf, nbits, o, i)                                                  \
+#define HUFF_STEP(buf, nbits, o)                                                     \
     do {                                                                             \
         const uint32_t e_ = T[(buf) >> (64 - LB_HUFF_BITS)];                         \
-        const uint16_t s_ = (uint16_t)(e_ >> 8); memcpy((o) + (i), &s_, 2);          \
-        (i) += e_ >> 24;                                                             \
+        const uint16_t s_ = (uint16_t)(e_ >> 8); memcpy((o), &s_, 2);                \
+        (o) += e_ >> 24;                                                             \
         (buf) <<= (e_ & 63); (nbits) -= (int)(e_ & 63);                              \
     } while (0)
 
 /* One stream's last symbols (up to n), with the bounded load. */
 static __attribute__((noinline)) void huff_finish(const uint32_t *T, uint64_t buf, int nbits, const uint8_t *p,
                                                   int64_t pos, int64_t len, uint8_t *o, int64_t i, int64_t n) {
-    while (i < n) {
+    for (uint8_t *oo = o + i, *end = o + n; oo < end;) {
         if (nbits < LB_HUFF_BITS) {
             buf |= huff_load(p, pos, len) >> nbits;
             pos += (63 - nbits) >> 3;
             nbits |= 56;
         }
-        HUFF_STEP(buf, nbits, o, i);
+        HUFF_STEP(buf, nbits, oo);
     }
 }
 
@@ -1518,37 +1518,38 @@ static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const 
     const uint32_t *T = h->table;
 #define HUFF_OPEN(k)                                                                  \
     const uint32_t a##k = huff_off(h, ids[k]);                                       \
-    const uint8_t *p##k = h->stream + a##k;                                          \
+    const uint8_t *p##k = h->stream + a##k, *q##k = p##k;                            \
     const int64_t len##k = (int64_t)huff_off(h, ids[k] + 1) - a##k;                  \
-    uint64_t buf##k = 0; int nb##k = 0; int64_t pos##k = 0, i##k = 0;                \
+    uint64_t buf##k = 0; int nb##k = 0;                                              \
     uint8_t *o##k = out[k];
     HUFF_OPEN(0) HUFF_OPEN(1) HUFF_OPEN(2) HUFF_OPEN(3)
 #undef HUFF_OPEN
-    /* lock-step rounds while every stream has room for a whole round and 8 bytes left in its chunk
-       (a refill reads below pos + 8; pos only grows) */
-    int64_t lim = len0 < len1 ? len0 : len1;
-    lim = lim < len2 ? lim : len2;
-    lim = (lim < len3 ? lim : len3) - 8;
+    /* Lock-step rounds, in runs of R rounds that need no checks: a round advances a stream by at
+       most 7 bytes and 2 * HUFF_STEPS symbols, so R is what the stream nearest its chunk's end
+       (a refill reads 8 bytes) or its last symbol allows; recomputed until it is 0. */
     for (;;) {
-        int64_t hi = i0 > i1 ? i0 : i1;
-        hi = hi > i2 ? hi : i2;
-        hi = hi > i3 ? hi : i3;
-        int64_t ph = pos0 > pos1 ? pos0 : pos1;
-        ph = ph > pos2 ? ph : pos2;
-        ph = ph > pos3 ? ph : pos3;
-        if (hi + 2 * HUFF_STEPS > n || ph > lim) break;
-        HUFF_REFILL_FAST(buf0, nb0, p0, pos0); HUFF_REFILL_FAST(buf1, nb1, p1, pos1);
-        HUFF_REFILL_FAST(buf2, nb2, p2, pos2); HUFF_REFILL_FAST(buf3, nb3, p3, pos3);
+        int64_t R = INT64_MAX;
+#define HUFF_ROOM(k)                                                                  \
+        {   const int64_t left = len##k - (q##k - p##k), rb_ = left >= 8 ? (left - 8) / 7 + 1 : 0;   \
+            const int64_t rs_ = (n - (o##k - out[k])) / (2 * HUFF_STEPS);                \
+            R = rb_ < R ? rb_ : R; R = rs_ < R ? rs_ : R; }
+        HUFF_ROOM(0) HUFF_ROOM(1) HUFF_ROOM(2) HUFF_ROOM(3)
+#undef HUFF_ROOM
+        if (R <= 0) break;
+        for (int64_t r = 0; r < R; r++) {
+            HUFF_REFILL_FAST(buf0, nb0, q0); HUFF_REFILL_FAST(buf1, nb1, q1);
+            HUFF_REFILL_FAST(buf2, nb2, q2); HUFF_REFILL_FAST(buf3, nb3, q3);
 #pragma GCC unroll 4
-        for (int k = 0; k < HUFF_STEPS; k++) {
-            HUFF_STEP(buf0, nb0, o0, i0); HUFF_STEP(buf1, nb1, o1, i1);
-            HUFF_STEP(buf2, nb2, o2, i2); HUFF_STEP(buf3, nb3, o3, i3);
+            for (int k = 0; k < HUFF_STEPS; k++) {
+                HUFF_STEP(buf0, nb0, o0); HUFF_STEP(buf1, nb1, o1);
+                HUFF_STEP(buf2, nb2, o2); HUFF_STEP(buf3, nb3, o3);
+            }
         }
     }
-    huff_finish(T, buf0, nb0, p0, pos0, len0, o0, i0, n);
-    huff_finish(T, buf1, nb1, p1, pos1, len1, o1, i1, n);
-    huff_finish(T, buf2, nb2, p2, pos2, len2, o2, i2, n);
-    huff_finish(T, buf3, nb3, p3, pos3, len3, o3, i3, n);
+    huff_finish(T, buf0, nb0, p0, q0 - p0, len0, out[0], o0 - out[0], n);
+    huff_finish(T, buf1, nb1, p1, q1 - p1, len1, out[1], o1 - out[1], n);
+    huff_finish(T, buf2, nb2, p2, q2 - p2, len2, out[2], o2 - out[2], n);
+    huff_finish(T, buf3, nb3, p3, q3 - p3, len3, out[3], o3 - out[3], n);
 }
 
 /* Interleave decoded index bytes with the row's other bytes into the base layout. */
