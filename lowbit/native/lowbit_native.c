@@ -1399,7 +1399,7 @@ static void *scratch(size_t bytes) {
    of them valid for the base type). */
 
 #ifndef LB_HUFF_BITS
-#define LB_HUFF_BITS 12          /* window of one look-up: >= the longest code (12), <= 14 */
+#define LB_HUFF_BITS 13          /* window of one look-up: >= the longest code (12), <= 14 */
 #endif
 #define HUFF_MAXLEN 12
 #define HUFF_STEPS (56 / LB_HUFF_BITS)   /* look-ups per refill, each with >= LB_HUFF_BITS valid bits */
