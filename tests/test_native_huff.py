@@ -17,7 +17,7 @@ LEVELS = native.available_levels()
 H_TYPES = ["q4_k.h", "q4_ke.h"]
 # odd shapes: one weight, tails only (q4_k.h: no index bytes at all), whole blocks, whole + tail,
 # row counts that are not multiples of 4 (a tile with 1..3 real rows)
-SHAPES = [(1, 1), (3, 17), (5, 256), (7, 300), (9, 513), (37, 1000), (6, 2048)]
+SHAPES = [(1, 1), (3, 17), (5, 256), (7, 300), (6, 384), (9, 513), (37, 1000), (6, 2048)]
 
 
 def _encoded(type_name, rows, cols, seed=0):
