@@ -1631,7 +1631,7 @@ static int hbufs_reserve(size_t need) {
 }
 
 #ifndef LB_HUFF_PF_TILES
-#define LB_HUFF_PF_TILES 6   /* prefetch the chunks and other bytes this many 4-row tiles ahead */
+#define LB_HUFF_PF_TILES 2   /* prefetch the chunks and other bytes this many 4-row tiles ahead */
 #endif
 
 /* Software prefetch of rows r0..r0+3's chunks and other bytes: the decoder's stream loads hang
