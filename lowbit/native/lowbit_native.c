@@ -1406,7 +1406,7 @@ static void *scratch(size_t bytes) {
 #define HUFF_SLACK 16                    /* bytes past n_idx a decode may write */
 
 struct lb_huff {
-    uint32_t table[1 << LB_HUFF_BITS];   /* bits | sym0 << 8 | sym1 << 16 | count << 24 */
+    uint8_t table[1 << LB_HUFF_BITS][4]; /* sym0, sym1, bits, count (1 or 2) */
     int64_t rows, n_idx, n_other, row_bytes, nruns;
     const uint8_t *other, *stream, *offsets;
     uint64_t stream_bytes;
@@ -1460,12 +1460,13 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
     const uint32_t B = LB_HUFF_BITS, mask = (1u << B) - 1;
     for (uint32_t w = 0; w <= mask; w++) {
         const uint32_t e1 = one[w >> (B - HUFF_MAXLEN)], l1 = e1 >> 8;
-        uint32_t e = l1 | (e1 & 255) << 8 | 1u << 24;
+        uint8_t *e = h->table[w];
+        e[0] = (uint8_t)e1; e[1] = 0; e[2] = (uint8_t)l1; e[3] = 1;
         if (l1 && l1 < B) {
             const uint32_t e2 = one[((w << l1) & mask) >> (B - HUFF_MAXLEN)], l2 = e2 >> 8;
-            if (l2 && l1 + l2 <= B) e = (l1 + l2) | (e1 & 255) << 8 | (e2 & 255) << 16 | 2u << 24;
+            if (l2 && l1 + l2 <= B) { e[1] = (uint8_t)e2; e[2] = (uint8_t)(l1 + l2); e[3] = 2; }
         }
-        h->table[w] = used ? e : 0;
+        if (!used) memset(e, 0, 4);
     }
     return h;
 }
@@ -1487,19 +1488,20 @@ static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
         (q) += (63 - (nbits)) >> 3; (nbits) |= 56;                                   \
     } while (0)
 
-/* One look-up: an entry is bits | sym0 << 8 | sym1 << 16 | count << 24 (bits <= 14, so the
-   shift takes the entry as is); both symbol bytes are stored, the second overwritten later when
-   the entry had one. */
+/* One look-up: an entry is the bytes sym0, sym1, bits, count, read by separate loads (the load
+   ports are idler than the ALUs here); both symbol bytes are stored, the second overwritten later
+   when the entry had one. */
 #define HUFF_STEP(buf, nbits, o)                                                     \
     do {                                                                             \
-        const uint32_t e_ = T[(buf) >> (64 - LB_HUFF_BITS)];                         \
-        const uint16_t s_ = (uint16_t)(e_ >> 8); memcpy((o), &s_, 2);                \
-        (o) += e_ >> 24;                                                             \
-        (buf) <<= (e_ & 63); (nbits) -= (int)(e_ & 63);                              \
+        const uint8_t *e_ = T[(buf) >> (64 - LB_HUFF_BITS)];                         \
+        memcpy((o), e_, 2);                                                          \
+        const unsigned b_ = e_[2];                                                   \
+        (o) += e_[3];                                                                \
+        (buf) <<= b_; (nbits) -= (int)b_;                                            \
     } while (0)
 
 /* One stream's last symbols (up to n), with the bounded load. */
-static __attribute__((noinline)) void huff_finish(const uint32_t *T, uint64_t buf, int nbits, const uint8_t *p,
+static __attribute__((noinline)) void huff_finish(const uint8_t (*T)[4], uint64_t buf, int nbits, const uint8_t *p,
                                                   int64_t pos, int64_t len, uint8_t *o, int64_t i, int64_t n) {
     for (uint8_t *oo = o + i, *end = o + n; oo < end;) {
         if (nbits < LB_HUFF_BITS) {
@@ -1515,7 +1517,7 @@ static __attribute__((noinline)) void huff_finish(const uint32_t *T, uint64_t bu
 static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const out[4]) {
     const int64_t n = h->n_idx;
     if (!n) return;
-    const uint32_t *T = h->table;
+    const uint8_t (*T)[4] = h->table;
 #define HUFF_OPEN(k)                                                                  \
     const uint32_t a##k = huff_off(h, ids[k]);                                       \
     const uint8_t *p##k = h->stream + a##k, *q##k = p##k;                            \
@@ -1552,13 +1554,29 @@ static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const 
     huff_finish(T, buf3, nb3, p3, q3 - p3, len3, out[3], o3 - out[3], n);
 }
 
+/* A short copy without a library call (runs are a few to a few hundred bytes): fixed-size moves,
+   the last one overlapping, never touching bytes outside [s, s + n). */
+static inline void huff_copy(uint8_t *d, const uint8_t *s, uint32_t n) {
+    if (n >= 16) {
+        uint32_t i = 0;
+        for (; i + 16 <= n; i += 16) memcpy(d + i, s + i, 16);
+        if (i < n) memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(d, s, 8); memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4); memcpy(d + n - 4, s + n - 4, 4);
+    } else {
+        for (uint32_t i = 0; i < n; i++) d[i] = s[i];
+    }
+}
+
 /* Interleave decoded index bytes with the row's other bytes into the base layout. */
 static void huff_scatter(const lb_huff *h, int64_t row, const uint8_t *idx, uint8_t *dst) {
     const uint8_t *oth = h->other + row * h->n_other;
     for (int64_t i = 0; i < h->nruns; i++) {
         const uint32_t len = h->runs[2 * i + 1];
-        if (h->runs[2 * i]) { memcpy(dst, idx, len); idx += len; }
-        else { memcpy(dst, oth, len); oth += len; }
+        if (h->runs[2 * i]) { huff_copy(dst, idx, len); idx += len; }
+        else { huff_copy(dst, oth, len); oth += len; }
         dst += len;
     }
 }
