@@ -1410,6 +1410,7 @@ struct lb_huff {
     int64_t rows, n_idx, n_other, row_bytes, nruns;
     const uint8_t *other, *stream, *offsets;
     uint64_t stream_bytes;
+    uint8_t lens[256];                   /* code lengths */
     uint32_t runs[];                     /* (is_index, length) pairs */
 };
 
@@ -1442,6 +1443,7 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
     h->rows = rows; h->n_idx = n_idx; h->n_other = n_other; h->row_bytes = row_bytes; h->nruns = nruns;
     h->other = other; h->stream = stream; h->offsets = offsets; h->stream_bytes = stream_bytes;
     memcpy(h->runs, runs, 8 * nruns);
+    memcpy(h->lens, lengths, 256);
     /* canonical codes (symbols by length, then value) -> one-symbol table over HUFF_MAXLEN bits */
     static const int M = 1 << HUFF_MAXLEN;
     uint16_t one[1 << HUFF_MAXLEN];
@@ -1500,24 +1502,39 @@ static inline uint64_t huff_load(const uint8_t *p, int64_t pos, int64_t len) {
         (buf) <<= b_; (nbits) -= (int)b_;                                            \
     } while (0)
 
-/* One stream's last symbols (up to n), with the bounded load. */
-static __attribute__((noinline)) void huff_finish(const uint8_t (*T)[4], uint64_t buf, int nbits, const uint8_t *p,
-                                                  int64_t pos, int64_t len, uint8_t *o, int64_t i, int64_t n) {
-    for (uint8_t *oo = o + i, *end = o + n; oo < end;) {
+/* Continue one stream to its n-th symbol. `lim` bounds the reads (a refill of fewer than 8 bytes
+   before it reads the rest as zeros): the chunk's end for the exact decode, the stream's end
+   otherwise. Returns the bits the first n symbols took (a two-symbol entry may write one more
+   symbol into the slack: its bits are not counted). */
+static __attribute__((noinline)) int64_t huff_finish(const uint8_t (*T)[4], const uint8_t *lens, uint64_t buf,
+                                                     int nbits, const uint8_t *p, const uint8_t *q,
+                                                     const uint8_t *lim, uint8_t *o, int64_t i, int64_t n) {
+    uint8_t *oo = o + i, *const end = o + n;
+    while (oo < end) {
         if (nbits < LB_HUFF_BITS) {
-            buf |= huff_load(p, pos, len) >> nbits;
-            pos += (63 - nbits) >> 3;
-            nbits |= 56;
+            if (lim - q >= 8) HUFF_REFILL_FAST(buf, nbits, q);
+            else {
+                buf |= huff_load(q, 0, lim - q) >> nbits;
+                q += (63 - nbits) >> 3;
+                nbits |= 56;
+            }
         }
         HUFF_STEP(buf, nbits, oo);
     }
+    return 8 * (q - p) - nbits - (oo > end ? lens[end[0]] : 0);
 }
 
-/* The index bytes of rows ids[0..3] into out[k][0..n_idx) (each with HUFF_SLACK bytes of room). */
+/* The index bytes of rows ids[0..3] into out[k][0..n_idx) (each with HUFF_SLACK bytes of room).
+
+   Reads may run past a chunk's end into the next chunks (never past the stream's end): a chunk
+   whose n codes took no more bits than it has decoded exactly as the spec's decoder would (each
+   symbol depends on its own code's bits only). One that took more (a damaged, short chunk, whose
+   missing bits the spec reads as zeros) is decoded again with reads bounded by its end. */
 static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const out[4]) {
     const int64_t n = h->n_idx;
     if (!n) return;
     const uint8_t (*T)[4] = h->table;
+    const uint8_t *const send = h->stream + h->stream_bytes;
 #define HUFF_OPEN(k)                                                                  \
     const uint32_t a##k = huff_off(h, ids[k]);                                       \
     const uint8_t *p##k = h->stream + a##k, *q##k = p##k;                            \
@@ -1527,12 +1544,12 @@ static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const 
     HUFF_OPEN(0) HUFF_OPEN(1) HUFF_OPEN(2) HUFF_OPEN(3)
 #undef HUFF_OPEN
     /* Lock-step rounds, in runs of R rounds that need no checks: a round advances a stream by at
-       most 7 bytes and 2 * HUFF_STEPS symbols, so R is what the stream nearest its chunk's end
+       most 7 bytes and 2 * HUFF_STEPS symbols, so R is what the stream nearest the stream's end
        (a refill reads 8 bytes) or its last symbol allows; recomputed until it is 0. */
     for (;;) {
         int64_t R = INT64_MAX;
 #define HUFF_ROOM(k)                                                                  \
-        {   const int64_t left = len##k - (q##k - p##k), rb_ = left >= 8 ? (left - 8) / 7 + 1 : 0;   \
+        {   const int64_t left = send - q##k, rb_ = left >= 8 ? (left - 8) / 7 + 1 : 0;   \
             const int64_t rs_ = (n - (o##k - out[k])) / (2 * HUFF_STEPS);                \
             R = rb_ < R ? rb_ : R; R = rs_ < R ? rs_ : R; }
         HUFF_ROOM(0) HUFF_ROOM(1) HUFF_ROOM(2) HUFF_ROOM(3)
@@ -1548,10 +1565,11 @@ static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const 
             }
         }
     }
-    huff_finish(T, buf0, nb0, p0, q0 - p0, len0, out[0], o0 - out[0], n);
-    huff_finish(T, buf1, nb1, p1, q1 - p1, len1, out[1], o1 - out[1], n);
-    huff_finish(T, buf2, nb2, p2, q2 - p2, len2, out[2], o2 - out[2], n);
-    huff_finish(T, buf3, nb3, p3, q3 - p3, len3, out[3], o3 - out[3], n);
+#define HUFF_CLOSE(k)                                                                                   \
+    if (huff_finish(T, h->lens, buf##k, nb##k, p##k, q##k, send, out[k], o##k - out[k], n) > 8 * len##k)   \
+        huff_finish(T, h->lens, 0, 0, p##k, p##k, p##k + len##k, out[k], 0, n);
+    HUFF_CLOSE(0) HUFF_CLOSE(1) HUFF_CLOSE(2) HUFF_CLOSE(3)
+#undef HUFF_CLOSE
 }
 
 /* A short copy without a library call (runs are a few to a few hundred bytes): fixed-size moves,
