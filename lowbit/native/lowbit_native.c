@@ -1394,9 +1394,10 @@ static void *scratch(size_t bytes) {
    from the map and no tensor is ever decoded whole. Decoding is one look-up per step in a table of
    2^LB_HUFF_BITS entries built once per tensor, each entry giving one or two symbols (two when
    both codes fit the window); the 4 rows' chunks are 4 independent bit streams decoded in
-   lock-step, for instruction-level parallelism. The bit reader never reads outside a chunk: bits
-   past its end read as zeros, as the spec says (a damaged chunk decodes to other bytes, every one
-   of them valid for the base type). */
+   lock-step, for instruction-level parallelism. The bit reader never reads outside the stream,
+   and a chunk decodes exactly as the spec says: bits past its end read as zeros (huff_decode4
+   says how), so a damaged chunk decodes to other bytes, every one of them valid for the base
+   type, the same as in the Python reader. */
 
 #ifndef LB_HUFF_BITS
 #define LB_HUFF_BITS 13          /* window of one look-up: >= the longest code (12), <= 14 */
