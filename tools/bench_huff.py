@@ -20,14 +20,15 @@ from lowbit.format import LowbitFile  # noqa: E402
 
 
 def decode_rate(path, reps, runs):
-    """(symbols per token, symbols/ns) over the file's coded weights except the embedding (which a
-    token reads one row of); None when the file has none."""
+    """(symbols per token, symbols/ns) over the file's coded weights that a token multiplies (the
+    embedding only when tied: the output projection; a lookup reads one row); None when none."""
     f = LowbitFile(path)
     ffi, lib = native.library()
     total_s = total_n = per_token = 0
+    tied = "output.weight" not in f.tensors
     for name in f.tensors:
         qt = f.qtype(name)
-        if not qt.name.endswith(".h") or name == "token_embd.weight" or native.huff_base(qt.name) is None:
+        if not qt.name.endswith(".h") or (name == "token_embd.weight" and not tied) or native.huff_base(qt.name) is None:
             continue
         b = qt.bind(f.raw(name).reshape(-1), f.info(name).shape)
         dec = native.HuffDecoder(b)
