@@ -156,11 +156,18 @@ class Bound:
         self.base, self.shape = base, tuple(shape)
         p = parse(base, flat, shape)
         self.__dict__.update(p)
-        self.table = huffman.decode_table(p["lengths"])
+        self._table = None
         self.vqb = None
         if base.name in vq.PARAMS:   # the codebook and row scales live in the prefix
             self.vqb = vq.Bound(base.name, np.concatenate([p["prefix"], np.zeros(p["rows"] * p["rb"], np.uint8)]),
                                 shape)
+
+    @property
+    def table(self):
+        """The Numba decoder's look-up table, built on first use (the native path has its own)."""
+        if self._table is None:
+            self._table = huffman.decode_table(self.lengths)
+        return self._table
 
     def native(self):
         """The C view of this tensor (native.HuffWeight), or None when the native backend is off or
