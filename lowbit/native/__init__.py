@@ -192,8 +192,9 @@ def dequantize(type_name: str, raw: np.ndarray, shape) -> np.ndarray:
 # A `<base>.h` weight runs on its base type's C kernel: the C side decodes each 4-row tile's
 # Huffman chunks into per-thread scratch in the base layout (lowbit_native.c, "Huffman-coded
 # types"). Bases with side data (a codebook and row scales in the tensor's prefix) also need their
-# C fields filled from the prefix: SIDE_FILL[base] = fn(ffi, w, prefix uint8 view, shape, keep list),
-# registered by the base type's native support.
+# C fields filled from it: SIDE_FILL[base] = fn(ffi, lib, w, bound, keep list), where bound is the
+# huffcoded.Bound (.prefix: the base's prefix bytes verbatim; .vqb: a vq.Bound of them for the
+# codebook bases), registered by the base type's native support.
 SIDE_FILL = {}
 
 
@@ -272,7 +273,7 @@ def fill_weight(ffi, w, type_name: str, raw, cols: int, bias, keep: list, bound=
         w.data = ffi.cast("const uint8_t *", dec.ptr)   # unused for a coded weight; must be non-NULL
         keep.append(dec)
         if base in SIDE_FILL:
-            SIDE_FILL[base](ffi, w, bound.prefix, bound.shape, keep)
+            SIDE_FILL[base](ffi, library(level)[1], w, bound, keep)
     else:
         w.type, w.rows, w.cols = C_TYPES[type_name], raw.shape[0], cols
         w.data = ffi.cast("const uint8_t *", ffi.from_buffer(raw))
