@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lowbit import kernels, native, quants
-from lowbit.native import C_TYPES
+from lowbit.native import C_TYPES, CODEBOOK_TYPES
 
 LEVELS = native.available_levels()
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
@@ -35,6 +35,13 @@ def _act(type_name, x):
     return _quantize_act(x, 256) if type_name in KQ_ACT else x
 
 
+def _int8_codebook(type_name, level, n):
+    """cbk4 on AVX-512 (decode and prompt tiles) multiplies an int8-rounded codebook with 8-bit
+    activations (blocks of 32): not exact, held to the tolerance the k-quants' activation rounding
+    gets against Numba."""
+    return type_name == "cbk4" and (level or LEVELS[0]) == "avx512vnni"
+
+
 def _case(type_name, rows, cols, n, seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -44,6 +51,15 @@ def _case(type_name, rows, cols, n, seed):
     raw = qt.quantize(w, None)
     wd = qt.dequantize(raw, (rows, cols))
     return qt, raw, wd, x
+
+
+def _numba_matmul(type_name, raw, x, y, rows, cols):
+    """The Numba path's matmul (codebook types: through their bound tensor)."""
+    qt = quants.get(type_name)
+    if qt.whole_tensor:
+        qt.bind(raw, (rows, cols)).matmul(x, y)
+    else:
+        kernels.matmul(qt.dequant_row, raw, x, y)
 
 
 def _check(y, xa, wd, tol, what):
@@ -68,11 +84,12 @@ def test_matmul_matches_references(level, type_name, rows, cols, n):
     qt, raw, wd, x = _case(type_name, rows, cols, n, seed=rows * 1000 + cols)
     y = np.full((n, rows), np.nan, np.float32)
     native.NativeMatmul(type_name, level)(raw, x, y)
-    _check(y, _act(type_name, x), wd, 1e-5, f"{type_name}@{level} vs dequantize+numpy")
+    i8 = _int8_codebook(type_name, level, n)
+    _check(y, _act(type_name, x), wd, 2e-2 if i8 else 1e-5, f"{type_name}@{level} vs dequantize+numpy")
     # the Numba path multiplies float activations: differs only by the activation quantization
     y_numba = np.empty_like(y)
-    kernels.matmul(qt.dequant_row, raw, x, y_numba)
-    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) else 1e-5, f"{type_name}@{level} vs numba")
+    _numba_matmul(type_name, raw, x, y_numba, rows, cols)
+    _check(y, x, wd, 2e-2 if type_name in ("q8_0", *KQ_ACT) or i8 else 1e-5, f"{type_name}@{level} vs numba")
     _check(y_numba, x, wd, 1e-5, "numba vs numpy")
 
 
@@ -112,16 +129,68 @@ def test_kquant_whole_and_tail_blocks(level, type_name):
         assert np.array_equal(out, wd[ids]), f"{type_name}@{level} cols={cols}: C dequantization differs from Numba's"
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("type_name", CODEBOOK_TYPES)
+def test_codebook_decode_prompt_and_rows(level, type_name):
+    """Codebook types: decode (1-2 tokens, fused from the map) and prompt (dequantized tiles) kernels
+    against the Numba path and exact products, partial 4-row tiles, and embedding rows bit-exact
+    (the spec's float32 order) through lb_get_rows."""
+    ffi, lib = native.library(level)
+    B = quants.get(type_name).block_size
+    for rows, cols in ((5, B), (9, 3 * B), (130, 512), (6, 1280)):
+        for n in (1, 2, 3, 9):
+            qt, raw, wd, x = _case(type_name, rows, cols, n, seed=rows * 7 + cols + n)
+            y = np.full((n, rows), np.nan, np.float32)
+            native.NativeMatmul(type_name, level)(raw, x, y)
+            tol = 2e-2 if _int8_codebook(type_name, level, n) else 1e-5
+            _check(y, x, wd, tol, f"{type_name}@{level} {rows}x{cols} n={n}")
+            y_numba = np.empty_like(y)
+            _numba_matmul(type_name, raw, x, y_numba, rows, cols)
+            _check(y_numba, x, wd, 1e-5, f"numba {type_name} {rows}x{cols} n={n}")
+            assert np.abs(y - y_numba).max() <= 2 * tol * (np.abs(x) @ np.abs(wd).T).max()
+        w = native.NativeMatmul(type_name, level).weight(raw, cols)
+        ids = np.array([rows - 1, 0, rows // 2, rows - 1], np.int64)
+        out = np.empty((len(ids), cols), np.float32)
+        assert lib.lb_get_rows(w.ptr, ffi.cast("int64_t *", ffi.from_buffer(ids)), len(ids),
+                               ffi.cast("float *", ffi.from_buffer(out))) == 0
+        assert np.array_equal(out, wd[ids]), f"{type_name}@{level}: C rows differ from the Numba dequantizer's"
+    assert np.array_equal(native.get_rows(type_name, raw, ids, cols), wd[ids])   # the Python entry (best level)
+
+
+def test_codebook_bad_arguments_are_rejected():
+    """A codebook weight without its codebook or row scales, a row length off the block, a size that
+    fits no row count: refused (C returns -1, Python raises), never read."""
+    qt, raw, wd, x = _case("cbk4", 8, 64, 1, seed=2)
+    ffi, lib = native.library()
+    kern = native.NativeMatmul("cbk4")
+    w = kern.weight(raw, 64)
+    y = np.empty((1, 8), np.float32)
+    px, py = ffi.cast("const float *", ffi.from_buffer(x)), ffi.cast("float *", ffi.from_buffer(y))
+    assert lib.lb_matmul(w.ptr, px, py, 1, 0) == 0
+    for field in ("codebook", "row_scale"):
+        saved = getattr(w.ptr, field)
+        setattr(w.ptr, field, ffi.NULL)
+        assert lib.lb_matmul(w.ptr, px, py, 1, 0) == -1
+        setattr(w.ptr, field, saved)
+    w.ptr.cols = 48   # not a multiple of 32
+    assert lib.lb_matmul(w.ptr, px, py, 1, 0) == -1
+    assert lib.lb_row_bytes(C_TYPES["cbk2"], 96) == -1 and lib.lb_row_bytes(C_TYPES["cbk2"], 128) == 34
+    with pytest.raises(ValueError):
+        kern(raw[:-1], x, y)              # one byte short: no whole number of rows
+    with pytest.raises(ValueError):
+        kern(raw, x[:, :48], y[:, :8])    # rows of 48 do not fit cbk4's blocks
+
+
 def test_kquant_rows_split_over_threads_agree():
     # 1280 columns: 5 whole blocks per row, many 4-row tiles per thread (the decode kernels prefetch
     # the next tile), the last one partial; 384: a whole block and a tail
-    for type_name, n, cols in (("q4_k", 1, 384), ("q6_k", 2, 384), ("q3_k", 4, 384), ("q2_k", 1, 1280),
+    for type_name, n, cols in (("cbk4", 1, 512), ("cbk2", 2, 512), ("d4l2", 5, 512), ("q4_k", 1, 384), ("q6_k", 2, 384), ("q3_k", 4, 384), ("q2_k", 1, 1280),
                                ("q3_k", 1, 1280), ("q4_k", 2, 1280), ("q5_k", 1, 1280), ("q6_k", 1, 1280)):
         qt, raw, wd, x = _case(type_name, 203, cols, n, seed=7)
         kern = native.NativeMatmul(type_name)
         outs = []
         try:
-            for t in (1, 2, 3):
+            for t in (1, 2, 3):   # (codebook types: float activations, same 1e-5 bound)
                 native.set_threads(t)
                 y = np.empty((n, 203), np.float32)
                 kern(raw, x, y)
@@ -129,7 +198,8 @@ def test_kquant_rows_split_over_threads_agree():
         finally:
             native.set_threads(native.default_threads())
         assert all(np.array_equal(outs[0], o) for o in outs[1:]), type_name
-        _check(outs[0], _act(type_name, x), wd, 1e-5, f"{type_name} cols={cols} n={n}")
+        _check(outs[0], _act(type_name, x), wd, 2e-2 if _int8_codebook(type_name, None, n) else 1e-5,
+               f"{type_name} cols={cols} n={n}")
 
 
 def test_thread_count_does_not_change_results():
@@ -177,7 +247,7 @@ def test_real_tensor_matches_dequantize():
         for level in LEVELS:
             y = np.empty((3, w.shape[0]), np.float32)
             native.NativeMatmul(type_name, level)(raw, x, y)
-            _check(y, _act(type_name, x), wd, 1e-5, f"{type_name}@{level}")
+            _check(y, _act(type_name, x), wd, 2e-2 if _int8_codebook(type_name, level, 3) else 1e-5, f"{type_name}@{level}")
 
 
 @pytest.mark.parametrize("model,qtype", [("pycode-30m", "q8_0"), ("pychat-30m", "q8_0"), ("stories260K", "f32"),
@@ -219,3 +289,69 @@ def test_native_forward_matches_numba_forward(tmp_path, model, qtype):
     assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
     # q2_k itself (the Numba path too) agrees with the float reference on 20 of 24 positions
     assert (fast.argmax(-1) == ref["logits"][:24].argmax(-1)).mean() > (0.8 if qtype == "q2_k" else 0.85)
+
+
+# cbk4: the whole model; cbk2 and d4l2: the embedding, layers 0-1 and the output in the type, the
+# rest q4_k (a mix with k-quants; whole-model k-means / the lattice's scale search take 35-80 s
+# under load, layers 0-1 ~10 s)
+CODEBOOK_MODELS = [("cbk4", ()), ("cbk2", (r"blk\.[2-7]\..*=q4_k",)), ("d4l2", (r"blk\.[2-7]\..*=q4_k",))]
+
+
+@pytest.mark.parametrize("qtype,overrides", CODEBOOK_MODELS)
+def test_native_forward_codebook_model(tmp_path, qtype, overrides):
+    """pycode-30m with codebook tensors runs on the native runtime (embedding lookup, every block and
+    the output matmul in C) and agrees with the Numba path: float activations on both sides, so
+    only the summation order differs."""
+    import lowbit
+    from converters import convert
+    path = str(tmp_path / f"pycode-{qtype}.lowbit")
+    convert(os.path.join(SHARED, "models", "pycode-30m"), path, qtype, progress=False, log=lambda m: None,
+            overrides=overrides)
+    ref = np.load(os.path.join(SHARED, "reference", "pycode-30m.npz"))
+    ids = [int(i) for i in ref["ids"][:24]]
+    m = lowbit.load(path, n_ctx=64)
+    t = m.transformer
+    assert t.native is not None and t.embed_qtype.name == qtype and t.output.qtype.name == qtype
+    assert t.layers[0].w_down.qtype.name == qtype
+    fast = m.logits(ids)
+    cache = t.new_cache()
+    steps = np.concatenate([t.forward([i], cache) for i in ids[:8]])   # the decode kernels
+    toks = np.array(ids[:5])
+    emb = native.get_rows(qtype, t.embed_raw, toks, t.config.hidden_size)
+    assert np.array_equal(emb, t.embed_bound.gather(toks))             # C rows = Numba's, bit for bit
+    native_t, t.native = t.native, None
+    os.environ["LOWBIT_BACKEND"] = "numba"
+    try:
+        slow = m.logits(ids)
+    finally:
+        del os.environ["LOWBIT_BACKEND"]
+        t.native = native_t
+    spread = np.abs(slow).max()
+    # pure codebook: float activations both sides (summation order only); with q4_k layers (and cbk4's
+    # int8 decode kernel): 8-bit activations in C, the k-quant bound of test_native_forward_matches_numba_forward
+    tol = 5e-2 if overrides or _int8_codebook(qtype, None, 1) else 1e-3
+    assert np.abs(fast - slow).max() < tol * spread
+    assert np.abs(steps - fast[:8]).max() < tol * spread
+    assert (fast.argmax(-1) == slow.argmax(-1)).mean() > 0.9
+    assert (fast.argmax(-1) == ref["logits"][:24].argmax(-1)).mean() > 0.7
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_codebook_non_finite_side_data(level):
+    """A codebook point or row scale that is infinite or NaN (any binary16 decodes, codebook.md): the
+    rows that use it come out non-finite in C as in the Numba path (cbk4's int8 kernel steps aside for
+    a non-finite codebook), the others stay finite and agree."""
+    qt, raw, wd, x = _case("cbk4", 8, 128, 1, seed=4)
+    raw = raw.copy()
+    body = raw[1024 + 16:].reshape(8, -1)
+    k = int(body[2, 1])                       # the first point row 2 uses
+    raw[4 * k:4 * k + 2] = np.array([np.inf], "<f2").view(np.uint8)
+    raw[1024 + 2 * 5:1024 + 2 * 6] = np.array([np.nan], "<f2").view(np.uint8)   # row 5's scale
+    y = np.empty((1, 8), np.float32)
+    native.NativeMatmul("cbk4", level)(raw, x, y)
+    y_numba = np.empty_like(y)
+    _numba_matmul("cbk4", raw, x, y_numba, 8, 128)
+    assert np.array_equal(np.isfinite(y), np.isfinite(y_numba)) and not np.isfinite(y[0, [2, 5]]).any()
+    fin = np.isfinite(y_numba)
+    wd = qt.dequantize(raw, (8, 128))
+    assert np.abs(y[fin] - y_numba[fin]).max() <= 1e-5 * np.abs(np.abs(x) @ np.abs(wd[fin[0]]).T).max()

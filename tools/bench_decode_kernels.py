@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -67,6 +68,8 @@ def main(argv=None):
     for (tname, rows, cols), names in sorted(groups.items(), key=lambda kv: -len(kv[1]) * kv[0][1] * kv[0][2]):
         m = mm(tname, a.level)
         ws = [m.weight(np.ascontiguousarray(f.raw(n)), cols) for n in names]
+        bounds = ([native.bind_codebook(tname, f.raw(n), cols) for n in names[:1]]
+                  if tname in native.CODEBOOK_TYPES else None)
         nbytes = sum(f.raw(n).nbytes for n in names)
         x = np.random.default_rng(0).standard_normal((1, cols)).astype(np.float32)
         y = np.empty((1, rows), np.float32)
@@ -77,9 +80,13 @@ def main(argv=None):
                 lib.lb_matmul(w.ptr, px, py, 1, 0)
 
         # cached: the first rows of the first tensor, ~384 KiB (inside this CPU's L2)
-        raw0 = np.ascontiguousarray(f.raw(names[0]))
+        raw0 = bounds[0].raw if bounds else np.ascontiguousarray(f.raw(names[0]))
         crows = int(min(rows, max(4, (384 << 10) // raw0.shape[1] // 4 * 4)))
-        w0 = m.weight(raw0[:crows], cols)
+        if bounds:   # codebook types: the first rows with the tensor's codebook and their row scales
+            b0 = SimpleNamespace(cb=bounds[0].cb, dr=bounds[0].dr[:crows], raw=raw0[:crows])
+            w0 = m.weight(None, cols, bound=b0)
+        else:
+            w0 = m.weight(raw0[:crows], cols)
         cbytes = raw0[:crows].nbytes
         reps = max(1, int((4 << 20) // cbytes))   # ~4 MiB of weights per timed round
 

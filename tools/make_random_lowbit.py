@@ -1,7 +1,8 @@
 """Write a lowbit file with random quantized weights (valid fp16 scales, random quant bits) in a
 given model shape: the GPU benchmark's Llama-2-7B stand-in, made on the machine that runs it.
 
-    python tools/make_random_lowbit.py out.lowbit --type q4_k_m   # or q2_k (mix), q8_0, f16, bf16, f32, q2_k..q6_k via --type
+    python tools/make_random_lowbit.py out.lowbit --type q4_k_m   # or q2_k (mix), q8_0, f16, bf16, f32, q2_k..q6_k,
+                                                               # q4_ke, cbk2, cbk4, d4l2 and the .h types via --type
     python tools/make_random_lowbit.py small.lowbit --type q8_0 --dim 512 --layers 2 --heads 8 --ffn 1024 --vocab 1000
 """
 import argparse
@@ -15,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lowbit.cuda.random_weights import random_blocks  # noqa: E402
 from lowbit.format import TensorSpec, write_lowbit  # noqa: E402
 
+HTYPES = ("q4_k.h", "q4_ke.h", "cbk2.h", "cbk4.h", "d4l2.h")   # Huffman-coded: the base's random bytes, coded
 LLAMA2_7B = dict(dim=4096, layers=32, heads=32, kv_heads=32, ffn=11008, vocab=32000)
 
 
@@ -41,7 +43,8 @@ def tensor_type(mix, name, layer, n_layers):
 def random_tensor(qtype, rows, cols, rng, from_floats=False):
     """Random bytes with valid scales (fast, for the 7B stand-ins), or, with from_floats, N(0, 0.05)
     weights run through the registry's quantizer (well-conditioned activations, for the tests)."""
-    if qtype in ("q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k") and not from_floats:
+    if qtype in ("q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_ke", "cbk2", "cbk4", "d4l2") + HTYPES \
+            and not from_floats:
         return random_blocks(qtype, rows, cols, rng)
     w = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05)
     from lowbit import quants

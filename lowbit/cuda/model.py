@@ -6,7 +6,9 @@ from .. import ops
 from ..config import ModelConfig, context_size
 from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
-from .layouts import KQUANTS, LAYOUTS, SCALAR, T_Q8_0
+from .. import quants
+from .host_repack import base_tensor_bytes, codebook_side_data
+from .layouts import CODEBOOK, KQUANTS, LAYOUTS, SCALAR, T_Q8_0, layout_of
 from .runtime import get_runtime
 
 CHUNK = 256   # prompt tokens per batched pass (activation buffers are sized for this)
@@ -20,13 +22,15 @@ class GpuMatrix:
         info = f.info(name)
         if tuple(info.shape) != tuple(shape):
             raise FormatError(f.path, f"tensor {name!r} has shape {list(info.shape)}, the architecture needs {list(shape)}")
-        layout = LAYOUTS.get(info.type)
+        layout = layout_of(info.type)
         if layout is None:
             raise LowbitError(f"{f.path}: tensor {name!r} has type {info.type!r}, which has no CUDA kernel yet "
-                              f"(CUDA types: {', '.join(LAYOUTS)}); use --device cpu")
+                              f"(CUDA types: {', '.join(LAYOUTS)}, and the .h variants of those); use --device cpu")
         rows, cols = shape
-        qt = f.qtype(name)
-        raw = f.raw(name)
+        f.qtype(name)   # (an unknown type: the file's own error)
+        bname, prefix, raw = base_tensor_bytes(f, name)   # .h: decoded to the base type's bytes here
+        qt = quants.get(bname)
+        self.nbytes = prefix.nbytes + raw.nbytes   # bytes the GPU reads (.h: the decoded base bytes)
         nfull = cols // layout.block_size            # whole blocks per row
         rem = cols - nfull * layout.block_size
         if rem and layout.code not in KQUANTS:
@@ -34,6 +38,8 @@ class GpuMatrix:
         m = self.mat = rt.ffi.new("lb_mat*")
         m.rows, m.cols, m.type = rows, cols, layout.code
         m.xtra, m.xtra_row = 0, 0
+        if layout.code in CODEBOOK:   # codebook and row scales: the kernels' side data
+            m.xtra = model.upload(codebook_side_data(bname, prefix))
         if rem:   # k-quant rows ending in a tail block: tail blocks go to their own array
             fb = nfull * qt.block_bytes
             m.xtra, m.xtra_row = model.upload(np.ascontiguousarray(raw[:, fb:])), raw.shape[1] - fb
@@ -55,12 +61,13 @@ class GpuMatrix:
                 rt.htod(scratch, raw)
                 if layout.code == T_Q8_0:
                     rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
+                elif layout.code in CODEBOOK:
+                    rt.call("lb_repack_vq", scratch, body, tail, rows, cols, layout.code)
                 else:
                     rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
                 rt.call("lb_sync")
             m.body, m.body_row = body, nfull * p.body_len
             m.tail, m.tail_row = tail, nfull * p.tail_len
-        self.nbytes = info.nbytes
         m.bias = 0
         if bias is not None and bias in f.tensors:
             if f.info(bias).shape != (rows,):
@@ -124,6 +131,9 @@ class CudaTransformer:
                                      ("down", "ffn_down", (dim, ffn))):
                 L[key] = GpuMatrix(self, f, p + name + ".weight", shape, p + name + ".bias")
                 self.weight_bytes += L[key].nbytes
+            if (L["gate"].mat.type in CODEBOOK or L["up"].mat.type in CODEBOOK) and L["gate"].mat.type != L["up"].mat.type:
+                raise LowbitError(f"{f.path}: layer {i}: ffn_gate and ffn_up must have the same type on CUDA when either "
+                                  "is a codebook type (they run in one fused launch); use --device cpu")
             self.layers.append(L)
         self.output_norm = self._vector(f, "output_norm.weight", dim)
         self.output = self.embed if c.tie_word_embeddings else GpuMatrix(self, f, "output.weight", (c.vocab_size, dim))

@@ -40,6 +40,7 @@ int lb_host_free(uint64_t ptr);
 int lb_sync(void);
 int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks, int block_bytes, int body_off, int body_len);
 int lb_repack_q8(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols);
+int lb_repack_vq(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols, int type);
 int lb_gemv(const lb_job* job, uint64_t x, int ldx, int ntok);
 int lb_embed(const lb_mat* m, uint64_t ids, int n, uint64_t out);
 int lb_dequant(const lb_mat* m, uint64_t out);

@@ -14,7 +14,9 @@ from . import build as _build
 
 # lowbit type name -> the C library's type id (lowbit_native.h); a new type adds one entry.
 C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8,
-           "q4_ke": 6}   # q4_ke is q4_k's layout (another quantizer)
+           "q4_ke": 6,   # q4_ke is q4_k's layout (another quantizer)
+           "cbk2": 9, "cbk4": 10, "d4l2": 11}
+CODEBOOK_TYPES = ("cbk2", "cbk4", "d4l2")   # side data (codebook, row scales) go in lb_weight's own fields
 ORDER = ["avx512vnni", "avx2", "scalar"]
 
 _libs = {}
@@ -117,16 +119,22 @@ class NativeMatmul:
     def available(self) -> bool:
         return library(self.level) is not None
 
-    def weight(self, raw: np.ndarray, cols: int, bias: np.ndarray = None):
-        """The C view of one weight (keeps what it points at alive in ._keep)."""
+    def weight(self, raw: np.ndarray, cols: int, bias: np.ndarray = None, bound=None):
+        """The C view of one weight (keeps what it points at alive in ._keep). Codebook types: raw
+        is the whole tensor's bytes (or `bound`, its vq.Bound, is given)."""
         ffi, lib = library(self.level)
+        w = ffi.new("lb_weight *")
+        keep = []
+        if self.type_name in CODEBOOK_TYPES:
+            bound = bound if bound is not None else bind_codebook(self.type_name, raw, cols)
+            fill_codebook(ffi, lib, w, self.type_id, bound, cols, keep)
+            raw = bound.raw
         rows = raw.shape[0]
         if lib.lb_row_bytes(self.type_id, cols) * rows != raw.nbytes:
             raise ValueError(f"{self.type_name}: {raw.nbytes} bytes do not hold {rows} rows of {cols}")
-        w = ffi.new("lb_weight *")
         w.type, w.rows, w.cols = self.type_id, rows, cols
         w.data = ffi.cast("const uint8_t *", ffi.from_buffer(raw))
-        keep = [raw]
+        keep.append(raw)
         if bias is not None:
             bias = np.ascontiguousarray(bias, np.float32)
             w.bias = ffi.cast("const float *", ffi.from_buffer(bias))
@@ -138,13 +146,41 @@ class NativeMatmul:
         x = np.ascontiguousarray(x, np.float32)
         cols = cols or x.shape[1]
         w = self.weight(np.ascontiguousarray(raw), cols, bias)
-        if y.dtype != np.float32 or not y.flags.c_contiguous or y.shape != (x.shape[0], raw.shape[0]):
+        if y.dtype != np.float32 or not y.flags.c_contiguous or y.shape != (x.shape[0], w.ptr.rows):
             raise ValueError("y must be a C-contiguous float32 array of shape (n, rows)")
         rc = lib.lb_matmul(w.ptr, ffi.cast("const float *", ffi.from_buffer(x)),
                            ffi.cast("float *", ffi.from_buffer(y)), x.shape[0], int(accumulate))
         if rc != 0:
             raise ValueError(f"native matmul rejected its arguments ({self.type_name}, {raw.shape}, {x.shape})")
         return y
+
+
+def bind_codebook(type_name: str, raw: np.ndarray, cols: int):
+    """vq.Bound of a codebook tensor given as its flat bytes: rows follow from the size (the format
+    layer has checked it against the shape; a size that fits no row count is refused here)."""
+    from ..quants import vq
+    D, B, learned = vq.PARAMS[type_name]
+    flat = np.ascontiguousarray(raw).reshape(-1)
+    cbb, rb = (vq.K * D * 2 if learned else 0), cols // B * (1 + B // D)
+    rows, extra = divmod(flat.nbytes - cbb, 2 + rb) if cols > 0 and cols % B == 0 else (0, 1)
+    if rows < 1 or extra:
+        raise ValueError(f"{type_name}: {flat.nbytes} bytes do not hold a tensor of rows of {cols}")
+    return vq.Bound(type_name, flat, (rows, cols))
+
+
+def fill_codebook(ffi, lib, w, type_id, bound, cols, keep):
+    """Point lb_weight's codebook and row scales at the bound tensor's float copies, after checking
+    their sizes against the rows (C reads 256 x D points and one scale per row, nothing else)."""
+    from ..quants import vq
+    D = bound.cb.shape[1]
+    rows = bound.raw.shape[0]
+    if (bound.cb.shape != (vq.K, D) or bound.cb.dtype != np.float32 or bound.dr.shape != (rows,)
+            or bound.dr.dtype != np.float32 or lib.lb_row_bytes(type_id, cols) * rows != bound.raw.nbytes):
+        raise ValueError("codebook tensor's parts do not match its rows")
+    cb, dr = np.ascontiguousarray(bound.cb), np.ascontiguousarray(bound.dr)
+    w.codebook = ffi.cast("const float *", ffi.from_buffer(cb))
+    w.row_scale = ffi.cast("const float *", ffi.from_buffer(dr))
+    keep += [cb, dr]
 
 
 class _Weight:
@@ -167,7 +203,7 @@ def get_rows(type_name: str, raw: np.ndarray, ids: np.ndarray, cols: int) -> np.
     out = np.empty((ids.shape[0], cols), np.float32)
     if lib.lb_get_rows(w.ptr, ffi.cast("const int64_t *", ffi.from_buffer(ids)), ids.shape[0],
                        ffi.cast("float *", ffi.from_buffer(out))) != 0:
-        raise ValueError(f"row id out of range 0..{raw.shape[0] - 1}")
+        raise ValueError(f"row id out of range 0..{w.ptr.rows - 1}")
     return out
 
 
@@ -311,3 +347,13 @@ class HuffWeight:
                                 ffi.cast("float *", ffi.from_buffer(out))) != 0:
             raise ValueError(f"row id out of range 0..{self.bound.rows - 1}")
         return out
+
+
+def _codebook_side(base):
+    def fill(ffi, lib, w, hbound, keep):   # the .h tensor's prefix holds the codebook and row scales
+        fill_codebook(ffi, lib, w, C_TYPES[base], hbound.vqb, hbound.cols, keep)
+    return fill
+
+
+for _b in CODEBOOK_TYPES:
+    SIDE_FILL[_b] = _codebook_side(_b)

@@ -6,7 +6,7 @@
    row_bytes(), an activation format and a dot4 kernel in lowbit_native.c, and its name in
    lowbit/native/__init__.py's C_TYPES. */
 enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3, LB_Q2_K = 4, LB_Q3_K = 5, LB_Q4_K = 6, LB_Q5_K = 7,
-       LB_Q6_K = 8 };
+       LB_Q6_K = 8, LB_CBK2 = 9, LB_CBK4 = 10, LB_D4L2 = 11 };
 
 /* A Huffman-coded (".h") weight's decoder state, built once per tensor by lb_huff_new (opaque). */
 typedef struct lb_huff lb_huff;
@@ -16,6 +16,10 @@ typedef struct {
     const uint8_t *data;      /* rows x row_bytes, straight from the memory map */
     int64_t rows, cols;
     const float *bias;        /* [rows] or NULL */
+    /* codebook types (cbk2, cbk4, d4l2): data points at the rows, past the tensor's prefix; the
+       prefix's fp16 values reach C widened to float (exact) by the caller, once per load */
+    const float *codebook;    /* 256 x D points (d4l2: the D4 lattice) */
+    const float *row_scale;   /* [rows]: d_r of each row */
     /* Huffman-coded index bytes (format_spec/types/huffman.md): non-NULL for a `<base>.h` tensor,
        whose rows are then decoded from it into the base type's layout (type = the base type);
        data is then unused (any non-NULL pointer). */

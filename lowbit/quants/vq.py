@@ -198,7 +198,7 @@ def fit_codebook(V, Hw, iters=14, lam=0.0, seed=0, max_fit=65536):
         empty = np.flatnonzero(counts == 0)
         if len(empty) and lam <= 0:   # re-seed empty cells at the worst-served vectors
             worst = np.argsort(err)[-len(empty):]
-            cb[empty] = Vs[worst]
+            cb[empty[:len(worst)]] = Vs[worst]   # (fewer vectors than empty cells: a tiny tensor)
         if lam > 0 and it >= 2:
             pen = _penalty(counts, lam)
     return cb, pen
