@@ -311,6 +311,9 @@ def fill_weight(ffi, w, type_name: str, raw, cols: int, bias, keep: list, bound=
         if base in SIDE_FILL:
             SIDE_FILL[base](ffi, library(level)[1], w, bound, keep)
     else:
+        if type_name in CODEBOOK_TYPES:   # rows past the prefix; codebook and row scales as floats
+            fill_codebook(ffi, library(level)[1], w, C_TYPES[type_name], bound, cols, keep)
+            raw = bound.raw
         w.type, w.rows, w.cols = C_TYPES[type_name], raw.shape[0], cols
         w.data = ffi.cast("const uint8_t *", ffi.from_buffer(raw))
         keep.append(raw)
