@@ -35,7 +35,8 @@ def ffn_up():
     return Checkpoint(model_dir("pycode-30m")).tensor("blk.2.ffn_up.weight").astype(np.float32)
 
 
-def test_q4_k_h_bit_identical(ffn_up):
+def test_q4_k_h_bit_identical(ffn_up, monkeypatch):
+    monkeypatch.setenv("LOWBIT_BACKEND", "numba")   # the float decode-dot (test_native_huff: the C one)
     q = quants.get("q4_k")
     raw = q.quantize(ffn_up)
     enc = huffcoded.encode(dataclasses.replace(q, index_positions=huffcoded.q4_k_index_positions), raw, ffn_up.shape)
@@ -93,8 +94,9 @@ def test_q4_ke_h_bit_identical_and_10_percent_smaller(ffn_up):
     assert 0.08 < err < 0.13, err
 
 
-def test_q4_ke_h_codes_tail_blocks():
+def test_q4_ke_h_codes_tail_blocks(monkeypatch):
     """pychat-30m rows of 384 = one super-block + a 128-weight tail: the tail's nibbles are coded too."""
+    monkeypatch.setenv("LOWBIT_BACKEND", "numba")   # the float decode-dot (test_native_huff: the C one)
     from converters.hf import Checkpoint
     w = Checkpoint(model_dir("pychat-30m")).tensor("blk.1.ffn_up.weight").astype(np.float32)
     assert w.shape[1] == 384

@@ -8,6 +8,9 @@
 enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3, LB_Q2_K = 4, LB_Q3_K = 5, LB_Q4_K = 6, LB_Q5_K = 7,
        LB_Q6_K = 8, LB_CBK2 = 9, LB_CBK4 = 10, LB_D4L2 = 11 };
 
+/* A Huffman-coded (".h") weight's decoder state, built once per tensor by lb_huff_new (opaque). */
+typedef struct lb_huff lb_huff;
+
 typedef struct {
     int type;                 /* LB_* */
     const uint8_t *data;      /* rows x row_bytes, straight from the memory map */
@@ -17,6 +20,10 @@ typedef struct {
        prefix's fp16 values reach C widened to float (exact) by the caller, once per load */
     const float *codebook;    /* 256 x D points (d4l2: the D4 lattice) */
     const float *row_scale;   /* [rows]: d_r of each row */
+    /* Huffman-coded index bytes (format_spec/types/huffman.md): non-NULL for a `<base>.h` tensor,
+       whose rows are then decoded from it into the base type's layout (type = the base type);
+       data is then unused (any non-NULL pointer). */
+    const lb_huff *huff;
 } lb_weight;
 
 typedef struct {
@@ -43,3 +50,20 @@ int lb_rmsnorm(const float *x, const float *w, float eps, int64_t n, int64_t dim
    layer's cache (n_ctx, n_kv_heads, head_dim); cos/sin: (n_ctx, head_dim/2) rotate-half tables. */
 int lb_layer_forward(const lb_layer *L, float *x, int64_t n, int64_t pos0, float *k_cache, float *v_cache,
                      int64_t n_ctx, const float *cos, const float *sin);
+
+/* ---- Huffman-coded types (format_spec/types/huffman.md) */
+/* The decoder of one `<base>.h` tensor: code lengths len[256]; rows; n_idx index and n_other other
+   bytes per row; other[rows * n_other]; the stream (stream_bytes) and its chunk offsets (u32 LE
+   [rows + 1], any alignment); runs[2 * nruns]: the base row as alternating runs (is_index, length)
+   in position order, lengths summing to row_bytes. Everything is checked (complete code of at most
+   12 bits, offsets non-decreasing from 0 to stream_bytes, run sums); NULL on bad input. The pointers
+   must stay valid while the decoder is used. */
+lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_t n_other, const uint8_t *other,
+                     const uint8_t *stream, uint64_t stream_bytes, const uint8_t *offsets,
+                     const uint32_t *runs, int64_t nruns, int64_t row_bytes);
+void lb_huff_free(lb_huff *h);
+/* Rows ids[0..n) of the base type's bytes (row_bytes each) into out: the decode alone (tests, tools). */
+int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out);
+/* Decode the index bytes of rows 0..rows-1 `reps` times (4 rows interleaved, as matmul does) into
+   scratch; returns the symbols decoded (a decode-rate benchmark). */
+int64_t lb_huff_bench(const lb_huff *h, int64_t reps);

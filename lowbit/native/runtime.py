@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import C_TYPES, CODEBOOK_TYPES, fill_codebook, library
+from . import fill_weight, library, supported
 
 
 def _ptr(ffi, a, ctype="float *"):
@@ -32,7 +32,7 @@ class NativeTransformer:
                 self._fill(getattr(s, name), getattr(L, name))
             self.layers.append(s)
         self.embed = ffi.new("lb_weight *")
-        self._fill_raw(self.embed, t.embed_qtype.name, t.embed_raw, c.hidden_size, None, t.embed_bound)
+        fill_weight(ffi, self.embed, t.embed_qtype.name, t.embed_raw, c.hidden_size, None, self._keep, t.embed_bound)
         self.output = ffi.new("lb_weight *")
         self._fill(self.output[0], t.output)
         self.output_norm = np.ascontiguousarray(t.output_norm, np.float32)
@@ -45,22 +45,10 @@ class NativeTransformer:
         names = [t.embed_qtype.name, t.output.qtype.name]
         for L in t.layers:
             names += [getattr(L, n).qtype.name for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
-        return all(n in C_TYPES for n in names)
+        return all(supported(n) for n in names)
 
     def _fill(self, w, lin):
-        self._fill_raw(w, lin.qtype.name, lin.raw, lin.in_features, lin.bias, lin.bound)
-
-    def _fill_raw(self, w, type_name, raw, cols, bias, bound=None):
-        if type_name in CODEBOOK_TYPES:   # rows past the prefix; codebook and row scales as floats
-            fill_codebook(self.ffi, self.lib, w, C_TYPES[type_name], bound, cols, self._keep)
-            raw = bound.raw
-        w.type, w.rows, w.cols = C_TYPES[type_name], raw.shape[0], cols
-        w.data = _ptr(self.ffi, raw, "const uint8_t *")
-        self._keep.append(raw)
-        if bias is not None:
-            b = np.ascontiguousarray(bias, np.float32)
-            self._keep.append(b)
-            w.bias = _ptr(self.ffi, b, "const float *")
+        fill_weight(self.ffi, w, lin.qtype.name, lin.raw, lin.in_features, lin.bias, self._keep, lin.bound)
 
     def forward(self, tokens, cache, all_logits, return_hidden=False):
         ffi, lib, c = self.ffi, self.lib, self.c
