@@ -2427,7 +2427,7 @@ __global__ void mma_reduce_kernel(const lb_job job, const float* __restrict__ pa
 // device scratch that only grows (prompt passes are never captured in a graph, so cudaMalloc is allowed)
 static int grow(void** p, size_t* have, size_t need) {
     if (*have >= need) return 0;
-    if (*p) CK(cudaFree(*p));
+    if (*p) { CK(cudaStreamSynchronize(g_stream)); CK(cudaFree(*p)); }   // (kernels in flight may still read it)
     *p = nullptr; *have = 0;
     CK(cudaMalloc(p, need));
     *have = need;
