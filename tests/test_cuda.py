@@ -181,8 +181,8 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
     mix = case.split("-")[0]
     path = _random_model(tmp_path, mix, from_floats=True, **CASES[case])
     cpu, gpu = _cpu_and_gpu(path, monkeypatch)
-    # 21 = 8 + 8 + 4 + 1: every batch width of the GEMV (LOWBIT_CUDA_MMA=0), else one partial
-    # tensor-core tile (>= LOWBIT_CUDA_MMA_MIN = 16 tokens)
+    # 21 = 8 + 8 + 4 + 1: every batch width of the GEMV (the tensor-core path starts at
+    # LOWBIT_CUDA_MMA_MIN = 96 tokens: test_long_prompt_matches_cpu)
     prompt = np.random.default_rng(2).integers(0, 1000, 21)
     errs = _compare(cpu, gpu, prompt, steps=6)
     print(f"{case}: rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
@@ -192,8 +192,8 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
 @needs_gpu
 @pytest.mark.parametrize("case", ["q4_k_m-tail", "q8_0-chunks", "f16-scalar", "cbk4", "q2_k"])
 def test_long_prompt_matches_cpu(case, tmp_path, monkeypatch):
-    """A prompt pass over more tokens than one tensor-core tile (gemm_mma_kernel: 128 tokens, 64
-    rows; 150 tokens = a full and a partial token tile) for the types' decoders and epilogues."""
+    """A prompt pass on tensor cores (>= LOWBIT_CUDA_MMA_MIN = 96 tokens; gemm_mma_kernel: tiles of 128
+    tokens x 64 rows, 150 tokens = a full and a partial token tile) for the types' decoders and epilogues."""
     mix = case.split("-")[0]
     path = _random_model(tmp_path, mix, from_floats=True, **dict(CASES[case], ctx=160))
     cpu, gpu = _cpu_and_gpu(path, monkeypatch)

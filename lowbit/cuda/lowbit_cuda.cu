@@ -92,7 +92,7 @@ static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (L
 static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
 static int g_rows_q6 = 8;       // q6_k (LOWBIT_CUDA_ROWS_Q6=4|8|16)
 static bool g_mma = true;       // prompt passes of >= g_mma_min tokens on tensor cores (LOWBIT_CUDA_MMA=0: batched GEMV)
-static int g_mma_min = 16;      // LOWBIT_CUDA_MMA_MIN
+static int g_mma_min = 96;      // LOWBIT_CUDA_MMA_MIN: below ~90 tokens the batched GEMV is faster on a 7B (NOTES v12)
 static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
 
 static int fail(const char* what, cudaError_t e) {
@@ -2274,35 +2274,20 @@ __global__ void __launch_bounds__(32 * VQ_WARPS) gemv_vq_kernel(const lb_job job
 }
 
 // ------------------------------------------------------------ prompt passes on tensor cores (WMMA)
-// A prompt pass of >= g_mma_min tokens: C[row][tok] = sum_k W[row][k] x[tok][k] as a GEMM.
-// tohalf_kernel first writes the pass's activations (already rounded to the CPU's q8 grid by
-// actq_kernel where the CPU rounds) as fp16, rows padded with zeros to a multiple of MMA_BK.
-// gemm_mma_kernel: each block owns MMA_BM weight rows x MMA_BN tokens x one K slice; per K step of
-// MMA_BK columns it dequantizes its weight tile to fp16 with dequant_one (every type through one
-// kernel: the exact per-type decoders of lb_dequant / the embedding), copies the activation tile,
-// both into shared memory, and multiplies with WMMA 16x16x16, fp32 accumulate; the next step's
-// tiles are fetched into registers while the tensor cores work on the current one. 8 warps: warp w
-// computes rows 16(w&1).. x tokens 32(w>>1).. (1x2 fragments). A pass of <= MMA_BN tokens
-// dequantizes each weight once per K slice owner. The grid is split over K (blockIdx.z) until it
-// has ~6 blocks per SM: with a single slice the block runs the epilogue (gemv_store: bias,
-// accumulate, silu(gate) * up) itself, else it writes fp32 partials and mma_reduce_kernel adds the
-// slices in a fixed order (deterministic) and runs the same epilogue.
-constexpr int MMA_BM = 32, MMA_BN = 128, MMA_BK = 64, MMA_WARPS = 8, MMA_LD = MMA_BK + 8;   // +8 halves: no bank conflicts
-
-__global__ void tohalf_kernel(const float* __restrict__ x, int ldx, int K, __half* __restrict__ xh, int ldh) {
-    pdl_launch();
-    pdl_wait();
-    const size_t t = blockIdx.y;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < ldh; c += gridDim.x * blockDim.x)
-        xh[t * ldh + c] = __float2half_rn(c < K ? x[t * ldx + c] : 0.f);
-}
+// A prompt pass of >= g_mma_min tokens: C[row][tok] = sum_k W[row][k] x[tok][k] as a GEMM. Each
+// block owns MMA_BM weight rows and MMA_BN tokens; per K step of MMA_BK columns it dequantizes its
+// weight tile into fp16 in shared memory with dequant_one (every type through one kernel: the
+// exact per-type decoders of lb_dequant / the embedding), converts the activation tile (already
+// rounded to the CPU's q8 grid by actq_kernel where the CPU rounds) to fp16, and multiplies with
+// WMMA 16x16x16, fp32 accumulate. 8 warps: warp w computes rows 32(w&1).. x tokens 32(w>>1)..
+// (2x2 fragments). A prompt of <= MMA_BN tokens dequantizes each weight once. Epilogue: each
+// 16x16 result through shared memory to gemv_store (bias, accumulate, silu(gate) * up).
+constexpr int MMA_BM = 64, MMA_BN = 128, MMA_BK = 64, MMA_WARPS = 8, MMA_LD = MMA_BK + 8;   // +8 halves: no bank conflicts
 
 template <bool GU>
-__global__ void __launch_bounds__(32 * MMA_WARPS, GU ? 2 : 3) gemm_mma_kernel(const lb_job job, const __half* __restrict__ xh, int ldh, int ntok,
-                                                                     int kslice, float* __restrict__ part, int prow) {
+__global__ void __launch_bounds__(32 * MMA_WARPS) gemm_mma_kernel(const lb_job job, const float* __restrict__ x, int ldx, int ntok) {
     using namespace nvcuda;
-    constexpr int G = GU ? 2 : 1;
-    __shared__ __align__(32) __half ws[G][MMA_BM * MMA_LD];
+    __shared__ __align__(32) __half ws[GU ? 2 : 1][MMA_BM * MMA_LD];
     __shared__ __align__(32) __half xs[MMA_BN * MMA_LD];
     pdl_launch();
     int tile = blockIdx.x, mi = 0;
@@ -2310,138 +2295,67 @@ __global__ void __launch_bounds__(32 * MMA_WARPS, GU ? 2 : 3) gemm_mma_kernel(co
         while (mi < job.nmat - 1 && tile >= job.wcnt[mi]) { tile -= job.wcnt[mi]; mi++; }
     const lb_mat& m = job_mat(job, mi);
     const int r0 = tile * MMA_BM, t0 = blockIdx.y * MMA_BN, K = m.cols, rows = m.rows;
-    const int kb = blockIdx.z * kslice, ke = min(K, kb + kslice);
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 1, wn = warp >> 1;
-    // weight tile: thread -> row tid/8, 8 consecutive columns; activation tile: 4 x 16 bytes
-    const int wr = tid >> 3, wc = (tid & 7) * 8, wrow = r0 + wr;
-    uint4 wreg[G], xreg[4];
-    auto fetch_w = [&](int k0) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wm = warp & 1, wn = warp >> 1;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[GU ? 2 : 1][2][2];
 #pragma unroll
-        for (int g = 0; g < G; g++) {
-            const lb_mat& mg = GU ? job.m[g] : m;
-            uint32_t h[4];
+    for (int g = 0; g < (GU ? 2 : 1); g++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int col = k0 + wc + 2 * i;
-                const float a = wrow < rows && col < K ? dequant_one(mg, wrow, col) : 0.f;
-                const float b = wrow < rows && col + 1 < K ? dequant_one(mg, wrow, col + 1) : 0.f;
-                const __half2 p2 = __floats2half2_rn(a, b);   // a in the low half: the lower address
-                h[i] = *reinterpret_cast<const uint32_t*>(&p2);
-            }
-            wreg[g] = make_uint4(h[0], h[1], h[2], h[3]);
-        }
-    };
-    auto fetch_x = [&](int k0) {
+        for (int i = 0; i < 2; i++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int e = tid + 32 * MMA_WARPS * i, t = e >> 3, c = (e & 7) * 8;
-            xreg[i] = t0 + t < ntok ? __ldg(reinterpret_cast<const uint4*>(xh + (size_t)(t0 + t) * ldh + k0 + c)) : make_uint4(0, 0, 0, 0);
-        }
-    };
-    auto put = [&]() {
-#pragma unroll
-        for (int g = 0; g < G; g++) *reinterpret_cast<uint4*>(&ws[g][wr * MMA_LD + wc]) = wreg[g];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int e = tid + 32 * MMA_WARPS * i, t = e >> 3, c = (e & 7) * 8;
-            *reinterpret_cast<uint4*>(&xs[t * MMA_LD + c]) = xreg[i];
-        }
-    };
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[G][2];
-#pragma unroll
-    for (int g = 0; g < G; g++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[g][j], 0.f);
-    fetch_w(kb);   // weights do not depend on the previous kernel
+            for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[g][i][j], 0.f);
     pdl_wait();
-    fetch_x(kb);
-    put();
-    __syncthreads();
-    for (int k0 = kb; k0 < ke; k0 += MMA_BK) {
-        const bool more = k0 + MMA_BK < ke;
-        if (more) { fetch_w(k0 + MMA_BK); fetch_x(k0 + MMA_BK); }
-#pragma unroll
-        for (int kk = 0; kk < MMA_BK; kk += 16) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bf[2];
-#pragma unroll
-            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(bf[j], xs + (32 * wn + 16 * j) * MMA_LD + kk, MMA_LD);
-#pragma unroll
-            for (int g = 0; g < G; g++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> af;
-                wmma::load_matrix_sync(af, ws[g] + 16 * wm * MMA_LD + kk, MMA_LD);
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[g][j], af, bf[j], acc[g][j]);
-            }
+    for (int k0 = 0; k0 < K; k0 += MMA_BK) {
+        // consecutive threads: consecutive weights of a row (same quant block: L1 hits)
+        for (int e = threadIdx.x; e < MMA_BM * MMA_BK; e += 32 * MMA_WARPS) {
+            const int r = e / MMA_BK, c = e % MMA_BK, row = r0 + r, col = k0 + c;
+            const bool in = row < rows && col < K;
+            ws[0][r * MMA_LD + c] = __float2half_rn(in ? dequant_one(m, row, col) : 0.f);
+            if (GU) ws[GU ? 1 : 0][r * MMA_LD + c] = __float2half_rn(in ? dequant_one(job.m[1], row, col) : 0.f);
+        }
+        for (int e = threadIdx.x; e < MMA_BN * MMA_BK; e += 32 * MMA_WARPS) {
+            const int t = e / MMA_BK, c = e % MMA_BK, col = k0 + c;
+            xs[t * MMA_LD + c] = __float2half_rn(t0 + t < ntok && col < K ? x[(size_t)(t0 + t) * ldx + col] : 0.f);
         }
         __syncthreads();
-        if (more) { put(); __syncthreads(); }
-    }
-    if (part) {   // K split: partials [slice][g][token][prow], rows of the whole job (blockIdx.x * MMA_BM + r)
 #pragma unroll
-        for (int g = 0; g < G; g++)
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
 #pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const int tok = t0 + 32 * wn + 16 * j;
-                if (tok >= ntok) continue;   // (the buffer holds ntok rounded up to 16 tokens)
-                float* p = part + ((size_t)(blockIdx.z * G + g) * ((ntok + 15) & ~15) + tok) * prow + blockIdx.x * MMA_BM + 16 * wm;
-                wmma::store_matrix_sync(p, acc[g][j], prow, wmma::mem_col_major);
-            }
-        return;
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(b[j], xs + (32 * wn + 16 * j) * MMA_LD + kk, MMA_LD);
+#pragma unroll
+            for (int g = 0; g < (GU ? 2 : 1); g++)
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+                    wmma::load_matrix_sync(a, ws[g] + (32 * wm + 16 * i) * MMA_LD + kk, MMA_LD);
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[g][i][j], a, b[j], acc[g][i][j]);
+                }
+        }
+        __syncthreads();
     }
     // epilogue in the activation tile's space (free after the loop's last barrier): 16x16 floats
     // per warp (two for gate/up), stored column-major so that lanes write consecutive rows of y
-    float* st = reinterpret_cast<float*>(xs) + warp * 256 * G;
+    float* st = reinterpret_cast<float*>(xs) + warp * (GU ? 512 : 256);
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int i = 0; i < 2; i++)
 #pragma unroll
-        for (int g = 0; g < G; g++) wmma::store_matrix_sync(st + 256 * g, acc[g][j], 16, wmma::mem_col_major);
-        __syncwarp();
-        for (int e = lane; e < 256; e += 32) {
-            const int row = r0 + 16 * wm + (e & 15), tok = t0 + 32 * wn + 16 * j + (e >> 4);
-            if (row < rows && tok < ntok) gemv_store(job, mi, row, tok, st[e], GU ? st[256 + e] : 0.f);
+        for (int j = 0; j < 2; j++) {
+            wmma::store_matrix_sync(st, acc[0][i][j], 16, wmma::mem_col_major);
+            if (GU) wmma::store_matrix_sync(st + 256, acc[GU ? 1 : 0][i][j], 16, wmma::mem_col_major);
+            __syncwarp();
+            for (int e = lane; e < 256; e += 32) {
+                const int row = r0 + 32 * wm + 16 * i + (e & 15), tok = t0 + 32 * wn + 16 * j + (e >> 4);
+                if (row < rows && tok < ntok) gemv_store(job, mi, row, tok, st[e], GU ? st[256 + e] : 0.f);
+            }
+            __syncwarp();
         }
-        __syncwarp();
-    }
 }
-
-// the K slices' partials added in order, then the epilogue; thread = (job row, token)
-__global__ void mma_reduce_kernel(const lb_job job, const float* __restrict__ part, int prow, int ntok, int S) {
-    pdl_launch();
-    pdl_wait();
-    const int gr = blockIdx.x * blockDim.x + threadIdx.x, tok = blockIdx.y, G = job.mode == 2 ? 2 : 1;
-    if (gr >= prow) return;
-    int tile = gr / MMA_BM, mi = 0;
-    if (job.mode != 2)
-        while (mi < job.nmat - 1 && tile >= job.wcnt[mi]) { tile -= job.wcnt[mi]; mi++; }
-    const int row = tile * MMA_BM + gr % MMA_BM;
-    if (row >= job_mat(job, mi).rows) return;
-    const size_t tp = (ntok + 15) & ~15;
-    float a = 0.f, b = 0.f;
-    for (int s = 0; s < S; s++) {
-        a += part[((size_t)(s * G) * tp + tok) * prow + gr];
-        if (G == 2) b += part[((size_t)(s * G + 1) * tp + tok) * prow + gr];
-    }
-    gemv_store(job, mi, row, tok, a, b);
-}
-
-// device scratch that only grows (prompt passes are never captured in a graph, so cudaMalloc is allowed)
-static int grow(void** p, size_t* have, size_t need) {
-    if (*have >= need) return 0;
-    if (*p) { CK(cudaStreamSynchronize(g_stream)); CK(cudaFree(*p)); }   // (kernels in flight may still read it)
-    *p = nullptr; *have = 0;
-    CK(cudaMalloc(p, need));
-    *have = need;
-    return 0;
-}
-static void* g_xh = nullptr;
-static size_t g_xh_bytes = 0;
-static void* g_part = nullptr;
-static size_t g_part_bytes = 0;
 
 // a job's matrices on tensor cores, all ntok tokens in one launch (x already rounded where the CPU rounds)
 static int gemm_mma(const lb_job& job, uint64_t x, int ldx, int ntok) {
     lb_job j = job;
-    const int nm = j.mode == 2 ? 1 : j.nmat, G = j.mode == 2 ? 2 : 1;
+    const int nm = j.mode == 2 ? 1 : j.nmat;
     int blocks = 0;
     for (int i = 0; i < 3; i++) {
         j.rpw[i] = MMA_BM;
@@ -2449,32 +2363,10 @@ static int gemm_mma(const lb_job& job, uint64_t x, int ldx, int ntok) {
         blocks += j.wcnt[i];
     }
     if (!blocks) return 0;
-    const int K = j.m[0].cols, ldh = (K + MMA_BK - 1) / MMA_BK * MMA_BK, nk = ldh / MMA_BK, tt = (ntok + MMA_BN - 1) / MMA_BN;
-    if (grow(&g_xh, &g_xh_bytes, (size_t)ntok * ldh * sizeof(__half))) return -1;
-    cudaError_t r = launch(tohalf_kernel, dim3(min((ldh + 255) / 256, 16), ntok), dim3(256), (const float*)x, ldx, K, (__half*)g_xh, ldh);
-    if (r != cudaSuccess) return fail("tohalf_kernel launch", r);
-    CKL("tohalf_kernel");
-    // K slices: enough blocks for ~6 per SM, each slice >= 4 steps of MMA_BK
-    const long long tiles = (long long)blocks * tt, target = 6LL * g_sms;
-    int S = (int)min(8LL, max(1LL, (target + tiles - 1) / tiles));
-    S = max(1, min(S, nk / 4));
-    const int ksteps = (nk + S - 1) / S;
-    S = (nk + ksteps - 1) / ksteps;
-    const int prow = blocks * MMA_BM;
-    float* part = nullptr;
-    if (S > 1) {
-        if (grow(&g_part, &g_part_bytes, (size_t)S * G * ((ntok + 15) & ~15) * prow * sizeof(float))) return -1;
-        part = (float*)g_part;
-    }
-    r = launch(j.mode == 2 ? gemm_mma_kernel<true> : gemm_mma_kernel<false>, dim3(blocks, tt, S), dim3(32 * MMA_WARPS),
-               j, (const __half*)g_xh, ldh, ntok, ksteps * MMA_BK, part, prow);
+    cudaError_t r = launch(j.mode == 2 ? gemm_mma_kernel<true> : gemm_mma_kernel<false>, dim3(blocks, (ntok + MMA_BN - 1) / MMA_BN),
+                           dim3(32 * MMA_WARPS), j, (const float*)x, ldx, ntok);
     if (r != cudaSuccess) return fail("gemm_mma_kernel launch", r);
     CKL("gemm_mma_kernel");
-    if (S > 1) {
-        r = launch(mma_reduce_kernel, dim3((prow + 255) / 256, ntok), dim3(256), j, (const float*)part, prow, ntok, S);
-        if (r != cudaSuccess) return fail("mma_reduce_kernel launch", r);
-        CKL("mma_reduce_kernel");
-    }
     return 0;
 }
 
