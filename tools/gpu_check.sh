@@ -35,8 +35,8 @@ if [ "$MODE" != test ]; then
   [ "${PROMPT_AB:-1}" != 0 ] && for p in 128 512; do for v in "LOWBIT_CUDA_MMA=1" "LOWBIT_CUDA_MMA=0"; do
     echo "== prompt $p $v"; env $v timeout 100 python3 tools/bench_cuda.py /tmp/q4_k_m.lowbit /tmp/q8_0.lowbit --prompt $p --gen 8 --reps 2 2>&1 | grep -E "^\|" | tee -a $OUT/bench.log
   done; done
-  # the crossover (LOWBIT_CUDA_MMA_MIN): short prompts, q4_k_m only
-  [ "${PROMPT_AB:-1}" != 0 ] && for p in 16 32 64; do for v in "LOWBIT_CUDA_MMA=1" "LOWBIT_CUDA_MMA=0"; do
+  # the crossover (LOWBIT_CUDA_MMA_MIN, default 96): short prompts forced onto tensor cores vs the GEMV, q4_k_m only
+  [ "${PROMPT_AB:-1}" != 0 ] && for p in 16 32 64; do for v in "LOWBIT_CUDA_MMA_MIN=2" "LOWBIT_CUDA_MMA=0"; do
     echo "== prompt $p $v"; env $v timeout 60 python3 tools/bench_cuda.py /tmp/q4_k_m.lowbit --prompt $p --gen 4 --reps 3 2>&1 | grep -E "^\| q4" | tee -a $OUT/bench.log
   done; done
 fi
