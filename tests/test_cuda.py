@@ -181,9 +181,25 @@ def test_random_model_matches_cpu(case, tmp_path, monkeypatch):
     mix = case.split("-")[0]
     path = _random_model(tmp_path, mix, from_floats=True, **CASES[case])
     cpu, gpu = _cpu_and_gpu(path, monkeypatch)
-    prompt = np.random.default_rng(2).integers(0, 1000, 21)   # 21 = 8 + 8 + 4 + 1: every batch width
+    # 21 = 8 + 8 + 4 + 1: every batch width of the GEMV (the tensor-core path starts at
+    # LOWBIT_CUDA_MMA_MIN = 96 tokens: test_long_prompt_matches_cpu)
+    prompt = np.random.default_rng(2).integers(0, 1000, 21)
     errs = _compare(cpu, gpu, prompt, steps=6)
     print(f"{case}: rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
+    assert max(errs) < TOL_RANDOM, errs
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", ["q4_k_m-tail", "q8_0-chunks", "f16-scalar", "cbk4", "q2_k"])
+def test_long_prompt_matches_cpu(case, tmp_path, monkeypatch):
+    """A prompt pass on tensor cores (>= LOWBIT_CUDA_MMA_MIN = 96 tokens; gemm_mma_kernel: tiles of 128
+    tokens x 64 rows, 150 tokens = a full and a partial token tile) for the types' decoders and epilogues."""
+    mix = case.split("-")[0]
+    path = _random_model(tmp_path, mix, from_floats=True, **dict(CASES[case], ctx=160))
+    cpu, gpu = _cpu_and_gpu(path, monkeypatch)
+    prompt = np.random.default_rng(5).integers(0, 1000, 150)
+    errs = _compare(cpu, gpu, prompt, steps=2)
+    print(f"{case} 150 tokens: rel err prompt {errs[0]:.2e}, decode max {max(errs[1:]):.2e}")
     assert max(errs) < TOL_RANDOM, errs
 
 
