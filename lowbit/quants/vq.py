@@ -472,7 +472,7 @@ def gptq_quantize(name, w, U, imatrix=None, lam=0.0, refit=False):
         raise ValueError(f"{name}: inverse Cholesky factor is {list(U.shape)}, the weight has {cols} columns")
     dr = _f16_round(np.minimum(f["d"] * HEADROOM, 65504.0)).astype(np.float64)
     # the penalty's unit: the plain quantizer's mean weighted squared error unit, in output-error terms
-    inv_u2 = np.repeat(1.0 / np.diag(U) ** 2, 1).reshape(cols // B, B).mean(-1)
+    inv_u2 = (1.0 / np.diag(U) ** 2).reshape(cols // B, B).mean(-1)
     zpen = float((f["scale"] ** 2 * inv_u2[None, :]).mean()) if lam > 0 else 0.0
     cb = f["cb"]
     s, idx, Vn, Wn = _gptvq_pass(name, w, U, h, f["alpha"], cb, f["pen"], zpen, dr)
