@@ -1,4 +1,6 @@
-"""GPTQ-style error feedback for k-quant types (q2_k .. q6_k), producing ordinary k-quant bytes.
+"""GPTQ-style error feedback for k-quant types (q2_k .. q6_k), producing ordinary k-quant bytes
+(q4_ke: lowbit/quants/q4ke.py; the codebook types cbk2, cbk4, d4l2 and their .h variants:
+GPTVQ in lowbit/quants/vq.py, D-weight vectors snapped under the inverse-Hessian metric).
 
 The layer's squared output error over calibration inputs X is tr(E H E^T) with E = W - Q and
 H = X^T X / n (recorded by `lowbit imatrix --hessian`). GPTQ quantizes W column by column and,
@@ -19,9 +21,11 @@ from numba import njit, prange
 from lowbit import quants
 from lowbit.errors import ConvertError
 from lowbit.quants.fp16 import f16_bits_to_f32
+from lowbit.quants import vq
 from lowbit.quants.kquants import KIND, PARAMS, QK, _pack_full, _pack_tail, block_weights, fit_block
 
-GPTQ_TYPES = tuple(PARAMS) + ("q4_ke", "q4_ke.h")   # the k-quants (+ q4_ke); other types are quantized as usual
+# the k-quants, q4_ke and the codebook types (GPTVQ, lowbit/quants/vq.py); other types are quantized as usual
+GPTQ_TYPES = tuple(PARAMS) + ("q4_ke", "q4_ke.h") + tuple(vq.PARAMS) + tuple(n + ".h" for n in vq.PARAMS)
 DEFAULT_DAMP = 0.01                 # fraction of mean(diag H) added to the diagonal
 
 
@@ -102,6 +106,16 @@ def gptq_quantize(qtype: str, w: np.ndarray, H: np.ndarray, imatrix=None, damp: 
         raw = q4ke.gptq_quantize(w, inverse_cholesky(H, damp) if U is None else U, np.diag(H) if imatrix is None
                                  else imatrix)
         return raw if qtype == "q4_ke" else huffcoded.encode(quants.get("q4_ke"), raw, np.shape(w))
+    base = qtype[:-2] if qtype.endswith(".h") else qtype
+    if base in vq.PARAMS:              # GPTVQ; .h: the entropy-constrained assignment, then Huffman-coded
+        from lowbit.quants import huffcoded
+        w = np.asarray(w, dtype=np.float32)
+        if H.shape != (w.shape[-1], w.shape[-1]):
+            raise ValueError(f"covariance is {list(H.shape)}, the weight has {w.shape[-1]} columns")
+        raw = vq.gptq_quantize(base, w, inverse_cholesky(H, damp) if U is None else U,
+                               np.diag(H) if imatrix is None else imatrix,
+                               lam=huffcoded.LAMS[base] if qtype != base else 0.0)
+        return raw if qtype == base else huffcoded.encode(quants.get(base), raw, np.shape(w))
     if qtype not in PARAMS:
         raise ValueError(f"GPTQ applies to k-quants ({', '.join(PARAMS)}), not {qtype}")
     S, bits, _, block_bytes, _ = PARAMS[qtype]

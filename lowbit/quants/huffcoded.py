@@ -244,10 +244,13 @@ def q4_k_index_positions(cols):
     return p[p % 144 >= 16]
 
 
+# Entropy-constrained codebook assignment (lam, in squared-error units per bit relative to the mean
+# weighted error of a vector) makes the indices compressible; k-quants are coded as they are.
+LAMS = {"cbk2": 0.05, "cbk4": 0.02, "d4l2": 0.0, "q4_k": 0.0, "q4_ke": 0.0}
+
+
 def make_types(registry):
-    # Entropy-constrained codebook assignment (lam, in squared-error units per bit relative to the mean
-    # weighted error of a vector) makes the indices compressible; k-quants are coded as they are.
-    lams = {"cbk2": 0.05, "cbk4": 0.02, "d4l2": 0.0, "q4_k": 0.0, "q4_ke": 0.0}
+    lams = LAMS
     import dataclasses
     bases = dict(registry)
     bases["q4_k"] = dataclasses.replace(registry["q4_k"], index_positions=q4_k_index_positions)

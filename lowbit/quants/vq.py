@@ -223,6 +223,12 @@ def quantize_vq(name, w, imatrix=None, lam=0.0):
     """float32[rows, cols] -> uint8 tensor bytes (prefix + rows). `imatrix`: mean squared input per
     column (weights the squared error); `lam` > 0: entropy-constrained assignment (bits traded for
     error, for the Huffman-coded variants)."""
+    f = fit_plain(name, w, imatrix, lam)
+    return pack(name, f["shape"], f["cb"], f["d"], f["s"], f["idx"])
+
+
+def _check_input(name, w, imatrix):
+    """-> (float32[rows, cols] weights, importance float64[cols] normalized to mean 1)."""
     D, B, learned = PARAMS[name]
     w = np.ascontiguousarray(w, np.float32)
     if w.ndim != 2:
@@ -236,8 +242,18 @@ def quantize_vq(name, w, imatrix=None, lam=0.0):
     if h.shape[0] != cols:
         raise ValueError(f"{name}: importance vector has {h.shape[0]} values, rows have {cols}")
     h = np.maximum(h, 1e-6 * max(h.mean(), 1e-30)) if h.mean() > 0 else np.ones(cols)
-    h = h / h.mean()
-    nb, nv = cols // B, cols // D
+    return w, h / h.mean()
+
+
+def fit_plain(name, w, imatrix=None, lam=0.0):
+    """The plain quantizer: scales, codebook (fp16-rounded, float64) and assignment. Returns a dict
+    with shape, h (normalized importance), alpha (d4l2's lattice multiplier, 1 for learned
+    codebooks), cb, pen (the entropy penalty per point, normalized units), d (row scales), s (scale
+    codes [rows, nb]), scale (the blocks' actual scales) and idx (flat indices)."""
+    D, B, learned = PARAMS[name]
+    w, h = _check_input(name, w, imatrix)
+    rows, cols = w.shape
+    nb = cols // B
     W = w.astype(np.float64)
     blocks = W.reshape(rows, nb, B)
     hb = h.reshape(nb, B)
@@ -264,14 +280,24 @@ def quantize_vq(name, w, imatrix=None, lam=0.0):
         _update(V, Hw, idx, cb, counts)
         cb = cb.astype(np.float16).astype(np.float64)   # assign against the stored (fp16) points
         _assign(V, Hw, cb, pen, idx, err)
+    return {"shape": (rows, cols), "h": h, "alpha": alpha, "cb": cb, "pen": pen, "d": d, "s": s,
+            "scale": scale, "idx": idx}
+
+
+def pack(name, shape, cb, d, s, idx):
+    """The tensor bytes: codebook (learned types), fp16 row scales d, then per block the scale code
+    s[r, b] and its B/D indices (idx: [rows * cols / D] in row order)."""
+    D, B, learned = PARAMS[name]
+    rows, cols = shape
+    nb = cols // B
     cbb, prefix, rb, _ = layout(name, (rows, cols))
     out = np.zeros(prefix + rows * rb, np.uint8)
     if learned:
-        out[:cbb] = cb.astype("<f2").reshape(-1).view(np.uint8)
-    out[cbb:prefix] = d.astype("<f2").view(np.uint8)
+        out[:cbb] = np.asarray(cb).astype("<f2").reshape(-1).view(np.uint8)
+    out[cbb:prefix] = np.asarray(d).astype("<f2").view(np.uint8)
     body = out[prefix:].reshape(rows, nb, 1 + B // D)
     body[:, :, 0] = s
-    body[:, :, 1:] = idx.reshape(rows, nb, B // D).astype(np.uint8)
+    body[:, :, 1:] = np.asarray(idx).reshape(rows, nb, B // D).astype(np.uint8)
     return out
 
 
@@ -326,3 +352,135 @@ def make_type(name):
 
 
 TYPES = [make_type(n) for n in PARAMS]
+
+
+# ----------------------------------------------------------------------------- GPTQ (GPTVQ) quantization
+
+HEADROOM = 2.0   # d_r = this x the plain fit's row scale: room for blocks that the error feedback enlarges
+
+
+@njit(parallel=True, cache=True)
+def _gptvq_block(W, U, A, ACb, cb32, c0, B, D, h, alpha, pen, zpen, dr, s_out, idx_out, err, Vn, Wn):
+    """Quantize columns c0..c0+B of every row of W (float64, error-updated in place inside the
+    block). Each row's block scale is fitted on the updated weights as the plain quantizer does
+    (importance-weighted RMS -> assignment -> least squares), coded against d_r; then each D-vector
+    is snapped to the codebook point nearest under the inverse-Hessian metric ||A_g (w - t c)||^2
+    (A_g = U_gg^-T of its D columns, ACb[g] = A_g cb^T) plus the entropy penalty, and its error is
+    fed to the block's later columns; err[r, i] receives (w - q) / U[c, c] for the lazy update.
+    Vn, Wn: the vector each choice was made for, in codebook units, and its per-element weight
+    (for a codebook refit)."""
+    rows = W.shape[0]
+    nv = B // D
+    b = c0 // B
+    nk = cb32.shape[0]
+    for r in prange(rows):
+        x = np.empty(B, np.float64)
+        num = 0.0
+        hs = 0.0
+        for i in range(B):
+            x[i] = W[r, c0 + i]
+            num += h[c0 + i] * x[i] * x[i]
+            hs += h[c0 + i]
+        sigma = np.sqrt(num / hs) * alpha
+        s = 0
+        if sigma > 0.0:
+            num = 0.0
+            den = 0.0
+            for v in range(nv):
+                best, bk = 1e300, 0
+                for k in range(nk):
+                    e = 0.0
+                    for j in range(D):
+                        t = x[v * D + j] / sigma - cb32[k, j]
+                        e += h[c0 + v * D + j] * t * t
+                    if e < best:
+                        best, bk = e, k
+                for j in range(D):
+                    c = cb32[bk, j]
+                    num += h[c0 + v * D + j] * x[v * D + j] * c
+                    den += h[c0 + v * D + j] * c * c
+            ls = num / den if den > 0.0 else 0.0
+            if ls > 0.0 and dr[r] > 0.0:
+                s = int(np.rint(255.0 + 16.0 * np.log2(ls / dr[r])))
+                s = min(max(s, 1), 255)
+        s_out[r, b] = s
+        t32 = np.float32(np.float32(dr[r]) * SCALE_NB[s])
+        tt = np.float64(t32)
+        y = np.empty(D, np.float64)
+        for v in range(nv):
+            g = (c0 + v * D) // D
+            c = c0 + v * D
+            for i in range(D):
+                acc = 0.0
+                for j in range(i + 1):
+                    acc += A[g, i, j] * W[r, c + j]
+                y[i] = acc
+            best, bk = 1e300, 0
+            for k in range(nk):
+                e = zpen * pen[k]
+                for i in range(D):
+                    dl = y[i] - tt * ACb[g, k, i]
+                    e += dl * dl
+                if e < best:
+                    best, bk = e, k
+            idx_out[r, c // D] = bk
+            for i in range(D):
+                wv = W[r, c + i]
+                if tt > 0.0:
+                    Vn[r, c + i] = wv / tt
+                    Wn[r, c + i] = tt * tt / (U[c + i, c + i] * U[c + i, c + i])
+                q = np.float64(np.float32(t32 * np.float32(cb32[bk, i])))
+                e = (wv - q) / U[c + i, c + i]
+                err[r, v * D + i] = e
+                for k2 in range(c + i + 1, c0 + B):
+                    W[r, k2] -= e * U[c + i, k2]
+
+
+def _gptvq_pass(name, w, U, h, alpha, cb, pen, zpen, dr):
+    D, B, learned = PARAMS[name]
+    rows, cols = w.shape
+    ng = cols // D
+    Ug = np.stack([U[g * D:(g + 1) * D, g * D:(g + 1) * D] for g in range(ng)])
+    A = np.ascontiguousarray(np.transpose(np.linalg.inv(Ug), (0, 2, 1)))          # U_gg^-T, lower
+    cb32 = np.ascontiguousarray(cb.astype(np.float32).astype(np.float64))
+    ACb = np.ascontiguousarray(np.einsum("gij,kj->gki", A, cb32))
+    W = w.astype(np.float64)
+    s = np.zeros((rows, cols // B), np.uint8)
+    idx = np.zeros((rows, ng), np.int64)
+    Vn = np.zeros((rows, cols))
+    Wn = np.zeros((rows, cols))
+    for c0 in range(0, cols, B):
+        err = np.zeros((rows, B))
+        _gptvq_block(W, U, A, ACb, cb32, c0, B, D, h, float(alpha), pen, float(zpen), dr, s, idx, err, Vn, Wn)
+        if c0 + B < cols:
+            W[:, c0 + B:] -= err @ U[c0:c0 + B, c0 + B:]
+    return s, idx, Vn, Wn
+
+
+def gptq_quantize(name, w, U, imatrix=None, lam=0.0, refit=False):
+    """cbk2/cbk4/d4l2 bytes (the ordinary layout) of float32[rows, cols] with GPTQ-style error
+    feedback (GPTVQ): U = converters.gptq.inverse_cholesky(H). The codebook (learned types), the
+    d4l2 lattice multiplier and the row scales' range come from the plain quantizer's fit; blocks
+    are then quantized left to right as _gptvq_block describes. `refit`: update the codebook once
+    from the first pass's vectors (weighted k-means step) and quantize again. `lam`: the entropy
+    penalty of the .h variants, in the plain quantizer's normalized error units."""
+    D, B, learned = PARAMS[name]
+    f = fit_plain(name, w, imatrix, lam)
+    w, h = _check_input(name, w, imatrix)
+    rows, cols = w.shape
+    if U.shape != (cols, cols):
+        raise ValueError(f"{name}: inverse Cholesky factor is {list(U.shape)}, the weight has {cols} columns")
+    dr = _f16_round(np.minimum(f["d"] * HEADROOM, 65504.0)).astype(np.float64)
+    # the penalty's unit: the plain quantizer's mean weighted squared error unit, in output-error terms
+    inv_u2 = (1.0 / np.diag(U) ** 2).reshape(cols // B, B).mean(-1)
+    zpen = float((f["scale"] ** 2 * inv_u2[None, :]).mean()) if lam > 0 else 0.0
+    cb = f["cb"]
+    s, idx, Vn, Wn = _gptvq_pass(name, w, U, h, f["alpha"], cb, f["pen"], zpen, dr)
+    if refit and learned:
+        cb = cb.copy()
+        counts = np.zeros(K, np.int64)
+        _update(np.ascontiguousarray(Vn.reshape(-1, D)), np.ascontiguousarray(Wn.reshape(-1, D)),
+                idx.reshape(-1), cb, counts)
+        cb = cb.astype(np.float16).astype(np.float64)
+        s, idx, _, _ = _gptvq_pass(name, w, U, h, f["alpha"], cb, f["pen"], zpen, dr)
+    return pack(name, (rows, cols), cb, dr, s, idx)
