@@ -30,9 +30,51 @@ from lowbit.errors import ConvertError
 from . import measure_cache
 from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky, output_error
 
-# The types a weight may get, in any order; a new type is appended here (its measurements are
-# cached per type, so adding one measures only the new type).
+# The types a weight may get by default, in any order: the k-quants, which have fast native kernels on
+# every backend. Measurements are cached per type, so adding a type measures only the new type.
 CANDIDATES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
+# Types a user may opt in to (`--candidates +q4_ke.h,+cbk4`): q4_ke and the codebook types, plain or
+# with Huffman-coded indices (.h; their bytes are the encoded size of each tensor, which depends on it).
+# Not the default: their CPU kernels are slower than the k-quants' (docs/results/codebook-*.md).
+OPT_IN = ["q4_ke", "q4_ke.h", "q4_k.h", "cbk4", "cbk4.h", "cbk2", "cbk2.h", "d4l2", "d4l2.h"]
+CANDIDATES_HELP = ("comma-separated candidate types for --target-bpw: NAME replaces the default list, +NAME adds "
+                   "to it, -NAME removes from it; 'all' = the default plus every opt-in type. Default: "
+                   f"{','.join(CANDIDATES)}; opt-in: {','.join(OPT_IN)} (their CPU kernels are slower). "
+                   "E.g. --candidates +q4_ke.h,+cbk4,+cbk2")
+
+
+def parse_candidates(spec) -> list:
+    """The candidate list of a --candidates value (a string or a list of items, see CANDIDATES_HELP);
+    None -> the default list."""
+    if spec is None:
+        return list(CANDIDATES)
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).replace(" ", ",").split(",")
+    items = [str(i).strip() for i in items if str(i).strip()]
+    if not items:
+        raise ConvertError("--candidates: expected a comma-separated list of types, e.g. +q4_ke.h,+cbk4")
+    known = [t for t in quants.TYPES if t not in ("u8",)]
+
+    def names(item, raw):
+        if item == "all":
+            return list(CANDIDATES) + OPT_IN
+        if item == "default":
+            return list(CANDIDATES)
+        if item not in known:
+            raise ConvertError(f"--candidates: unknown type {raw!r} (known: {', '.join(known)}; or 'all', 'default')")
+        return [item]
+    plain = [i for i in items if i[0] not in "+-"]
+    out = []
+    for i in (plain if plain else ["default"]):
+        out += [t for t in names(i, i) if t not in out]
+    for i in items:
+        if i[0] == "+":
+            out += [t for t in names(i[1:], i) if t not in out]
+        elif i[0] == "-":
+            drop = names(i[1:], i)
+            out = [t for t in out if t not in drop]
+    if not out:
+        raise ConvertError(f"--candidates {','.join(items)}: leaves no candidate type")
+    return out
 
 
 def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
@@ -61,6 +103,9 @@ def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gp
         im = vectors.get(name)
         gptq_here = use_gptq and H is not None
         types = [fixed[name]] if name in fixed else [t for t in candidates if quants.get(t).fits(cols)]
+        if not types:
+            raise ConvertError(f"{name}: row length {cols} fits none of the candidate types ({', '.join(candidates)}); "
+                               "add one that does, e.g. +q4_k (k-quants store any row length)")
         key, cached = None, {}
         if cache:
             if H is not None and id(H) not in digests:
