@@ -155,6 +155,8 @@ def main(argv=None):
     ap.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512)")
     ap.add_argument("--types", help="comma-separated types/mixes (default: every type and mix found)")
     ap.add_argument("--no-imatrix", action="store_true", help="skip the imatrix rows")
+    ap.add_argument("--only-imatrix", action="store_true",
+                    help="skip the rows without imatrix of the types that use one")
     ap.add_argument("--imatrix-chunks", type=int, default=100,
                     help=f"chunks of {CALIB_TEXT} for the imatrix (default 100; llama.cpp's baseline used all)")
     ap.add_argument("--workdir", default=None, help="cache folder (default /tmp/lowbit-quality/MODEL)")
@@ -213,7 +215,8 @@ def main(argv=None):
     done_path = os.path.join(work, "rows.json")   # finished rows: an interrupted run resumes
     done = json.load(open(done_path)) if os.path.exists(done_path) else {}
     for name in names:
-        for with_imatrix in ([False, True] if want_imatrix and uses_imatrix(name) else [False]):
+        variants = [False, True] if want_imatrix and uses_imatrix(name) else [False]
+        for with_imatrix in (variants[1:] if args.only_imatrix and len(variants) > 1 else variants):
             out = os.path.join(work, f"{args.model}-{name}{'-imatrix' if with_imatrix else ''}.lowbit")
             key = (f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}|"
                    f"{args.row_chunks}|{converter_version()}")
