@@ -64,6 +64,27 @@ def test_allocation_matches_brute_force_on_convex_problems():
         allocate(measured, 10)
 
 
+def test_allocation_is_exact_on_non_convex_problems():
+    """The knapsack finds the brute-force optimum (budgets under 100,000 bytes: no rounding), also
+    where greedy hull steps stall or the best point is off the hull."""
+    # greedy: a's only hull step (a2 -> a4, 100 bytes) does not fit after b's; the optimum is a3, off a's hull
+    m = {"a": {"a2": (100, 10.0, None), "a3": (150, 8.0, None), "a4": (200, 0.5, None)},
+         "b": {"b1": (10, 1.0, None), "b2": (60, 0.0, None)}}
+    assert target_bpw._greedy(m, 170) == {"a": "a2", "b": "b2"}
+    assert allocate(m, 170) == {"a": "a3", "b": "b1"}
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        measured = {f"t{k}": {f"q{j}": (int(rng.integers(5, 200)), float(rng.uniform(0, 10)), None) for j in range(4)}
+                    for k in range(4)}
+        budget = int(rng.integers(sum(min(v[0] for v in m.values()) for m in measured.values()), 700))
+        got = allocate(measured, budget)
+        assert sum(measured[n][t][0] for n, t in got.items()) <= budget
+        best = min(sum(measured[n][t][1] for n, t in zip(measured, combo))
+                   for combo in itertools.product(["q0", "q1", "q2", "q3"], repeat=4)
+                   if sum(measured[n][t][0] for n, t in zip(measured, combo)) <= budget)
+        assert sum(measured[n][t][1] for n, t in got.items()) == pytest.approx(best, abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def stories_imatrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("tbpw")
