@@ -392,7 +392,7 @@ def plot(model, rows, path, points=None):
     ax.set_ylabel("mean KL(F16 || quantized)")
     ax.set_title(f"{model}: KL divergence against size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="lower left")  # low bits and low KLD: the empty corner
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}", file=sys.stderr)
