@@ -142,7 +142,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
     if os.path.isfile(src) and str(src).lower().endswith(".gguf"):
         from .gguf_import import import_gguf   # GGUF: tensors are copied as they are, never requantized
         if overrides or imatrix or target_bpw or candidates:
-            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix do not apply")
+            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix/--target-bpw/--candidates do not apply")
         if qtype != "q8_0":
             log(f"note: {src} is imported as it is; type {qtype!r} does not apply to a GGUF source")
         return import_gguf(src, out, log=log)
