@@ -130,18 +130,19 @@ GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repet
 
 
 def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, overrides=(), imatrix=None,
-            gptq: bool = True, target_bpw: float = None) -> dict:
+            gptq: bool = True, target_bpw: float = None, candidates=None) -> dict:
     """Convert the checkpoint folder `src` to the lowbit file `out`. `qtype` is a tensor type or a
     mix name (converters/recipes.py); `overrides` are 'REGEX=TYPE' strings; `imatrix` is the path of
     an importance-matrix file; when it holds covariances, k-quant weights get GPTQ error feedback
     (converters/gptq.py) unless `gptq` is False. `target_bpw` (needs `imatrix`) chooses a type per
     weight for a file of at most that many bits per checkpoint weight (converters/target_bpw.py);
-    `qtype` is then ignored. Returns a summary."""
+    `qtype` is then ignored; `candidates` (a --candidates value, target_bpw.parse_candidates) the
+    types it chooses among. Returns a summary."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if os.path.isfile(src) and str(src).lower().endswith(".gguf"):
         from .gguf_import import import_gguf   # GGUF: tensors are copied as they are, never requantized
-        if overrides or imatrix or target_bpw:
-            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix do not apply")
+        if overrides or imatrix or target_bpw or candidates:
+            raise ConvertError(f"{src}: a GGUF file is imported without requantizing; --override/--imatrix/--target-bpw/--candidates do not apply")
         if qtype != "q8_0":
             log(f"note: {src} is imported as it is; type {qtype!r} does not apply to a GGUF source")
         return import_gguf(src, out, log=log)
@@ -152,6 +153,10 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
         if not (0 < float(target_bpw) < 64):
             raise ConvertError(f"--target-bpw {target_bpw}: expected a number of bits per weight, e.g. 3.5")
         qtype = "target_bpw"
+        from . import target_bpw as tbm
+        cand_list = tbm.parse_candidates(candidates)
+    elif candidates is not None:
+        raise ConvertError("--candidates applies to --target-bpw only")
     elif not recipes.is_known(qtype):
         raise ConvertError(f"unknown type or mix {qtype!r}; types: {', '.join(t for t in quants.TYPES if t != 'u8')}; "
                            f"mixes: {', '.join(recipes.MIXES)}")
@@ -173,7 +178,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                     fixed[name] = typ
                     break
         measured = tbm.measure(names, shapes, ck.tensor, im["vectors"], covs, ck.config.tie_word_embeddings,
-                               use_gptq=bool(covs), fixed=fixed, sensitivity=im["sensitivity"],
+                               use_gptq=bool(covs), candidates=cand_list, fixed=fixed, sensitivity=im["sensitivity"],
                                log=log if progress else None, warn=log)
         n_weights = sum(int(np.prod(shapes[n])) for n in names)
         # bytes that are not 2-D weights: vectors, tokenizer blobs, and a generous header estimate
@@ -246,7 +251,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
                                    if im else None),
                        "gptq": ({"tensors": n_gptq, "damp": DEFAULT_DAMP, "method": "GPTQ error feedback, "
                                  "super-block scales fitted on the error-updated weights"} if n_gptq else None),
-                       "target_bpw": ({"target": tb["target"], "candidates": list(tbm.CANDIDATES),
+                       "target_bpw": ({"target": tb["target"], "candidates": cand_list,
                                        "error_measure": ("estimated KL divergence: " if im["sensitivity"] else "") +
                                                 ("sum over weights of tr(E H E^T) (squared layer output error "
                                                  "per calibration token)" if covs else

@@ -34,8 +34,8 @@ def cache_dir():
 
 
 def code_version() -> str:
-    """Hash of the code the measurements come from: the quantizers, GPTQ, the measuring and this
-    file, plus the numeric libraries (GPTQ's BLAS products) and lowbit's version."""
+    """Hash of the code the measurements come from: the quantizers, GPTQ, target_bpw.measure and
+    this file, plus the numeric libraries (GPTQ's BLAS products) and lowbit's version."""
     global _CODE
     if _CODE is None:
         import numba
@@ -44,12 +44,16 @@ def code_version() -> str:
         h = hashlib.sha256(f"{FORMAT}|{lowbit.__version__}|numpy {np.__version__}|numba {numba.__version__}".encode())
         here = os.path.dirname(os.path.abspath(__file__))
         qdir = os.path.dirname(os.path.abspath(quants.__file__))
-        files = [os.path.join(here, f) for f in ("target_bpw.py", "gptq.py", "measure_cache.py")]
+        files = [os.path.join(here, f) for f in ("gptq.py", "measure_cache.py")]
         files += sorted(os.path.join(qdir, f) for f in os.listdir(qdir) if f.endswith(".py"))
         for path in files:
             h.update(os.path.basename(path).encode())
             with open(path, "rb") as f:
                 h.update(f.read())
+        # of target_bpw.py only what measures (the allocation and the candidate lists do not change a number)
+        import inspect
+        from . import target_bpw
+        h.update(inspect.getsource(target_bpw.measure).encode())
         _CODE = h.hexdigest()
     return _CODE
 

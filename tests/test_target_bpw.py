@@ -64,6 +64,27 @@ def test_allocation_matches_brute_force_on_convex_problems():
         allocate(measured, 10)
 
 
+def test_allocation_is_exact_on_non_convex_problems():
+    """The knapsack finds the brute-force optimum (budgets under 100,000 bytes: no rounding), also
+    where greedy hull steps stall or the best point is off the hull."""
+    # greedy: a's only hull step (a2 -> a4, 100 bytes) does not fit after b's; the optimum is a3, off a's hull
+    m = {"a": {"a2": (100, 10.0, None), "a3": (150, 8.0, None), "a4": (200, 0.5, None)},
+         "b": {"b1": (10, 1.0, None), "b2": (60, 0.0, None)}}
+    assert target_bpw._greedy(m, 170) == {"a": "a2", "b": "b2"}
+    assert allocate(m, 170) == {"a": "a3", "b": "b1"}
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        measured = {f"t{k}": {f"q{j}": (int(rng.integers(5, 200)), float(rng.uniform(0, 10)), None) for j in range(4)}
+                    for k in range(4)}
+        budget = int(rng.integers(sum(min(v[0] for v in m.values()) for m in measured.values()), 700))
+        got = allocate(measured, budget)
+        assert sum(measured[n][t][0] for n, t in got.items()) <= budget
+        best = min(sum(measured[n][t][1] for n, t in zip(measured, combo))
+                   for combo in itertools.product(["q0", "q1", "q2", "q3"], repeat=4)
+                   if sum(measured[n][t][0] for n, t in zip(measured, combo)) <= budget)
+        assert sum(measured[n][t][1] for n, t in got.items()) == pytest.approx(best, abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def stories_imatrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("tbpw")
@@ -200,3 +221,106 @@ def test_measure_cache_ignores_corrupt_entries(stories_imatrix, tmp_path, monkey
     convert(STORIES, out, "ignored", progress=False, log=logs.append, imatrix=imat, target_bpw=6.0)
     assert not [m for m in logs if "warning" in m]
     assert measure_cache.load(good["key"]) and json.loads(entries[1].read_text()) == good
+
+
+def test_parse_candidates():
+    p = target_bpw.parse_candidates
+    assert p(None) == target_bpw.CANDIDATES
+    assert p("+q4_ke.h,+cbk4") == target_bpw.CANDIDATES + ["q4_ke.h", "cbk4"]
+    assert p("+cbk2, -q8_0") == ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "cbk2"]
+    assert p("q2_k,cbk2.h,q2_k") == ["q2_k", "cbk2.h"]
+    assert p(["q4_k", "+d4l2"]) == ["q4_k", "d4l2"]
+    assert p("all") == target_bpw.CANDIDATES + target_bpw.OPT_IN
+    assert set(target_bpw.OPT_IN) <= set(lowbit.quants.TYPES)
+    with pytest.raises(ConvertError, match="unknown type '\\+q9_k'"):
+        p("+q9_k")
+    with pytest.raises(ConvertError, match="leaves no candidate"):
+        p("q4_k,-q4_k")
+    with pytest.raises(ConvertError, match="expected a comma-separated list"):
+        p(" , ")
+
+
+def test_target_bpw_with_opt_in_candidates(stories_imatrix, tmp_path, monkeypatch):
+    """The new types are chosen where they pay; every chosen .h tensor holds exactly the bytes
+    that were measured (its encoded size depends on the tensor), and the file loads and runs."""
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path / "cache"))
+    ref = np.load(os.path.join(SHARED, "reference", "stories260K.npz"), allow_pickle=False)
+    imat = stories_imatrix["hessian"]
+    out = str(tmp_path / "ext.lowbit")
+    cands = "+q4_ke,+q4_ke.h,+cbk4,+cbk4.h,+cbk2,+cbk2.h,+d4l2,+d4l2.h"
+    s = convert(STORIES, out, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=5.5,
+                candidates=cands)
+    assert s["bits_per_weight"] <= 5.5
+    f = LowbitFile(out)
+    recipe = f.metadata["provenance"]["recipe"]
+    assert recipe["target_bpw"]["candidates"] == target_bpw.parse_candidates(cands)
+    chosen = recipe["types"]
+    assert {n: f.tensors[n].type for n in chosen} == chosen          # the file holds its recorded mix
+    assert set(chosen.values()) & set(target_bpw.OPT_IN), chosen     # a new type is used somewhere
+    assert recipe["target_bpw"]["weight_bytes"] == sum(f.tensors[n].nbytes for n in chosen)
+    logits = lowbit.load(out).logits(ref["ids"].tolist())
+    default = str(tmp_path / "default.lowbit")
+    convert(STORIES, default, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=5.5)
+    err_default = LowbitFile(default).metadata["provenance"]["recipe"]["target_bpw"]["error"]
+    assert recipe["target_bpw"]["error"] <= err_default      # a superset of candidates never does worse
+    assert np.linalg.norm(logits - ref["logits"]) < 0.5 * np.linalg.norm(ref["logits"])
+
+    # only Huffman-coded types: every tensor .h (cbk2.h fits the 64-wide rows only; q4_ke.h stores any)
+    only_h = str(tmp_path / "only_h.lowbit")
+    s = convert(STORIES, only_h, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=8.0,
+                candidates="q4_ke.h,cbk2.h")
+    f = LowbitFile(only_h)
+    recipe = f.metadata["provenance"]["recipe"]
+    assert set(recipe["types"].values()) == {"q4_ke.h", "cbk2.h"} or set(recipe["types"].values()) == {"q4_ke.h"}
+    assert recipe["target_bpw"]["weight_bytes"] == sum(f.tensors[n].nbytes for n in recipe["types"])
+    # the encoded size is the tensor's own: same-shape weights code to different byte counts
+    sizes = {f.tensors[f"blk.{i}.attn_q.weight"].nbytes for i in range(5)
+             if f.tensors[f"blk.{i}.attn_q.weight"].type == "q4_ke.h"}
+    assert len(sizes) > 1
+    assert np.isfinite(lowbit.load(only_h).logits(ref["ids"].tolist())).all()
+
+
+def test_measure_cache_keeps_measurements_per_candidate(stories_imatrix, tmp_path, monkeypatch):
+    """Adding candidates measures only the new types; a cached .h entry keeps its per-tensor bytes."""
+    monkeypatch.setenv("LOWBIT_MEASURE_CACHE", str(tmp_path / "cache"))
+    imat = stories_imatrix["hessian"]
+    convert(STORIES, str(tmp_path / "a.lowbit"), "ignored", progress=False, log=lambda m: None, imatrix=imat,
+            target_bpw=6.0)
+    measured = []
+    real = target_bpw.output_error
+
+    def spy(qtype, *a, **k):
+        measured.append(qtype)
+        return real(qtype, *a, **k)
+    monkeypatch.setattr(target_bpw, "output_error", spy)
+    first = str(tmp_path / "b.lowbit")
+    convert(STORIES, first, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=6.0,
+            candidates="+q4_ke.h")
+    assert set(measured) == {"q4_ke.h"}
+    measured.clear()
+    again = str(tmp_path / "c.lowbit")
+    convert(STORIES, again, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=6.0,
+            candidates="+q4_ke.h")
+    assert measured == []
+    _same_file(first, again)
+    with pytest.raises(ConvertError, match="--candidates applies to --target-bpw only"):
+        convert(STORIES, str(tmp_path / "d.lowbit"), "q4_k", progress=False, log=lambda m: None, candidates="+cbk4")
+
+
+def test_cli_candidates(stories_imatrix, tmp_path):
+    out = str(tmp_path / "cli.lowbit")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6",
+                        "--imatrix", stories_imatrix["plain"], "--candidates", "q2_k,cbk4", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    types = set(LowbitFile(out).metadata["provenance"]["recipe"]["types"].values())
+    assert types <= {"q2_k", "cbk4"} and "cbk4" in types
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6",
+                        "--imatrix", stories_imatrix["plain"], "--candidates", "+q9_k"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 1 and "unknown type '+q9_k'" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", "convert", STORIES, "-o", out, "--target-bpw", "6",
+                        "--imatrix", stories_imatrix["plain"], "--candidates", "cbk2"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 1 and "fits none of the candidate types" in p.stderr and "Traceback" not in p.stderr

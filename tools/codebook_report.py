@@ -84,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--workdir", help="default /tmp/lowbit-quality/MODEL (quality_table's cache)")
     ap.add_argument("--kld", action="store_true", help="quality rows (tools/quality_table.py)")
     ap.add_argument("--no-imatrix", action="store_true", help="--kld: only rows without the imatrix")
+    ap.add_argument("--only-imatrix", action="store_true", help="--kld: only rows with the imatrix (where a type uses one)")
     ap.add_argument("--kld-types", help="--kld: only these of --types (a .h type's weights are its base's)")
     ap.add_argument("--huffman", action="store_true", help="Huffman saving and bit-identical check per .h file")
     ap.add_argument("--speed", action="store_true", help="lowbit bench generation tokens/s per file")
@@ -103,6 +104,8 @@ def main(argv=None):
                  "--json", os.path.join(work, "codebook-rows.json"), "--plot", os.path.join(work, "codebook-kld.png")]
         if args.no_imatrix:
             qargv.append("--no-imatrix")
+        if args.only_imatrix:
+            qargv.append("--only-imatrix")
         qt.main(qargv)
 
     variants = {"yes": [True], "no": [False], "both": [False, True]}[args.imatrix]

@@ -10,7 +10,8 @@ the first 60 chunks of 512 tokens of the model's eval text. The imatrix is compu
     python tools/frontier_table.py pychat-30m --points q3_k_m,q3_k_m+gptq,bpw4.25
 
 Point syntax: TYPE_OR_MIX (imatrix, no GPTQ), TYPE_OR_MIX+gptq (imatrix with GPTQ), bpwX
-(--target-bpw X, GPTQ). bits/weight = file bytes x 8 / checkpoint weights (llama.cpp's
+(--target-bpw X, GPTQ), bpwX+T1+T2 (--target-bpw X --candidates +T1,+T2: the default k-quants plus
+those types; bpwX+all: plus every opt-in type). bits/weight = file bytes x 8 / checkpoint weights (llama.cpp's
 definition in ../shared/baselines/llamacpp.md).
 """
 import argparse
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import lowbit  # noqa: E402
 from lowbit import imatrix as imx, perplexity  # noqa: E402
+from lowbit.format import LowbitFile  # noqa: E402
 from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, converter_version,  # noqa: E402
                            hf_weights, llamacpp_rows, log_quiet)
 
@@ -38,7 +40,11 @@ LLAMACPP_TYPES = ("IQ2_XS", "IQ3_XXS", "Q4_K_M")
 def parse_point(p: str):
     """-> (label, kwargs for converters.convert)."""
     if p.startswith("bpw"):
-        return p, {"qtype": "q8_0", "target_bpw": float(p[3:]), "gptq": True}
+        target, *extra = p[3:].split("+")
+        kw = {"qtype": "q8_0", "target_bpw": float(target), "gptq": True}
+        if extra:
+            kw["candidates"] = ",".join("+" + t for t in extra)
+        return p, kw
     name, _, opt = p.partition("+")
     if opt not in ("", "gptq"):
         raise SystemExit(f"bad point {p!r}: expected TYPE, TYPE+gptq or bpwX")
@@ -53,7 +59,7 @@ def convert_point(model_dir, out, kw, imatrix_path):
         return
     t = time.perf_counter()
     convert(model_dir, out, kw["qtype"], progress=False, log=log_quiet, imatrix=imatrix_path, gptq=kw["gptq"],
-            target_bpw=kw.get("target_bpw"))
+            target_bpw=kw.get("target_bpw"), candidates=kw.get("candidates"))
     json.dump(key, open(stamp, "w"))
     print(f"converted {os.path.basename(out)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
@@ -107,11 +113,13 @@ def main(argv=None):
         size = os.path.getsize(out)
         row = {"point": label, "bytes": size, "bits_per_weight": size * 8 / n_weights, "ppl": r.scored.ppl,
                "ppl_uncertainty": r.scored.ppl_uncertainty, "kld_mean": r.kld["mean"],
-               "kld_uncertainty": r.kld["mean_uncertainty"], "kld_p99": r.kld["p99"], "top1": r.kld["same_top"]}
+               "kld_uncertainty": r.kld["mean_uncertainty"], "kld_p99": r.kld["p99"], "top1": r.kld["same_top"],
+               "tensor_types": LowbitFile(out).metadata["provenance"]["recipe"]["tensor_types"]}
         rows.append(row)
         done[key] = row
         json.dump(done, open(done_path, "w"), indent=1)
-        print(f"{label}: {row['bits_per_weight']:.3f} bpw, KLD {row['kld_mean']:.6f}", file=sys.stderr)
+        print(f"{label}: {row['bits_per_weight']:.3f} bpw, KLD {row['kld_mean']:.6f}, types {row['tensor_types']}",
+              file=sys.stderr)
     report(args.model, text_name, args.chunks, n_weights, rows)
     if args.json:
         json.dump({"model": args.model, "chunks": args.chunks, "n_weights": n_weights, "rows": rows},
@@ -120,7 +128,8 @@ def main(argv=None):
 
 def describe(label):
     if label.startswith("bpw"):
-        return f"--target-bpw {label[3:]} (GPTQ)"
+        target, *extra = label[3:].split("+")
+        return f"--target-bpw {target}{' --candidates ' + ','.join('+' + t for t in extra) if extra else ''} (GPTQ)"
     name, _, opt = label.partition("+")
     return f"{name}, imatrix{' + GPTQ' if opt else ''}"
 

@@ -155,13 +155,21 @@ def main(argv=None):
     ap.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512)")
     ap.add_argument("--types", help="comma-separated types/mixes (default: every type and mix found)")
     ap.add_argument("--no-imatrix", action="store_true", help="skip the imatrix rows")
+    ap.add_argument("--only-imatrix", action="store_true",
+                    help="skip the rows without imatrix of the types that use one")
     ap.add_argument("--imatrix-chunks", type=int, default=100,
                     help=f"chunks of {CALIB_TEXT} for the imatrix (default 100; llama.cpp's baseline used all)")
     ap.add_argument("--workdir", default=None, help="cache folder (default /tmp/lowbit-quality/MODEL)")
     ap.add_argument("--plot", help="PNG of mean KLD against bits/weight (default WORKDIR/kld.png)")
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--from-json", metavar="JSON", help="only print the table and draw the plot of a saved --json")
+    ap.add_argument("--from-docs", metavar="DIR", help="only draw the plot (--plot) of the tables published in DIR "
+                    "(quality-, codebook- and frontier-MODEL.md), e.g. docs/results")
     args = ap.parse_args(argv)
+    if args.from_docs:
+        plot(args.model, None, args.plot or os.path.join(args.from_docs, f"quality-{args.model}.png"),
+             points=doc_points(args.model, args.from_docs))
+        return
     if args.from_json:
         d = json.load(open(args.from_json))
         report(d["model"], d["text"], d["rows"], d["chunks"], d["ctx"], d["n_weights"])
@@ -207,7 +215,8 @@ def main(argv=None):
     done_path = os.path.join(work, "rows.json")   # finished rows: an interrupted run resumes
     done = json.load(open(done_path)) if os.path.exists(done_path) else {}
     for name in names:
-        for with_imatrix in ([False, True] if want_imatrix and uses_imatrix(name) else [False]):
+        variants = [False, True] if want_imatrix and uses_imatrix(name) else [False]
+        for with_imatrix in (variants[1:] if args.only_imatrix and len(variants) > 1 else variants):
             out = os.path.join(work, f"{args.model}-{name}{'-imatrix' if with_imatrix else ''}.lowbit")
             key = (f"{name}|{with_imatrix}|{os.path.basename(base)}|{os.path.basename(imatrix_path or '')}|"
                    f"{args.row_chunks}|{converter_version()}")
@@ -256,7 +265,87 @@ def _small(x, digits):
     return f"{x:.{digits}f}" if x == 0 or x >= 10 ** -digits else f"{x:.1e}"
 
 
-def plot(model, rows, path):
+# Marker series of the plot: (label, color, marker); quality rows are split by type family.
+SERIES = {
+    "kquant": ("lowbit k-quants / mixes", "tab:blue", "o"),
+    "q4_ke": ("lowbit q4_ke", "tab:orange", "X"),
+    "codebook": ("lowbit codebook (cbk2, cbk4, d4l2, cb* mixes)", "tab:green", "D"),
+    "huffman": ("lowbit Huffman-coded .h", "tab:purple", "P"),
+    "gptq": ("lowbit mix + GPTQ", "tab:cyan", "<"),
+    "target": ("lowbit --target-bpw (k-quants)", "black", "*"),
+    "target_new": ("lowbit --target-bpw + new types", "tab:pink", "*"),
+}
+CODEBOOK_MIXES = ("cb2_s", "cb2_m", "cb3_m")
+
+
+def family(name: str) -> str:
+    """The plot series of a quality row's type or mix name."""
+    from lowbit.quants import vq
+    if name.endswith(".h"):
+        return "huffman"
+    if name in vq.PARAMS or name in CODEBOOK_MIXES:
+        return "codebook"
+    return "q4_ke" if name == "q4_ke" else "kquant"
+
+
+def _float(cell):
+    try:
+        return float(cell.replace("*", "").split("±")[0].split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def doc_points(model: str, folder: str) -> list:
+    """Plot points {series, label, imatrix, bits_per_weight, kld_mean} from the published tables in
+    `folder` (quality-MODEL.md, codebook-MODEL.md, frontier-MODEL.md): every table with a bits/weight
+    and a mean KLD column; llama.cpp rows are left out (they come from the baselines file)."""
+    import re
+    pts, seen = [], set()
+    for kind in ("quality", "codebook", "frontier"):
+        path = os.path.join(folder, f"{kind}-{model}.md")
+        if not os.path.exists(path):
+            continue
+        header = None
+        for line in open(path, encoding="utf-8"):
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = [c.lower() for c in cells]
+                continue
+            if set(cells[0]) <= set("-: ") or not {"bits/weight", "mean kld"} <= set(header):
+                continue
+            row = dict(zip(header, cells))
+            name = re.sub(r"\*\*", "", cells[0]).strip()
+            bpw, kld = _float(row["bits/weight"]), _float(row["mean kld"])
+            if bpw is None or kld is None or kld <= 1e-8 or name.startswith("llama.cpp"):
+                continue
+            imat = row.get("imatrix", "yes").startswith("yes")
+            if name.startswith("lowbit "):            # frontier rows
+                what = name[len("lowbit "):]
+                if what.startswith("--target-bpw"):
+                    series = "target_new" if "--candidates" in what else "target"
+                    label = "bpw " + what.split()[1] + (" +new" if "--candidates" in what else "")
+                elif "GPTQ" in what:
+                    series, label = "gptq", what.split(",")[0]
+                else:
+                    continue                           # plain mixes: already quality rows
+            else:
+                typ = name.split()[0]
+                series = "gptq" if "GPTQ" in name else family(typ)
+                label = typ
+            key = (series, label, imat, round(bpw, 3))
+            if key not in seen:
+                seen.add(key)
+                pts.append({"series": series, "label": label, "imatrix": imat, "bits_per_weight": bpw,
+                            "kld_mean": kld})
+    return pts
+
+
+def plot(model, rows, path, points=None):
+    """KLD against bits/weight: quality `rows` (this run's) or `points` (doc_points) by series, with
+    llama.cpp's points. Hollow markers: without imatrix."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -264,16 +353,25 @@ def plot(model, rows, path):
     except ImportError:
         print("matplotlib is not installed (pip install '.[tools]'): no plot", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ours = [r for r in rows if r["kld_mean"] > 1e-8]   # lossless rows (F16, BF16 of a BF16 checkpoint) off the log axis
-    for imat, marker in ((False, "o"), (True, "s")):
-        pts = [r for r in ours if r["imatrix"] == imat]
-        if pts:
-            ax.scatter([r["bits_per_weight"] for r in pts], [r["kld_mean"] for r in pts], marker=marker,
-                       color="tab:blue", label=f"lowbit{' + imatrix' if imat else ''}")
-            for r in pts:
-                ax.annotate(r["type"], (r["bits_per_weight"], r["kld_mean"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points", color="tab:blue")
+    if points is None:
+        points = [{"series": family(r["type"]), "label": r["type"], "imatrix": r["imatrix"],
+                   "bits_per_weight": r["bits_per_weight"], "kld_mean": r["kld_mean"]} for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    ours = [p for p in points if p["kld_mean"] > 1e-8]   # lossless rows (F16, BF16 of a BF16 checkpoint) off the log axis
+    for key, (label, color, marker) in SERIES.items():
+        pts = [p for p in ours if p["series"] == key]
+        if not pts:
+            continue
+        size = 90 if marker == "*" else 30
+        for imat in (True, False):
+            sub = [p for p in pts if p["imatrix"] == imat]
+            if sub:
+                ax.scatter([p["bits_per_weight"] for p in sub], [p["kld_mean"] for p in sub], marker=marker, s=size,
+                           color=color if imat else "none", edgecolors=color, linewidths=1,
+                           label=label + ("" if imat else " (no imatrix)"))
+        for p in pts:
+            ax.annotate(p["label"], (p["bits_per_weight"], p["kld_mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color=color)
     ref = []
     for r in llamacpp_rows(model):
         try:
@@ -286,7 +384,7 @@ def plot(model, rows, path):
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color="tab:red",
                        label=f"llama.cpp b4747{' + imatrix' if imat else ''}")
             for p in pts:
-                ax.annotate(p[2], (p[0], p[1]), fontsize=7, xytext=(3, -8), textcoords="offset points",
+                ax.annotate(p[2], (p[0], p[1]), fontsize=6, xytext=(3, -8), textcoords="offset points",
                             color="tab:red")
     ax.set_xscale("linear")
     ax.set_yscale("log")
@@ -294,7 +392,7 @@ def plot(model, rows, path):
     ax.set_ylabel("mean KL(F16 || quantized)")
     ax.set_title(f"{model}: KL divergence against size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")  # low bits and low KLD: the empty corner
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}", file=sys.stderr)

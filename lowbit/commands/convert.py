@@ -7,6 +7,7 @@ import sys
 def register(sub):
     from .. import quants
     from converters.recipes import MIXES
+    from converters.target_bpw import CANDIDATES_HELP
     types = [t for t in quants.TYPES if t != "u8"]
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint folder to a .lowbit file",
                        description="Convert a Hugging Face checkpoint folder (config.json, *.safetensors, "
@@ -25,8 +26,9 @@ def register(sub):
                    help="ignore the imatrix file's covariance matrices (plain per-block fits instead of GPTQ "
                         "error feedback)")
     p.add_argument("--target-bpw", type=float, metavar="X",
-                   help="choose a type per weight (q2_k..q6_k, q8_0) for a file of at most X bits per checkpoint "
-                        "weight, minimizing the measured output error; needs --imatrix; -t is ignored")
+                   help="choose a type per weight (q2_k..q6_k, q8_0, or --candidates) for a file of at most X bits "
+                        "per checkpoint weight, minimizing the measured output error; needs --imatrix; -t is ignored")
+    p.add_argument("--candidates", metavar="LIST", help=CANDIDATES_HELP)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(args):
     tag = f"bpw{args.target_bpw:g}" if args.target_bpw is not None else args.type
     out = args.output or f"{os.path.basename(os.path.normpath(args.source))}-{tag}.lowbit"
     summary = convert(args.source, out, args.type, progress=True, overrides=args.override, imatrix=args.imatrix,
-                      gptq=args.gptq, target_bpw=args.target_bpw)
+                      gptq=args.gptq, target_bpw=args.target_bpw, candidates=args.candidates)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
