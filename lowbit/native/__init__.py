@@ -123,22 +123,16 @@ class NativeMatmul:
         """The C view of one weight (keeps what it points at alive in ._keep). Codebook types: raw
         is the whole tensor's bytes (or `bound`, its vq.Bound, is given)."""
         ffi, lib = library(self.level)
-        w = ffi.new("lb_weight *")
-        keep = []
+        rows_raw = raw
         if self.type_name in CODEBOOK_TYPES:
             bound = bound if bound is not None else bind_codebook(self.type_name, raw, cols)
-            fill_codebook(ffi, lib, w, self.type_id, bound, cols, keep)
-            raw = bound.raw
-        rows = raw.shape[0]
-        if lib.lb_row_bytes(self.type_id, cols) * rows != raw.nbytes:
-            raise ValueError(f"{self.type_name}: {raw.nbytes} bytes do not hold {rows} rows of {cols}")
-        w.type, w.rows, w.cols = self.type_id, rows, cols
-        w.data = ffi.cast("const uint8_t *", ffi.from_buffer(raw))
-        keep.append(raw)
-        if bias is not None:
-            bias = np.ascontiguousarray(bias, np.float32)
-            w.bias = ffi.cast("const float *", ffi.from_buffer(bias))
-            keep.append(bias)
+            rows_raw = bound.raw
+        rows = rows_raw.shape[0]
+        if lib.lb_row_bytes(self.type_id, cols) * rows != rows_raw.nbytes:
+            raise ValueError(f"{self.type_name}: {rows_raw.nbytes} bytes do not hold {rows} rows of {cols}")
+        w = ffi.new("lb_weight *")
+        keep = []
+        fill_weight(ffi, w, self.type_name, raw, cols, bias, keep, bound=bound, level=self.level)
         return _Weight(w, keep)
 
     def __call__(self, raw, x, y, cols=None, bias=None, accumulate=False):
