@@ -20,7 +20,7 @@ needs_gpu = pytest.mark.skipif(not _ok, reason=f"needs an NVIDIA GPU and nvcc: {
 # relative L2 error of GPU logits vs the CPU runtime's (fp16 KV cache, fp32 sums in another order,
 # 8-bit activations: the CPU quantizes the input of every q8_0 / k-quant matmul, q8_0 or q8_K
 # blocks, the GPU only for q4_k/q6_k decode, q8_K like the CPU); random-weight models have larger
-# activations and amplify that rounding more than trained ones. Measured on an H100 (NOTES.md v7):
+# activations and amplify that rounding more than trained ones. Measured on an H100 (docs/history/cuda-notes.md v7):
 # trained models 0.93-1.52e-2 (the unchanged float prefill path alone 0.93-1.24e-2: the CPU's
 # 8-bit activations, not the GPU), random models up to 4.1e-2 (prefill alone up to 2.7e-2).
 TOL = 2e-2

@@ -9,6 +9,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,10 +20,17 @@ from lowbit.format import LowbitFile  # noqa: E402
 
 
 
-def d2d_bandwidth(rt, nbytes=1 << 30, iters=50):
-    """Bytes read + bytes written per second by a large cudaMemcpy D2D (the usual convention)."""
-    ms = rt.ffi.new("float*")
-    rt.call("lb_bench_d2d", nbytes, iters, ms)
+def d2d_bandwidth(nbytes=1 << 30, iters=50):
+    """Bytes read + bytes written per second by a large cudaMemcpy D2D (the usual convention), timed
+    by tools/cuda_d2d.cu: a benchmark entry point built beside the tool, not in the shipped library."""
+    from cffi import FFI
+    from lowbit.cuda.build import library
+    ffi = FFI()
+    ffi.cdef("int lb_bench_d2d(size_t bytes, int iters, float* ms_per_copy); const char* lb_bench_last_error(void);")
+    lib = ffi.dlopen(str(library(source=Path(__file__).with_name("cuda_d2d.cu"), name="liblowbit_cuda_d2d.so")))
+    ms = ffi.new("float*")
+    if lib.lb_bench_d2d(nbytes, iters, ms) != 0:
+        raise RuntimeError(f"lb_bench_d2d failed: {ffi.string(lib.lb_bench_last_error()).decode()}")
     return 2 * nbytes / (ms[0] * 1e-3)
 
 
@@ -86,7 +94,7 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     rt = get_runtime()
-    bw = d2d_bandwidth(rt)
+    bw = d2d_bandwidth()
     print(f"device: {rt.describe()}")
     print(f"cudaMemcpy D2D (1 GiB, read+write counted): {bw / 1e9:.0f} GB/s")
     rows = []

@@ -14,7 +14,7 @@ tail -4 $OUT/build.log
 mkdir -p /tmp/models && cp models/*.lowbit /tmp/models/ 2>/dev/null; for g in models/*.gz; do [ -e "$g" ] && gunzip -c $g > /tmp/models/$(basename $g .gz).lowbit; done; ls /tmp/models
 mkdir -p ../shared/models   # tests/conftest.py wants the shared world's folder; the GPU tests read /tmp/models
 MODE=${1:-all}
-AB=${AB:-}   # more A/B settings for the bench, e.g. AB="LOWBIT_CUDA_BPSM=2 LOWBIT_CUDA_BPSM=8,LOWBIT_CUDA_L2PF=0" (commas join variables)
+AB=${AB:-}   # more settings for the bench, e.g. AB="LOWBIT_CUDA_PDL=0 LOWBIT_CUDA_MMA=0,LOWBIT_CUDA_PDL=0" (commas join variables)
 if [ "$MODE" != test ]; then   # random 7B-shape models, made while the tests run
   ( python3 tools/make_random_lowbit.py /tmp/q8_0.lowbit --type q8_0 2>&1 | tail -1 ) > $OUT/make.log &
   ( python3 tools/make_random_lowbit.py /tmp/q4_k_m.lowbit --type q4_k_m 2>&1 | tail -1 ) >> $OUT/make.log &

@@ -59,10 +59,10 @@ def main():
                      ("rmsnorm", lambda: lib.lb_rmsnorm(m.x, L["attn_norm"], m.h, 1, dim, c.rms_norm_eps, 0, 0)),
                      ("rope+kv store", lambda: lib.lb_rope_store(m.q, m.qdim, m.k, m.v, m.kvdim, m.cos, m.sin, cache.k, cache.v, m.io, 1, H, KVH, D)),
                      (f"attention @pos {a.pos}", lambda: lib.lb_attention(m.q, cache.k, cache.v, m.att, m.io, 1, H, KVH, D)),
-                     (f"rope+store+attention+quantize (decode, fused) @pos {a.pos}",
-                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, m.xq, m.xq_cap, m.att_count, m.att_part)),
+                     (f"rope+store+attention, then quantize (decode) @pos {a.pos}",
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, m.xq, m.xq_cap)),
                      (f"rope+store+attention (decode, fused) @pos {a.pos}",
-                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, 0, 0, 0, m.att_part))):
+                      lambda: lib.lb_rope_attention(m.q, m.k, m.v, m.cos, m.sin, cache.k, cache.v, m.att, m.io, H, KVH, D, 0, 0))):
         rows.append((name, timed(rt, lambda: rt.check(fn(), name)), None))
     # the whole captured decode step, replayed
     m.forward([1], cache)

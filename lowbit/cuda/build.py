@@ -55,15 +55,16 @@ def cache_dir():
     return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit") / "cuda"
 
 
-def library(verbose=False) -> Path:
-    """Path of the built library, building it first when the cache has none."""
+def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
+    """Path of the built library, building it first when the cache has none. `source`/`name`: another
+    single-file .cu built the same way (tools/cuda_d2d.cu for tools/bench_cuda.py)."""
     arch = gpu_arch()
     nvcc = find_nvcc()
     if nvcc is None:
         raise CudaUnavailable("nvcc (the CUDA compiler) was not found: install the CUDA toolkit or set LOWBIT_NVCC")
-    src = SOURCE.read_bytes()
+    src = Path(source).read_bytes()
     key = hashlib.sha256(src).hexdigest()[:16]
-    out = cache_dir() / f"cuda{cuda_version(nvcc)}-sm{arch}-{key}" / LIB_NAME
+    out = cache_dir() / f"cuda{cuda_version(nvcc)}-sm{arch}-{key}" / name
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -71,13 +72,13 @@ def library(verbose=False) -> Path:
     os.close(fd)
     cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-gencode=arch=compute_{arch},code=compute_{arch}",
-           "-o", tmp, str(SOURCE)]
+           "-o", tmp, str(source)]
     if verbose:
         print("lowbit: building the CUDA kernels:", " ".join(cmd), file=sys.stderr)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
-            raise CudaUnavailable(f"nvcc failed to build {SOURCE.name}:\n{r.stderr[-4000:]}")
+            raise CudaUnavailable(f"nvcc failed to build {Path(source).name}:\n{r.stderr[-4000:]}")
         os.replace(tmp, out)   # atomic: a concurrent or interrupted build never leaves half a library
     finally:
         if os.path.exists(tmp):

@@ -52,7 +52,6 @@ typedef struct {
     int32_t xq_ready;              // decode: x is already quantized in xq (by lb_rmsnorm); else lb_gemv quantizes it
     uint64_t xq;                   // decode: q8_K activation buffer (see XQ layout below), 0 = float path only
     int32_t xq_cap;                // its capacity in 256-blocks
-    int32_t l2pf;                  // dp4a decode: row groups per block prefetched into L2 ahead (set by lb_gemv)
 } lb_job;
 
 // XQ: one token's activations quantized like GGML's q8_K (what the CPU runtime does for k-quants):
@@ -65,35 +64,18 @@ __host__ __device__ __forceinline__ size_t xq_d_off(int cap) { return (size_t)ca
 
 static char g_err[512];
 static cudaStream_t g_stream = 0;
-#define LB_ATT_SPLIT_MAX 8
-static bool g_pdl = true;       // programmatic dependent launch (LOWBIT_CUDA_PDL=0 turns it off)
-static bool g_dp4a = true;      // q4_k/q6_k decode with q8_K activations and dp4a (LOWBIT_CUDA_DP4A=0 turns it off)
-static bool g_dp4a_q6k = true;  // LOWBIT_CUDA_DP4A_Q6K=0: q6_k decode keeps the float path
+// Kill switches, read once by lb_init (docs list them with the other LOWBIT_* variables):
+static bool g_pdl = true;       // LOWBIT_CUDA_PDL=0: no programmatic dependent launch (to rule it out when a kernel misbehaves)
+static bool g_dp4a = true;      // LOWBIT_CUDA_DP4A=0: q4_k/q6_k decode on float activations (the float GEMV, to bisect a dp4a mismatch)
+static bool g_mma = true;       // LOWBIT_CUDA_MMA=0: prompt passes on the batched GEMV instead of tensor cores (to bisect a GEMM mismatch)
+static int g_mma_min = 96;      // LOWBIT_CUDA_MMA_MIN: the shortest prompt pass run on tensor cores (shorter ones are faster
+                                // on the batched GEMV; tests lower it to reach the GEMM with small models)
 static int g_sms = 132;
-static int g_bpsm = 4;          // dp4a decode GEMVs: persistent blocks per SM (LOWBIT_CUDA_BPSM, 1..8)
-static int g_q4k_split = 4;
-static int g_l2pf = 0;          // dp4a decode GEMVs: row groups per block prefetched into L2 ahead (LOWBIT_CUDA_L2PF; > 0: one
-                                // bulk request by thread 0, < 0: a line per thread; 0 = off, the default: see NOTES v9)
-static int g_att_threads = 512; // decode attention: threads per block (LOWBIT_CUDA_ATT_NT=256|512)
-static bool g_att_pv16 = true;  // decode attention P.V: 16 positions' value loads in flight per warp (LOWBIT_CUDA_ATT_PV16=0: 8)
-static int g_norm_mb = 256;     // decode RMSNorm: a block of this many threads per 256 outputs, each summing the whole row
-                                // (LOWBIT_CUDA_NORM_MB=128|256; 0: one 1024-thread block, rmsnorm_kernel)
-static int g_qx_wpb = 1;        // quant_x_kernel: warps (256-blocks) per block (LOWBIT_CUDA_QX_WPB=1|2|4; small blocks start sooner)
-static bool g_att_q = false;    // wo's input quantized by the decode attention's last block (LOWBIT_CUDA_ATT_Q=1) or, the default
-                                // (measured faster, NOTES v10), by a quant_x_kernel launch of one-warp blocks after it
-static int g_att_split = 0;     // decode attention: blocks per head over the positions, merged in wo's quant_x launch
-                                // (LOWBIT_CUDA_ATT_SPLIT=1..8; 0, the default: attn_decode_kernel, one block per head)
-static bool g_att_ke = true;    // decode attention (512 threads, PV16): first-tile keys and first P.V values loaded
-                                // before the PDL wait (LOWBIT_CUDA_ATT_KE=0: off)
-static int g_att_snt = 128;     // attn_split_kernel threads per block (LOWBIT_CUDA_ATT_SNT=128|256)
-static bool g_argmax_fuse = false; // greedy decode: argmax folded into a q6_k output GEMV (LOWBIT_CUDA_ARGMAX_FUSE=1)
-static bool g_att_pf = true;    // decode attention: cached keys/values prefetched into L2 before the PDL wait (LOWBIT_CUDA_ATT_PF=0: off)
-static int g_rows_q4 = 8;       // dp4a decode rows per group: q4_k modes 0/1 (LOWBIT_CUDA_ROWS_Q4=4|8|16),
-static int g_rows_gu = 4;       // q4_k gate/up (LOWBIT_CUDA_ROWS_GU=4|8, rows of each matrix),
-static int g_rows_q6 = 8;       // q6_k (LOWBIT_CUDA_ROWS_Q6=4|8|16)
-static bool g_mma = true;       // prompt passes of >= g_mma_min tokens on tensor cores (LOWBIT_CUDA_MMA=0: batched GEMV)
-static int g_mma_min = 96;      // LOWBIT_CUDA_MMA_MIN: below ~90 tokens the batched GEMV is faster on a 7B (NOTES v12)
-static bool g_fuse46 = true;    // q4_k and q6_k matrices of one job in one launch (LOWBIT_CUDA_FUSE46=0: a launch per type)     // K slices per q4_k row group in decode (LOWBIT_CUDA_Q4K_SPLIT=0: one warp per group)
+// Decode geometry (the measured winners, docs/history/cuda-notes.md): persistent blocks per SM of the
+// dp4a GEMVs, rows per group of the q4_k (modes 0/1), q4_k gate/up and q6_k dp4a GEMVs, decode
+// attention threads per block and P.V positions in flight per warp, decode RMSNorm threads per block.
+constexpr int DP4A_BPSM = 4, ROWS_Q4 = 8, ROWS_GU = 4, ROWS_Q6 = 8;
+constexpr int ATT_THREADS = 512, ATT_PVU = 16, NORM_MB = 256;
 
 static int fail(const char* what, cudaError_t e) {
     snprintf(g_err, sizeof g_err, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
@@ -120,15 +102,7 @@ __device__ __forceinline__ void pdl_launch() {
 #endif
 }
 
-// Hint: bring bytes [p, p + n) into L2 (n and p 16-byte multiples), one bulk (TMA) request that
-// occupies no registers; the GEMVs use it to read further ahead than their registers allow,
-// above all while the previous kernel (RMSNorm, attention) leaves the memory idle.
-__device__ __forceinline__ void l2_prefetch(const void* p, uint32_t n) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (n) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(n) : "memory");
-#endif
-}
-
+// Hint: bring the 128-byte line at p into L2 (decode attention prefetches the cached keys/values).
 __device__ __forceinline__ void l2_prefetch_line(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
@@ -749,25 +723,22 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
 // One 256-block of x -> XQ, by one warp: the block's first n values (n < 256: a row's tail block,
 // zero-padded like the CPU's), lane l quantizing positions 8l..8l+7 with the CPU runtime's
 // arithmetic (amax/127 divided exactly, 1/d exactly, x*inv rounded to nearest even: adding
-// 1.5*2^23 leaves the integer in the low bits). CG: read x through L2 only (written by other
-// blocks of the running grid, so L1 may hold stale lines).
-template <bool CG>
+// 1.5*2^23 leaves the integer in the low bits).
 __device__ __forceinline__ void load8(const float* x, int b, int n, int lane, float* v) {   // x[256b + 8lane..+7], 0 past n
     const float* p = x + 256 * b + 8 * lane;
     if (n >= 256) {
-        const float4 a = CG ? __ldcg(reinterpret_cast<const float4*>(p)) : *reinterpret_cast<const float4*>(p);
-        const float4 c4 = CG ? __ldcg(reinterpret_cast<const float4*>(p + 4)) : *reinterpret_cast<const float4*>(p + 4);
+        const float4 a = *reinterpret_cast<const float4*>(p);
+        const float4 c4 = *reinterpret_cast<const float4*>(p + 4);
         v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = c4.x; v[5] = c4.y; v[6] = c4.z; v[7] = c4.w;
     } else {
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = 8 * lane + i < n ? (CG ? __ldcg(p + i) : p[i]) : 0.f;
+        for (int i = 0; i < 8; i++) v[i] = 8 * lane + i < n ? p[i] : 0.f;
     }
 }
 __device__ __forceinline__ void quant_x_vals(const float* v, int b, int lane, uint8_t* xq, int cap);
-template <bool CG = false>
 __device__ __forceinline__ void quant_x_block(const float* x, int b, int n, int lane, uint8_t* xq, int cap) {
     float v[8];
-    load8<CG>(x, b, n, lane, v);
+    load8(x, b, n, lane, v);
     quant_x_vals(v, b, lane, xq, cap);
 }
 // the quantization of one block whose values lane l holds at positions 8l..8l+7 (zeros past the row)
@@ -847,32 +818,9 @@ __global__ void quant_x_kernel(const float* __restrict__ x, int cols, uint8_t* _
 // matrices (groups laid end to end, counts in job.wcnt), so a block does several groups and the
 // next group's first weight loads are issued before the current group is reduced (persistent,
 // software pipelined). Tail blocks (cols % 256) are done by the first warp (tail_dot_q8).
-// Row group g's weight bytes (its 4 rows are contiguous; M == 2: in both matrices) into L2:
-// job.l2pf > 0: one bulk request (thread 0 calls), < 0: a 128-byte line per thread (all call).
-template <int M>
-__device__ __forceinline__ void l2_prefetch_group(const lb_job& job, int g, int total) {
-    if (g >= total) return;
-    const int g0 = job.wcnt[0], g1 = job.wcnt[1];
-    const int mi = (M == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
-    const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
-    const lb_mat& m = job_mat(job, mi);
-    const int r0 = 4 * gl;
-    const size_t off = (size_t)r0 * m.body_row;
-    const uint32_t n = (uint32_t)(min(4, m.rows - r0) * m.body_row);
-    if (job.l2pf < 0) {
-        for (uint32_t i = 128 * threadIdx.x; i < n; i += 128 * blockDim.x) {
-            l2_prefetch_line((const uint8_t*)m.body + off + i);
-            if (M == 2) l2_prefetch_line((const uint8_t*)job.m[1].body + off + i);
-        }
-        return;
-    }
-    l2_prefetch((const uint8_t*)m.body + off, n);
-    if (M == 2) l2_prefetch((const uint8_t*)job.m[1].body + off, n);
-}
-
 // Slots: M row sets of 4 rows loaded side by side; H = slots per matrix (a group is 4H rows of
 // each of its M / H matrices: H = 1, M = 1: 4 rows; M = 2, H = 1: gate/up; H = M: 4M rows of one
-// matrix). Bigger groups mean fewer reductions and barriers per byte (NOTES v9).
+// matrix). Bigger groups mean fewer reductions and barriers per byte (docs/history/cuda-notes.md, v9).
 template <int M, int H>
 __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0, int lane, const uint8_t** p, int& mi, int& grow) {
     constexpr int NM = M / H;
@@ -921,14 +869,10 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     int g = bid, mi = 0, grow = 0;
     const uint8_t* p[M] = {};
     if (g < total) { q4k_group_ptrs<M, H>(job, g, kb0, lane, p, mi, grow); Q4Q_LOAD(hd, q, p, 0) }
-    const int pf = (H > 1 || M > 2) ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
-    const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
-    if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<M>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
-        if (pf_here && pf) l2_prefetch_group<M>(job, g + (pf + 1) * nblk, total);
         const uint8_t* n[M] = {};
         int nmi = 0, ngrow = 0;
         if (gn < total) q4k_group_ptrs<M, H>(job, gn, kb0, lane, n, nmi, ngrow);
@@ -1036,11 +980,7 @@ __device__ __forceinline__ void q6k_group_ptrs(const lb_job& job, int g, int kb0
     }
 }
 
-// ARG (the fused greedy argmax; mode 0, no bias): lane l < 4P of warp 0 keeps in am_best[l] the
-// largest argmax_key of the values it stored (shared memory: no registers live across the loop)
-__device__ __forceinline__ unsigned long long argmax_key(float v, int i);
-__shared__ unsigned long long am_best[32];
-template <int P, bool ARG = false>
+template <int P>
 __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, const int nblk) {
     constexpr int U = P == 1 ? 4 : P == 2 ? 2 : 1;
     __shared__ float red[2][GEMV_WARPS][4][P];
@@ -1073,14 +1013,10 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
     const uint8_t* p0[P] = {};
     const uint16_t* dp[P] = {};
     if (g < total) { q6k_group_ptrs<P>(job, g, kb0, lane, p0, dp, mi, grow); Q6Q_LOAD(qa, qb, qh, sc, db, p0, dp, 0) }
-    const int pf = P > 1 ? 0 : job.l2pf < 0 ? -job.l2pf : job.l2pf;
-    const bool pf_here = job.l2pf < 0 || threadIdx.x == 0;
-    if (pf_here) for (int k = 1; k <= pf; k++) l2_prefetch_group<1>(job, g + k * nblk, total);
     pdl_wait();
     int par = 0;
     for (; g < total; g += nblk) {
         const int gn = g + nblk;
-        if (pf_here && pf) l2_prefetch_group<1>(job, g + (pf + 1) * nblk, total);
         const uint8_t* n0[P] = {};
         const uint16_t* ndp[P] = {};
         int nmi = 0, ngrow = 0;
@@ -1145,7 +1081,6 @@ __device__ __forceinline__ void q6k_q8_blocks(const lb_job& job, const int bid, 
 #pragma unroll
                 for (int w = 0; w < GEMV_WARPS; w++) sa += red[par][w][r][h];
                 gemv_store(job, mi, grow + 4 * h + r, 0, sa, 0.f);
-                if (ARG) { const unsigned long long k = argmax_key(sa, grow + 4 * h + r); if (k > am_best[lane]) am_best[lane] = k; }
             }
         }
         par ^= 1;
@@ -1170,27 +1105,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q46_q8_kernel(const l
     pdl_launch();
     if ((int)blockIdx.x < nb4) q4k_q8_blocks<2, 2>(j4, blockIdx.x, nb4);
     else q6k_q8_blocks<2>(j6, blockIdx.x - nb4, gridDim.x - nb4);
-}
-
-// The output GEMV (one q6_k matrix, no bias) of a greedy decode step with the argmax folded in:
-// each block atomicMax'es the best key of its rows into state[0] once, after its last group (no
-// fence inside the pipelined loop), and the last block to finish publishes the token as
-// argmax_kernel does (which this saves: a launch and a 128 KB read of the logits).
-__device__ __forceinline__ void argmax_publish(unsigned long long* state, int32_t* io, int32_t* out, unsigned int nblocks);
-template <int P>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, 4) gemv_q6k_q8_argmax_kernel(const lb_job job, unsigned long long* state, int32_t* io, int32_t* out) {
-    pdl_launch();
-    if (threadIdx.x < 32) am_best[threadIdx.x] = 0;   // (warp 0 alone writes it later)
-    q6k_q8_blocks<P, true>(job, blockIdx.x, gridDim.x);
-    if (threadIdx.x >= 32) return;
-    __syncwarp();
-    unsigned long long best = am_best[threadIdx.x];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) { unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o); best = t > best ? t : best; }
-    if (threadIdx.x == 0) {
-        atomicMax(state, best);
-        argmax_publish(state, io, out, gridDim.x);
-    }
 }
 
 // Prompt passes: x rounded in place to the CPU runtime's 8-bit activation grid, so that the GPU
@@ -1296,7 +1210,7 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(const float* __re
     }
 }
 
-// One decode row, a block of NORM_MB_THREADS (128 or 256) per 256 outputs: every block sums the squares of the
+// One decode row, a block of NORM_MB_THREADS (NORM_MB) per 256 outputs: every block sums the squares of the
 // whole row (the same order in every block, so all get the same 1/rms) and its first warp
 // normalizes and quantizes its own 256-block. A 1024-thread block (rmsnorm_kernel) needs a whole
 // SM free of the previous GEMV's blocks before it can start, and then reduces 32 partial sums
@@ -1523,8 +1437,8 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float* __r
 // the head's dims; positions in tiles of AD_TILE with an online softmax across tiles. The q head
 // and this token's k are rotated here; the first head of each kv group stores k and v in the
 // cache (other heads use kcur/vcur for the newest position and only read older ones from the
-// cache). xq != 0: the last block to finish quantizes the whole output row for wo (q8_K, XQ).
-constexpr int AD_TILE = 1024;   // (threads per block: the kernel's NT, 256 or 512)
+// cache).
+constexpr int AD_TILE = 1024;
 template <int AD_WARPS>
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1537,9 +1451,8 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* wred)
     for (int w = 1; w < AD_WARPS; w++) r = is_max ? fmaxf(r, wred[w]) : r + wred[w];
     return r;
 }
-// NT: threads per block (512, or 256 so that a block fits beside more of the qkv GEMV's blocks);
-// PVU: P.V (head_dim 128) positions whose values are loaded at once per warp (8 or 16);
-// KE (head_dim 128): each thread's key row of the first tile (all 16 loads at once) and the first
+// ATT_THREADS threads per block; ATT_PVU: P.V (head_dim 128) positions whose values are loaded at
+// once per warp. Head_dim 128: each thread's key row of the first tile (all 16 loads at once) and the first
 // half of its warp's first P.V round of values are loaded into registers before the PDL wait, so their latency
 // overlaps the qkv GEMV's tail instead of adding serial rounds after it. The cached rows below
 // the position were written by earlier steps; the position is read again after the wait and the
@@ -1555,20 +1468,17 @@ __device__ __forceinline__ float dot_q_k16(const float* qs, const uint4* k) {
     }
     return s;
 }
-template <int NT, int PVU, bool KE = false>
-__global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
-                                                                 float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
-                                                                 const float* __restrict__ kf, const float* __restrict__ vf,
-                                                                 const float* __restrict__ cosT, const float* __restrict__ sinT,
-                                                                 uint8_t* __restrict__ xq, int cap, unsigned int* counter, int prefetch) {
+__global__ void __launch_bounds__(ATT_THREADS, 1) attn_decode_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
+                                                                      float* __restrict__ out, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
+                                                                      const float* __restrict__ kf, const float* __restrict__ vf,
+                                                                      const float* __restrict__ cosT, const float* __restrict__ sinT) {
     __shared__ __align__(16) float qs[256];
-    constexpr int AD_THREADS = NT, AD_WARPS = NT / 32;
+    constexpr int AD_THREADS = ATT_THREADS, AD_WARPS = ATT_THREADS / 32, PVU = ATT_PVU;
     __shared__ float sc[AD_TILE], red[AD_WARPS][256], wred[AD_WARPS];
     __shared__ __align__(16) __half kcur[256], vcur[256];
-    __shared__ bool last;
     pdl_launch();
     const int h = blockIdx.x, kvh = h / (H / KVH), tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    if (prefetch) {
+    {
         // The keys and values of the positions before this token were written by earlier steps, so
         // they go to L2 while the qkv GEMV still runs. A hint only: a position read before the wait
         // may be stale (an older, smaller one), and any row below it lies inside the cache.
@@ -1580,18 +1490,18 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             l2_prefetch_line((const char*)vc + o);
         }
     }
-    uint4 kr[KE ? 16 : 1];
-    constexpr int VE = KE ? 8 : 1;   // values loaded early: the first 8 of the warp's first P.V round (registers)
+    uint4 kr[16];
+    constexpr int VE = 8;   // values loaded early: the first 8 of the warp's first P.V round (registers)
     uint2 ve[VE];
     bool kpre = false, vpre = false;
     // nA: the cached positions of the first tile (below the newest one, whose key/value come from kcur/vcur)
-    const int lenA = KE && D == 128 ? *(volatile const int32_t*)pos0p + 1 : 0, nA = min(lenA - 1, AD_TILE);
-    if (KE && D == 128) {
+    const int lenA = D == 128 ? *(volatile const int32_t*)pos0p + 1 : 0, nA = min(lenA - 1, AD_TILE);
+    if (D == 128) {
         kpre = tid < nA;
         if (kpre) {
             const uint4* kp = reinterpret_cast<const uint4*>(kc + ((size_t)tid * KVH + kvh) * D);
 #pragma unroll
-            for (int i = 0; i < (KE ? 16 : 1); i++) kr[i] = kp[i];
+            for (int i = 0; i < 16; i++) kr[i] = kp[i];
         }
         vpre = true;
 #pragma unroll
@@ -1602,7 +1512,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
     }
     pdl_wait();
     const int len = *pos0p + 1, half_d = D / 2;
-    if (KE && len != lenA) kpre = vpre = false;
+    if (len != lenA) kpre = vpre = false;
     const float scale = rsqrtf((float)D);
     {
         const float* qrow = q + (size_t)h * D;
@@ -1623,7 +1533,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
     float M = -INFINITY, L = 0.f, acc[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[e] = 0.f;
-    const float s0 = KE && kpre ? dot_q_k16(qs, kr) : 0.f;   // (kr is dead after this)
+    const float s0 = kpre ? dot_q_k16(qs, kr) : 0.f;   // (kr is dead after this)
     for (int t0 = 0; t0 < len; t0 += AD_TILE) {
         const int n = min(AD_TILE, len - t0);
         float lmax = -INFINITY;
@@ -1632,7 +1542,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
             float s = 0.f;
             if (j == len - 1) {
                 for (int i = 0; i < D; i++) s += qs[i] * __half2float(kcur[i]);
-            } else if (KE && kpre && t0 == 0 && jj == tid) {
+            } else if (kpre && t0 == 0 && jj == tid) {
                 s = s0;
             } else if ((D & 7) == 0) {
                 const uint4* kr = reinterpret_cast<const uint4*>(kc + ((size_t)j * KVH + kvh) * D);
@@ -1667,7 +1577,7 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
                     pp[u] = 0.f; vv[u] = make_uint2(0, 0);
                     if (jj < n) {
                         pp[u] = sc[jj];
-                        if (KE && u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
+                        if (u < VE && vpre && t0 == 0 && j0 == warp && j != len - 1) {
                             vv[u] = ve[u < VE ? u : 0];
                         } else {
                             const __half* vr = j == len - 1 ? vcur : vc + ((size_t)j * KVH + kvh) * D;
@@ -1706,182 +1616,6 @@ __global__ void __launch_bounds__(NT, 1) attn_decode_kernel(const float* __restr
         for (int w = 0; w < AD_WARPS; w++) o += red[w][i];
         out[(size_t)h * D + i] = o / L;
     }
-    if (xq) {
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
-        __syncthreads();
-        if (last) {
-            __threadfence();
-            const int cols = H * D;
-            for (int b = warp; b < (cols + 255) >> 8; b += AD_WARPS) quant_x_block<true>(out, b, cols - 256 * b, lane, xq, cap);
-            if (tid == 0) *counter = 0;
-        }
-    }
-}
-
-// Decode attention split over positions (flash-decoding): block (h, s) of an H x S grid does head
-// h over positions [s c, (s + 1) c), c = ceil(len / S), and writes its unnormalized P.V, running
-// max M and sum L to part (per (h, s): D floats, then M, L at part + H S D); attn_combine_q_kernel
-// (the wo quant_x launch, which reads the output anyway) merges the S partials. A lane owns one
-// 16-byte chunk (8 dims) of a position's fp16 key/value row: LP = D / 8 lanes per position (D a
-// power of two, 8..256), PPW = 32 / LP positions per warp per load, U loads in flight per lane in
-// both the score and the P.V pass; no thread per position waits on a whole 256-byte row.
-constexpr int AS_TILE = 256;   // positions per tile (online softmax across tiles)
-template <int NT, int U>
-__global__ void __launch_bounds__(NT) attn_split_kernel(const float* __restrict__ q, __half* __restrict__ kc, __half* __restrict__ vc,
-                                                        float* __restrict__ part, const int32_t* __restrict__ pos0p, int H, int KVH, int D,
-                                                        const float* __restrict__ kf, const float* __restrict__ vf,
-                                                        const float* __restrict__ cosT, const float* __restrict__ sinT, int prefetch) {
-    constexpr int W = NT / 32;
-    __shared__ __align__(16) float qs[256];
-    __shared__ __align__(16) __half kcur[256], vcur[256];
-    __shared__ float sc[AS_TILE], wred[W];
-    __shared__ __align__(16) float red[W][256];
-    pdl_launch();
-    const int h = blockIdx.x, s = blockIdx.y, S = gridDim.y, kvh = h / (H / KVH);
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int LP = D >> 3, PPW = 32 / LP, NS = W * PPW, dc = lane & (LP - 1), ps = lane / LP;
-    if (prefetch) {   // a hint, as in attn_decode_kernel: the position read before the wait may be stale
-        const int np = *(volatile const int32_t*)pos0p, c = (np + S) / S, j0 = s * c, j1 = min(np, j0 + c), lpr = (2 * D + 127) >> 7;
-        for (int i = tid; i < (j1 - j0) * lpr; i += NT) {
-            const int j = j0 + i / lpr;
-            const size_t o = ((size_t)j * KVH + kvh) * D * 2 + 128 * (i % lpr);
-            l2_prefetch_line((const char*)kc + o);
-            l2_prefetch_line((const char*)vc + o);
-        }
-    }
-    pdl_wait();
-    const int len = *pos0p + 1, half_d = D / 2, c = (len + S - 1) / S, j0 = s * c, j1 = min(len, j0 + c);
-    {
-        const float scale = rsqrtf((float)D);
-        const float* qrow = q + (size_t)h * D;
-        const float* cs = cosT + (size_t)(len - 1) * half_d;
-        const float* sn = sinT + (size_t)(len - 1) * half_d;
-        const bool store = s == 0 && h % (H / KVH) == 0;
-        for (int i = tid; i < D; i += NT) {
-            const bool first = i < half_d;
-            const int ii = first ? i : i - half_d, pi = first ? i + half_d : i - half_d;
-            const float cc = cs[ii], sg = first ? -sn[ii] : sn[ii];
-            qs[i] = (qrow[i] * cc + qrow[pi] * sg) * scale;
-            const __half kh = __float2half(kf[kvh * D + i] * cc + kf[kvh * D + pi] * sg), vh = __float2half(vf[kvh * D + i]);
-            kcur[i] = kh; vcur[i] = vh;
-            if (store) { kc[((size_t)(len - 1) * KVH + kvh) * D + i] = kh; vc[((size_t)(len - 1) * KVH + kvh) * D + i] = vh; }
-        }
-    }
-    __syncthreads();
-    float qv[8], acc[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) { qv[e] = qs[8 * dc + e]; acc[e] = 0.f; }
-    float M = -INFINITY, L = 0.f;
-    const size_t rs = (size_t)KVH * D;   // halves between positions in the cache
-    for (int t0 = j0; t0 < j1; t0 += AS_TILE) {
-        const int n = min(AS_TILE, j1 - t0);
-        float lmax = -INFINITY;
-        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {   // warp-uniform bound: the shuffles see every lane
-            uint4 kk[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int rr = r0 + u * NS + ps, j = t0 + rr;
-                kk[u] = make_uint4(0, 0, 0, 0);
-                if (rr < n) kk[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? kcur : kc + (size_t)j * rs + kvh * D) + 8 * dc);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                float d = qv[0] * h2f(kk[u].x) + qv[1] * h2f(kk[u].x >> 16) + qv[2] * h2f(kk[u].y) + qv[3] * h2f(kk[u].y >> 16)
-                        + qv[4] * h2f(kk[u].z) + qv[5] * h2f(kk[u].z >> 16) + qv[6] * h2f(kk[u].w) + qv[7] * h2f(kk[u].w >> 16);
-                for (int o = 1; o < LP; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                const int rr = r0 + u * NS + ps;
-                if (rr < n) {
-                    if (dc == 0) sc[rr] = d;
-                    lmax = fmaxf(lmax, d);
-                }
-            }
-        }
-        const float Mn = fmaxf(M, block_reduce<W>(lmax, true, wred)), corr = __expf(M - Mn);
-        float lsum = 0.f;
-        for (int jj = tid; jj < n; jj += NT) { const float p = __expf(sc[jj] - Mn); sc[jj] = p; lsum += p; }
-        L = L * corr + block_reduce<W>(lsum, false, wred);   // (its barriers also publish sc)
-        M = Mn;
-#pragma unroll
-        for (int e = 0; e < 8; e++) acc[e] *= corr;
-        for (int r0 = warp * PPW; r0 < n; r0 += NS * U) {
-            uint4 vv[U];
-            float pp[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int rr = r0 + u * NS + ps, j = t0 + rr;
-                vv[u] = make_uint4(0, 0, 0, 0); pp[u] = 0.f;
-                if (rr < n) {
-                    pp[u] = sc[rr];
-                    vv[u] = *reinterpret_cast<const uint4*>((j == len - 1 ? vcur : vc + (size_t)j * rs + kvh * D) + 8 * dc);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                acc[0] += pp[u] * h2f(vv[u].x); acc[1] += pp[u] * h2f(vv[u].x >> 16);
-                acc[2] += pp[u] * h2f(vv[u].y); acc[3] += pp[u] * h2f(vv[u].y >> 16);
-                acc[4] += pp[u] * h2f(vv[u].z); acc[5] += pp[u] * h2f(vv[u].z >> 16);
-                acc[6] += pp[u] * h2f(vv[u].w); acc[7] += pp[u] * h2f(vv[u].w >> 16);
-            }
-        }
-        __syncthreads();   // sc is rewritten by the next tile
-    }
-#pragma unroll
-    for (int e = 0; e < 8; e++)
-        for (int o = LP; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
-    if (ps == 0) {
-#pragma unroll
-        for (int e = 0; e < 8; e++) red[warp][8 * dc + e] = acc[e];
-    }
-    __syncthreads();
-    float* po = part + ((size_t)h * S + s) * D;
-    for (int i = tid; i < D; i += NT) {
-        float o = 0.f;
-        for (int w = 0; w < W; w++) o += red[w][i];
-        po[i] = o;
-    }
-    if (tid == 0) {
-        float* ml = part + (size_t)H * S * D + 2 * ((size_t)h * S + s);
-        ml[0] = M; ml[1] = L;
-    }
-}
-
-// The S partials of attn_split_kernel merged into the attention output (out, H x D floats) and,
-// with xq, quantized for wo (q8_K, XQ): one warp per 256-block, lane l holding values 8l..8l+7
-// (one head's: D is a multiple of 8), as quant_x_kernel.
-__global__ void attn_combine_q_kernel(const float* __restrict__ part, int S, int H, int D, float* __restrict__ out,
-                                      uint8_t* __restrict__ xq, int cap) {
-    pdl_launch();
-    pdl_wait();
-    const int cols = H * D, lane = threadIdx.x & 31;
-    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (b >= (cols + 255) >> 8) return;
-    const int i0 = 256 * b + 8 * lane;
-    float v[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) v[e] = 0.f;
-    if (i0 < cols) {
-        const int h = i0 / D, d0 = i0 - h * D;
-        const float* ml = part + (size_t)H * S * D + 2 * (size_t)h * S;
-        float mx = -INFINITY;
-        for (int s = 0; s < S; s++) mx = fmaxf(mx, __ldcg(ml + 2 * s));
-        float lt = 0.f;
-        for (int s = 0; s < S; s++) {
-            const float m = __ldcg(ml + 2 * s), w = m == -INFINITY ? 0.f : __expf(m - mx);
-            if (w == 0.f) continue;
-            lt += w * __ldcg(ml + 2 * s + 1);
-            const float* p = part + ((size_t)h * S + s) * D + d0;
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(p)), c4 = __ldcg(reinterpret_cast<const float4*>(p + 4));
-            v[0] += w * a.x; v[1] += w * a.y; v[2] += w * a.z; v[3] += w * a.w;
-            v[4] += w * c4.x; v[5] += w * c4.y; v[6] += w * c4.z; v[7] += w * c4.w;
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) v[e] /= lt;
-        *reinterpret_cast<float4*>(out + i0) = make_float4(v[0], v[1], v[2], v[3]);
-        *reinterpret_cast<float4*>(out + i0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
-    }
-    if (xq) quant_x_vals(v, b, lane, xq, cap);
 }
 
 // split each block into a 16-byte aligned body (bytes body_off..+body_len) and a tail (the other
@@ -1941,50 +1675,12 @@ LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* tot
     if (!g_stream) CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
     const char* e = getenv("LOWBIT_CUDA_PDL");
     g_pdl = *cc >= 90 && !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_Q4K_SPLIT");
-    g_q4k_split = e && e[0] == '0' ? 1 : GEMV_WARPS;
     e = getenv("LOWBIT_CUDA_DP4A");
-    g_dp4a = !(e && e[0] == '0');   // LOWBIT_CUDA_DP4A=0: q4_k/q6_k decode on float activations (A/B)
-    e = getenv("LOWBIT_CUDA_BPSM");
-    if (e && atoi(e) >= 1 && atoi(e) <= 8) g_bpsm = atoi(e);
-    e = getenv("LOWBIT_CUDA_DP4A_Q6K");
-    g_dp4a_q6k = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_L2PF");
-    if (e && atoi(e) >= -64 && atoi(e) <= 64) g_l2pf = atoi(e);
-    e = getenv("LOWBIT_CUDA_ATT_NT");
-    g_att_threads = e && atoi(e) == 256 ? 256 : 512;
-    e = getenv("LOWBIT_CUDA_ATT_PV16");
-    g_att_pv16 = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_NORM_MB");
-    g_norm_mb = e && (atoi(e) == 0 || atoi(e) == 128) ? atoi(e) : 256;
-    e = getenv("LOWBIT_CUDA_QX_WPB");
-    g_qx_wpb = e && (atoi(e) == 2 || atoi(e) == 4) ? atoi(e) : 1;
-    e = getenv("LOWBIT_CUDA_ATT_Q");
-    g_att_q = e && e[0] == '1';
-    e = getenv("LOWBIT_CUDA_ATT_SPLIT");
-    if (e && atoi(e) >= 0 && atoi(e) <= LB_ATT_SPLIT_MAX) g_att_split = atoi(e);
-    e = getenv("LOWBIT_CUDA_ATT_KE");
-    g_att_ke = !(e && e[0] == '0');
-    e = getenv("LOWBIT_CUDA_ATT_SNT");
-    g_att_snt = e && atoi(e) == 256 ? 256 : 128;
-    e = getenv("LOWBIT_CUDA_ARGMAX_FUSE");
-    g_argmax_fuse = e && e[0] == '1';
-    e = getenv("LOWBIT_CUDA_ATT_PF");
-    g_att_pf = !(e && e[0] == '0');
-    auto rows_env = [](const char* name, int def, bool sixteen) {
-        const char* v = getenv(name);
-        const int r = v ? atoi(v) : def;
-        return r == 4 || r == 8 || (sixteen && r == 16) ? r : def;
-    };
-    g_rows_q4 = rows_env("LOWBIT_CUDA_ROWS_Q4", 8, true);
-    g_rows_gu = rows_env("LOWBIT_CUDA_ROWS_GU", 4, false);
-    g_rows_q6 = rows_env("LOWBIT_CUDA_ROWS_Q6", 8, true);
+    g_dp4a = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_MMA");
     g_mma = !(e && e[0] == '0');
     e = getenv("LOWBIT_CUDA_MMA_MIN");
     if (e && atoi(e) >= 2) g_mma_min = atoi(e);
-    e = getenv("LOWBIT_CUDA_FUSE46");
-    g_fuse46 = !(e && e[0] == '0');
     return 0;
 }
 
@@ -2063,14 +1759,14 @@ static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 
 static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok);
 
 // one decode token: the q4_k and q6_k matrices of a job against q8_K activations (quantized here
-// unless job.xq_ready): one launch per type, or one for both (g_fuse46); the other matrices are
+// unless job.xq_ready): one launch for both types when both are present (8-row groups), else one per type; the other matrices are
 // left to the float path (gemv_q8act's *rest)
 static int quant_x_once(const lb_job& j, uint64_t x, bool* quantized) {
     const int cols = j.m[0].cols;
     const int nbx = (cols + 255) >> 8;   // activation blocks, the last one possibly partial
     if (nbx > j.xq_cap) { snprintf(g_err, sizeof g_err, "activation buffer of %d blocks < %d", j.xq_cap, nbx); return -1; }
     if (!j.xq_ready && !*quantized) {
-        cudaError_t r = launch(quant_x_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
+        cudaError_t r = launch(quant_x_kernel, dim3(nbx), dim3(32), (const float*)x, cols, (uint8_t*)j.xq, j.xq_cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
         *quantized = true;
@@ -2089,7 +1785,6 @@ static int q8act_groups(lb_job& j, double* bytes) {
         groups += j.wcnt[i];
         if (i < j.nmat) *bytes += (double)j.m[i].rows * j.m[i].body_row;
     }
-    j.l2pf = g_l2pf;
     return groups;
 }
 
@@ -2102,17 +1797,14 @@ static int q8act_blocks(int groups, int budget) {
 
 static int launch_q8act(lb_job j, int type) {
     double bytes;
-    const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
+    const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, DP4A_BPSM * g_sms);
     const dim3 grid(blocks), block(32 * GEMV_WARPS);
-    const int rg = j.ksplit;
-    cudaError_t r = type == T_Q6_K ? (rg == 16 ? launch(gemv_q6k_q8_kernel<4>, grid, block, j, (const float*)0)
-                                    : rg == 8 ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
-                                              : launch(gemv_q6k_q8_kernel<1>, grid, block, j, (const float*)0))
-                  : j.mode == 2 ? (rg == 8 ? launch(gemv_q4k_q8_kernel<4, 2>, grid, block, j, (const float*)0)
-                                           : launch(gemv_q4k_q8_kernel<2, 1>, grid, block, j, (const float*)0))
-                  : rg == 16 ? launch(gemv_q4k_q8_kernel<4, 4>, grid, block, j, (const float*)0)
-                  : rg == 8 ? launch(gemv_q4k_q8_kernel<2, 2>, grid, block, j, (const float*)0)
-                            : launch(gemv_q4k_q8_kernel<1, 1>, grid, block, j, (const float*)0);
+    // groups of ROWS_Q6 = 8 q6_k rows (P = 2), ROWS_GU = 4 rows of each of gate and up (M = 2, H = 1),
+    // ROWS_Q4 = 8 rows of one q4_k matrix (M = H = 2)
+    static_assert(ROWS_Q6 == 8 && ROWS_GU == 4 && ROWS_Q4 == 8, "the launches below instantiate these group sizes");
+    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
+                  : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2, 1>, grid, block, j, (const float*)0)
+                                : launch(gemv_q4k_q8_kernel<2, 2>, grid, block, j, (const float*)0);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
     CKL("gemv q8-activation kernel");
     return 0;
@@ -2120,7 +1812,7 @@ static int launch_q8act(lb_job j, int type) {
 
 static int launch_q46(lb_job j4, lb_job j6) {
     double b4, b6;
-    const int g4 = q8act_groups(j4, &b4), g6 = q8act_groups(j6, &b6), budget = g_bpsm * g_sms;
+    const int g4 = q8act_groups(j4, &b4), g6 = q8act_groups(j6, &b6), budget = DP4A_BPSM * g_sms;
     int nb4 = (int)(budget * b4 / (b4 + b6) + 0.5);
     nb4 = nb4 < 1 ? 1 : nb4 > budget - 1 ? budget - 1 : nb4;
     nb4 = q8act_blocks(g4, nb4);
@@ -2142,14 +1834,14 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     } else {
         for (int i = 0; i < job.nmat; i++) {
             const int t = job.m[i].type;
-            lb_job& d = t == T_Q4_K ? j4 : (t == T_Q6_K && g_dp4a_q6k) ? j6 : *rest;
+            lb_job& d = t == T_Q4_K ? j4 : t == T_Q6_K ? j6 : *rest;
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
     if (j4.nmat || j6.nmat) { int rc = quant_x_once(job, x, &quantized); if (rc) return rc; }
-    j4.ksplit = job.mode == 2 ? g_rows_gu : g_rows_q4;   // rows per group (in the ksplit field)
-    j6.ksplit = g_rows_q6;
-    if (j4.nmat && j6.nmat && g_fuse46 && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);   // (its bodies: 8 rows)
+    j4.ksplit = job.mode == 2 ? ROWS_GU : ROWS_Q4;   // rows per group (in the ksplit field)
+    j6.ksplit = ROWS_Q6;
+    if (j4.nmat && j6.nmat && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);   // (its bodies: 8 rows)
     if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
     if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
     return 0;
@@ -2495,7 +2187,7 @@ static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
         int warps = 0;
         // split q4_k row groups over the warps of a block: each matrix's warps then start at a
         // block boundary (counts rounded up to whole blocks; the extra warps return at once)
-        const int S = nt == 1 ? g_q4k_split : 1;
+        const int S = nt == 1 ? GEMV_WARPS : 1;
         j.ksplit = S;
         auto count = [&](int rows, int r) { int w = (rows + r - 1) / r; return S > 1 ? (r == 4 ? S * w : (w + S - 1) / S * S) : w; };
         for (int i = 0; i < 3; i++) { j.rpw[i] = 1; j.wcnt[i] = 0; }
@@ -2543,8 +2235,8 @@ LB_API int lb_rmsnorm(uint64_t x, uint64_t w, uint64_t out, int n, int dim, floa
     if (dim > NORM_MAX) { snprintf(g_err, sizeof g_err, "rmsnorm of %d > %d values", dim, NORM_MAX); return -1; }
     if (xq && (n != 1 || (dim + 255) >> 8 > cap)) { snprintf(g_err, sizeof g_err, "rmsnorm: quantized output needs one row of <= %d blocks", cap); return -1; }
     if (!g_dp4a) xq = 0;
-    if (n == 1 && g_norm_mb) {
-        cudaError_t r = launch(g_norm_mb == 128 ? rmsnorm_mb_kernel<128> : rmsnorm_mb_kernel<256>, dim3((dim + 255) / 256), dim3(g_norm_mb), (const float*)x, (const float*)w, (float*)out,
+    if (n == 1) {
+        cudaError_t r = launch(rmsnorm_mb_kernel<NORM_MB>, dim3((dim + 255) / 256), dim3(NORM_MB), (const float*)x, (const float*)w, (float*)out,
                                dim, eps, (uint8_t*)xq, cap);
         if (r != cudaSuccess) return fail("rmsnorm_mb_kernel launch", r);
         CKL("rmsnorm_mb_kernel");
@@ -2575,47 +2267,24 @@ LB_API int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint
 }
 
 // one decode token: RoPE on q and k, the k/v cache store and attention in one launch; with xq
-// (and dp4a decode on) the output is also quantized for wo (count: a zeroed device counter);
-// part (0: none): room for the split attention's partials, lb_attn_part_bytes(H, D) bytes
+// (and dp4a decode on) the output is then quantized for wo by a quant_x launch of one-warp blocks
 LB_API int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count, uint64_t part) {
+                             uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap) {
     if (D > 256 || D % 2) { snprintf(g_err, sizeof g_err, "head_dim %d is not supported by the CUDA attention kernel", D); return -1; }
     if (xq && (H * D + 255) >> 8 > cap) { snprintf(g_err, sizeof g_err, "attention: quantized output needs <= %d blocks", cap); return -1; }
-    if (!g_dp4a || !count) xq = 0;
-    if (part && g_att_split >= 1 && D >= 8 && (D & (D - 1)) == 0) {   // split over positions, merged (and quantized) after
-        const int S = g_att_split;
-        cudaError_t r = launch(g_att_snt == 256 ? attn_split_kernel<256, 8> : attn_split_kernel<128, 8>, dim3(H, S), dim3(g_att_snt),
-                               (const float*)q, (__half*)kc, (__half*)vc, (float*)part, (const int32_t*)pos0, H, KVH, D,
-                               (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT, (int)g_att_pf);
-        if (r != cudaSuccess) return fail("attn_split_kernel launch", r);
-        CKL("attn_split_kernel");
-        const int nbx = (H * D + 255) >> 8;
-        r = launch(attn_combine_q_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)part, S, H, D,
-                   (float*)out, (uint8_t*)xq, cap);
-        if (r != cudaSuccess) return fail("attn_combine_q_kernel launch", r);
-        CKL("attn_combine_q_kernel");
-        return 0;
-    }
-    const uint64_t xq_own = g_att_q ? 0 : xq;   // quantized by a launch of its own (the default)
-    if (xq_own) xq = 0;
-    const int nt = g_att_threads;
-    cudaError_t r = launch(nt == 256 ? (g_att_pv16 ? attn_decode_kernel<256, 16> : attn_decode_kernel<256, 8>)
-                                     : (g_att_pv16 ? (g_att_ke ? attn_decode_kernel<512, 16, true> : attn_decode_kernel<512, 16>)
-                                                   : attn_decode_kernel<512, 8>), dim3(H), dim3(nt), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
-                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT,
-                           (uint8_t*)xq, cap, (unsigned int*)count, (int)g_att_pf);
+    if (!g_dp4a) xq = 0;
+    cudaError_t r = launch(attn_decode_kernel, dim3(H), dim3(ATT_THREADS), (const float*)q, (__half*)kc, (__half*)vc, (float*)out,
+                           (const int32_t*)pos0, H, KVH, D, (const float*)k, (const float*)v, (const float*)cosT, (const float*)sinT);
     if (r != cudaSuccess) return fail("attn_decode_kernel launch", r);
     CKL("attn_decode_kernel");
-    if (xq_own) {
+    if (xq) {
         const int nbx = (H * D + 255) >> 8;
-        r = launch(quant_x_kernel, dim3((nbx + g_qx_wpb - 1) / g_qx_wpb), dim3(32 * g_qx_wpb), (const float*)out, H * D, (uint8_t*)xq_own, cap);
+        r = launch(quant_x_kernel, dim3(nbx), dim3(32), (const float*)out, H * D, (uint8_t*)xq, cap);
         if (r != cudaSuccess) return fail("quant_x_kernel launch", r);
         CKL("quant_x_kernel");
     }
     return 0;
 }
-
-LB_API size_t lb_attn_part_bytes(int H, int D) { return (size_t)H * LB_ATT_SPLIT_MAX * (D + 2) * sizeof(float); }
 
 // state: 2 zeroed 64-bit words (lb_malloc + lb_memset once); out: device view of mapped host memory or 0
 LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out) {
@@ -2625,30 +2294,6 @@ LB_API int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, u
     CKL("argmax_kernel");
     return 0;
 }
-// The output GEMV of a greedy decode step followed by the argmax (as lb_gemv + lb_argmax_next); one
-// launch when the job is one q6_k matrix without bias on the dp4a path (x already quantized)
-LB_API int lb_gemv_argmax(const lb_job* job_in, uint64_t x, int ldx, uint64_t state, uint64_t io, uint64_t out) {
-    const lb_mat& m = job_in->m[0];
-    if (g_argmax_fuse && g_dp4a && g_dp4a_q6k && job_in->xq && job_in->xq_ready && job_in->nmat == 1 && job_in->mode == 0
-        && m.type == T_Q6_K && !m.bias && (m.cols + 255) >> 8 <= job_in->xq_cap) {
-        lb_job j = *job_in;
-        j.ksplit = g_rows_q6;
-        double bytes;
-        const int groups = q8act_groups(j, &bytes), blocks = q8act_blocks(groups, g_bpsm * g_sms);
-        const dim3 grid(blocks), block(32 * GEMV_WARPS);
-        unsigned long long* st = (unsigned long long*)state;
-        const int rg = j.ksplit;
-        cudaError_t r = rg == 16 ? launch(gemv_q6k_q8_argmax_kernel<4>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
-                      : rg == 8 ? launch(gemv_q6k_q8_argmax_kernel<2>, grid, block, j, st, (int32_t*)io, (int32_t*)out)
-                                : launch(gemv_q6k_q8_argmax_kernel<1>, grid, block, j, st, (int32_t*)io, (int32_t*)out);
-        if (r != cudaSuccess) return fail("gemv_q6k_q8_argmax_kernel launch", r);
-        CKL("gemv_q6k_q8_argmax_kernel");
-        return 0;
-    }
-    int rc = lb_gemv(job_in, x, ldx, 1);
-    return rc ? rc : lb_argmax_next(job_in->y[0], m.rows, state, io, out);
-}
-
 // pinned host memory the kernels can write (zero-copy): *host for the CPU, *dev for the kernels
 LB_API int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n) {
     void* p;
@@ -2682,26 +2327,3 @@ LB_API int lb_event_new(uint64_t* ev) { cudaEvent_t e; CK(cudaEventCreate(&e)); 
 LB_API int lb_event_record(uint64_t ev) { CK(cudaEventRecord((cudaEvent_t)ev, g_stream)); return 0; }
 LB_API int lb_event_ms(uint64_t a, uint64_t b, float* ms) { CK(cudaEventSynchronize((cudaEvent_t)b)); CK(cudaEventElapsedTime(ms, (cudaEvent_t)a, (cudaEvent_t)b)); return 0; }
 LB_API int lb_event_free(uint64_t ev) { CK(cudaEventDestroy((cudaEvent_t)ev)); return 0; }
-
-// the card's copy bandwidth: median-free mean over `iters` cudaMemcpy D2D of `bytes` bytes (after a warm-up)
-LB_API int lb_bench_d2d(size_t bytes, int iters, float* ms_per_copy) {
-    void *a, *b;
-    CK(cudaMalloc(&a, bytes));
-    cudaError_t r = cudaMalloc(&b, bytes);
-    if (r != cudaSuccess) { cudaFree(a); return fail("cudaMalloc", r); }
-    cudaMemsetAsync(a, 1, bytes, g_stream);
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0); cudaEventCreate(&e1);
-    for (int i = 0; i < 3; i++) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, g_stream);
-    cudaEventRecord(e0, g_stream);
-    for (int i = 0; i < iters; i++) cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice, g_stream);
-    cudaEventRecord(e1, g_stream);
-    r = cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    cudaEventDestroy(e0); cudaEventDestroy(e1);
-    cudaFree(a); cudaFree(b);
-    if (r != cudaSuccess) return fail("bench_d2d", r);
-    *ms_per_copy = ms / iters;
-    return 0;
-}

@@ -162,9 +162,6 @@ class CudaTransformer:
         # chosen after each position, written by the kernel straight into mapped host memory
         self.argmax_state = self.alloc(16)
         rt.call("lb_memset", self.argmax_state, 0, 16)
-        self.att_count = self.alloc(16)   # decode attention: blocks done (the last one quantizes for wo)
-        rt.call("lb_memset", self.att_count, 0, 16)
-        self.att_part = self.alloc(rt.lib.lb_attn_part_bytes(c.num_heads, c.head_dim))   # split attention's partials
         hp, dp = rt.ffi.new("uint64_t*"), rt.ffi.new("uint64_t*")
         rt.call("lb_host_alloc_mapped", hp, dp, self.n_ctx * 4)
         self.next_host_ptr, self.next_dev = hp[0], dp[0]
@@ -268,9 +265,9 @@ class CudaTransformer:
             kc, vc = cache.k + li * cache.layer_bytes, cache.v + li * cache.layer_bytes
             chk(lib.lb_rmsnorm(self.x, L["attn_norm"], self.h, n, dim, eps, xq, cap), "rmsnorm")
             chk(lib.lb_gemv(L["qkv"], self.h, dim, n), "gemv qkv")
-            if n == 1:   # decode: RoPE, cache store and attention in one launch (it also quantizes wo's input)
+            if n == 1:   # decode: RoPE, cache store and attention in one launch, then wo's input quantized
                 chk(lib.lb_rope_attention(self.q, self.k, self.v, self.cos, self.sin, kc, vc, self.att, pos, H, KVH, D,
-                                          self.xq, self.xq_cap, self.att_count, self.att_part), "attention")
+                                          self.xq, self.xq_cap), "attention")
             else:
                 chk(lib.lb_rope_store(self.q, self.qdim, self.k, self.v, self.kvdim, self.cos, self.sin, kc, vc, pos, n, H, KVH, D), "rope")
                 chk(lib.lb_attention(self.q, kc, vc, self.att, pos, n, H, KVH, D), "attention")
@@ -283,10 +280,9 @@ class CudaTransformer:
         first = n - n_logits
         oq, ocap = (self.xq, self.xq_cap) if n_logits == 1 else (0, 0)
         chk(lib.lb_rmsnorm(self.x + first * dim * 4, self.output_norm, self.h, n_logits, dim, eps, oq, ocap), "rmsnorm")
-        if greedy:   # the argmax may be folded into the output GEMV's launch
-            chk(lib.lb_gemv_argmax(self.out_job, self.h, dim, self.argmax_state, self.io, self.next_dev), "gemv output + argmax")
-        else:
-            chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+        chk(lib.lb_gemv(self.out_job, self.h, dim, n_logits), "gemv output")
+        if greedy:   # the next token chosen on the device (it also advances the position in self.io)
+            chk(lib.lb_argmax_next(self.logits, c.vocab_size, self.argmax_state, self.io, self.next_dev), "argmax")
 
     def _capture(self, cache, greedy):
         """The decode step (ids and pos0 read from self.io) as a CUDA graph; greedy: followed by the

@@ -24,7 +24,6 @@ typedef struct {
     int32_t xq_ready;
     uint64_t xq;
     int32_t xq_cap;
-    int32_t l2pf;
 } lb_job;
 const char* lb_last_error(void);
 int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms);
@@ -49,9 +48,7 @@ int lb_rope_store(uint64_t q, int ldq, uint64_t k, uint64_t v, int ldkv, uint64_
                   uint64_t kc, uint64_t vc, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_attention(uint64_t q, uint64_t kc, uint64_t vc, uint64_t out, uint64_t pos0, int n, int H, int KVH, int D);
 int lb_rope_attention(uint64_t q, uint64_t k, uint64_t v, uint64_t cosT, uint64_t sinT, uint64_t kc, uint64_t vc,
-                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap, uint64_t count, uint64_t part);
-size_t lb_attn_part_bytes(int H, int D);
-int lb_gemv_argmax(const lb_job* job, uint64_t x, int ldx, uint64_t state, uint64_t io, uint64_t out);
+                      uint64_t out, uint64_t pos0, int H, int KVH, int D, uint64_t xq, int cap);
 int lb_capture_begin(void);
 int lb_capture_end(uint64_t* exec);
 int lb_graph_launch(uint64_t exec);
@@ -63,7 +60,6 @@ int lb_event_free(uint64_t ev);
 int lb_event_sync(uint64_t ev);
 int lb_argmax_next(uint64_t logits, int n, uint64_t state, uint64_t io, uint64_t out);
 int lb_host_alloc_mapped(uint64_t* host, uint64_t* dev, size_t n);
-int lb_bench_d2d(size_t bytes, int iters, float* ms_per_copy);
 """
 
 
