@@ -69,7 +69,7 @@ def test_host_repack_gives_the_base_bytes(name, tmp_path):
     """What the GPU loader uploads (no GPU needed): a .h tensor decoded on the host, over several
     row blocks, is its base type's exact bytes; codebook tensors split into prefix and rows, and
     d4l2's side data is the fp16 D4 lattice followed by the row scales."""
-    from lowbit.cuda.host_repack import ROW_BLOCK, base_tensor_bytes, codebook_side_data
+    from lowbit.cuda.weights import ROW_BLOCK, base_tensor_bytes, codebook_side_data
     from lowbit.format import TensorSpec, write_lowbit
     from lowbit.quants import vq
     rows, cols = ROW_BLOCK + 44, 320 if name.startswith("q4") else 256
@@ -291,11 +291,11 @@ def test_shared_model_matches_cpu(name, qtype, tmp_path_factory):
 
 
 def test_every_declared_function_is_exported():
-    """Each C function the cffi declarations name is defined (LB_API) in lowbit_cuda.cu: a missing
+    """Each C function the cffi declarations name is defined (LB_API) in the kernels: a missing
     one only fails at first use on a GPU machine."""
     import re
-    from lowbit.cuda.runtime import CDEF
-    src = (ROOT / "lowbit" / "cuda" / "lowbit_cuda.cu").read_text()
+    from lowbit.cuda.loader import CDEF
+    src = "".join(p.read_text() for p in sorted((ROOT / "lowbit" / "cuda" / "kernels").iterdir()))
     declared = re.findall(r"^\S.*?\b(lb_\w+)\(", CDEF, re.M)
     defined = set(re.findall(r"^LB_API [^(]*?\b(lb_\w+)\(", src, re.M))
     assert len(declared) > 20

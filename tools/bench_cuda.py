@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lowbit.cuda.model import CudaTransformer  # noqa: E402
-from lowbit.cuda.runtime import get_runtime  # noqa: E402
+from lowbit.cuda.loader import get_runtime  # noqa: E402
 from lowbit.format import LowbitFile  # noqa: E402
 
 

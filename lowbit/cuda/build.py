@@ -1,6 +1,7 @@
-"""Build lowbit_cuda.cu into a shared library with nvcc, for the GPU present (sm_XY machine code
-plus PTX so newer GPUs can JIT it), cached under ~/.cache/lowbit/cuda (or $LOWBIT_CACHE) per CUDA
-version, architecture and source hash. `python -m lowbit.cuda.build` prebuilds it."""
+"""Build the CUDA kernels (kernels/lowbit_cuda.cu, one compilation unit that includes the family
+files beside it) into a shared library with nvcc, for the GPU present (sm_XY machine code plus PTX
+so newer GPUs can JIT it), cached under ~/.cache/lowbit/cuda (or $LOWBIT_CACHE) per CUDA version,
+architecture and a hash of every kernel source. `python -m lowbit.cuda.build` prebuilds it."""
 import hashlib
 import os
 import re
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from ..errors import LowbitError
 
-SOURCE = Path(__file__).with_name("lowbit_cuda.cu")
+KERNELS = Path(__file__).with_name("kernels")
+SOURCE = KERNELS / "lowbit_cuda.cu"
 LIB_NAME = "liblowbit_cuda.so"
 
 
@@ -55,6 +57,18 @@ def cache_dir():
     return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit") / "cuda"
 
 
+def source_hash(source: Path = SOURCE) -> str:
+    """Hash of what the build reads: for the kernels every file in kernels/ (the family files are
+    #included, so an edit to any of them must rebuild), else the one source file."""
+    source = Path(source)
+    files = sorted(KERNELS.iterdir()) if source == SOURCE else [source]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
     """Path of the built library, building it first when the cache has none. `source`/`name`: another
     single-file .cu built the same way (tools/cuda_d2d.cu for tools/bench_cuda.py)."""
@@ -62,8 +76,7 @@ def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
     nvcc = find_nvcc()
     if nvcc is None:
         raise CudaUnavailable("nvcc (the CUDA compiler) was not found: install the CUDA toolkit or set LOWBIT_NVCC")
-    src = Path(source).read_bytes()
-    key = hashlib.sha256(src).hexdigest()[:16]
+    key = source_hash(source)
     out = cache_dir() / f"cuda{cuda_version(nvcc)}-sm{arch}-{key}" / name
     if out.exists():
         return out

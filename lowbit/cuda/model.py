@@ -1,78 +1,16 @@
 """The transformer on the GPU: the same forward pass as lowbit.model.Transformer, with weights
-uploaded once in their quantized layout and the decode step replayed as one CUDA graph."""
+uploaded once in their quantized layout (weights.py) and the decode step replayed as one CUDA
+graph; the fp16 KV cache (CudaKVCache)."""
 import numpy as np
 
 from .. import ops
 from ..config import ModelConfig, context_size
 from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
-from .. import quants
-from .host_repack import base_tensor_bytes, codebook_side_data
-from .layouts import CODEBOOK, KQUANTS, LAYOUTS, SCALAR, T_Q8_0, layout_of
-from .runtime import get_runtime
+from .loader import get_runtime
+from .weights import CODEBOOK, GpuMatrix
 
 CHUNK = 256   # prompt tokens per batched pass (activation buffers are sized for this)
-
-
-class GpuMatrix:
-    """One weight matrix on the GPU, described by an lb_mat for the kernels."""
-
-    def __init__(self, model, f: LowbitFile, name: str, shape, bias: str = None):
-        rt = model.rt
-        info = f.info(name)
-        if tuple(info.shape) != tuple(shape):
-            raise FormatError(f.path, f"tensor {name!r} has shape {list(info.shape)}, the architecture needs {list(shape)}")
-        layout = layout_of(info.type)
-        if layout is None:
-            raise LowbitError(f"{f.path}: tensor {name!r} has type {info.type!r}, which has no CUDA kernel yet "
-                              f"(CUDA types: {', '.join(LAYOUTS)}, and the .h variants of those); use --device cpu")
-        rows, cols = shape
-        f.qtype(name)   # (an unknown type: the file's own error)
-        bname, prefix, raw = base_tensor_bytes(f, name)   # .h: decoded to the base type's bytes here
-        qt = quants.get(bname)
-        self.nbytes = prefix.nbytes + raw.nbytes   # bytes the GPU reads (.h: the decoded base bytes)
-        nfull = cols // layout.block_size            # whole blocks per row
-        rem = cols - nfull * layout.block_size
-        if rem and layout.code not in KQUANTS:
-            raise LowbitError(f"{f.path}: tensor {name!r} ({info.type}, rows of {cols}) does not fill whole blocks")
-        m = self.mat = rt.ffi.new("lb_mat*")
-        m.rows, m.cols, m.type = rows, cols, layout.code
-        m.xtra, m.xtra_row = 0, 0
-        if layout.code in CODEBOOK:   # codebook and row scales: the kernels' side data
-            m.xtra = model.upload(codebook_side_data(bname, prefix))
-        if rem:   # k-quant rows ending in a tail block: tail blocks go to their own array
-            fb = nfull * qt.block_bytes
-            m.xtra, m.xtra_row = model.upload(np.ascontiguousarray(raw[:, fb:])), raw.shape[1] - fb
-            raw = np.ascontiguousarray(raw[:, :fb])
-        row_bytes = raw.shape[1]
-        if layout.repack is None:
-            body = model.alloc(raw.nbytes)
-            if raw.nbytes:
-                rt.htod(body, raw)
-            m.body, m.body_row, m.tail, m.tail_row = body, row_bytes, 0, 0
-            if row_bytes % 16 and layout.code in SCALAR:
-                m.type = SCALAR[layout.code]
-        else:
-            p = layout.repack
-            nblocks = rows * nfull
-            body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * p.tail_len)
-            if nblocks:
-                scratch = model.scratch(raw.nbytes)
-                rt.htod(scratch, raw)
-                if layout.code == T_Q8_0:
-                    rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
-                elif layout.code in CODEBOOK:
-                    rt.call("lb_repack_vq", scratch, body, tail, rows, cols, layout.code)
-                else:
-                    rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
-                rt.call("lb_sync")
-            m.body, m.body_row = body, nfull * p.body_len
-            m.tail, m.tail_row = tail, nfull * p.tail_len
-        m.bias = 0
-        if bias is not None and bias in f.tensors:
-            if f.info(bias).shape != (rows,):
-                raise FormatError(f.path, f"tensor {bias!r} has shape {list(f.info(bias).shape)}, expected [{rows}]")
-            m.bias = model.upload(f.dequantize(bias).astype(np.float32))
 
 
 class CudaKVCache:
@@ -149,7 +87,7 @@ class CudaTransformer:
         self.att, self.g = self.alloc(P * self.qdim * 4), self.alloc(P * ffn * 4)
         self.logits = self.alloc(P * c.vocab_size * 4)
         # one decode token's activations quantized like q8_K for the q4_k dp4a GEMVs (layout: XQ in
-        # lowbit_cuda.cu: 256 quant bytes + 16 int sums + a float scale per 256-block)
+        # kernels/common.cuh: 256 quant bytes + 16 int sums + a float scale per 256-block)
         self.xq_cap = max(dim, self.qdim, ffn) // 256 + 1
         self.xq = self.alloc(self.xq_cap * (256 + 64 + 4))
         self.io = self.alloc((P + 1) * 4)         # [pos0, token ids...] read by the kernels

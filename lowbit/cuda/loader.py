@@ -1,4 +1,5 @@
-"""The built library, loaded with cffi in ABI mode (dlopen), and thin checked wrappers."""
+"""Find and load the built library (build.library) with cffi in ABI mode (dlopen), its C API
+declarations (CDEF, defined by LB_API in kernels/api.cu), and thin checked wrappers."""
 import threading
 
 from cffi import FFI
