@@ -64,7 +64,7 @@ LB_API int lb_repack(uint64_t src, uint64_t body, uint64_t tail, size_t nblocks,
 }
 LB_API int lb_repack_vq(uint64_t src, uint64_t body, uint64_t tail, int rows, int cols, int type) {
     const int D = VQ_D(type), B = VQ_B(type);
-    if (type < T_CBK2 || type > T_D4L2 || cols % B) { snprintf(g_err, sizeof g_err, "codebook rows of %d weights (type %d) are not whole blocks", cols, type); return -1; }
+    if (!is_vq(type) || cols % B) { snprintf(g_err, sizeof g_err, "codebook rows of %d weights (type %d) are not whole blocks", cols, type); return -1; }
     repack_vq_kernel<<<1024, 256, 0, g_stream>>>((const uint8_t*)src, (uint8_t*)body, (uint8_t*)tail, rows, cols / D, B / D);
     CKL("repack_vq_kernel");
     return 0;
@@ -95,7 +95,7 @@ LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     if (ntok > 1) {   // a prompt pass: the CPU's activation rounding first (in place: x is this job's own input)
         int bs = 0;
         for (int i = 0; i < job_in->nmat; i++) {
-            const int t = job_in->m[i].type, b = t == T_Q8_0 ? 32 : (t >= T_Q4_K && t <= T_Q5_K) ? 256 : -1;
+            const int t = job_in->m[i].type, b = t == T_Q8_0 ? 32 : is_kquant(t) ? 256 : -1;
             bs = i == 0 || bs == b ? b : -1;
         }
         if (bs > 0) {

@@ -154,8 +154,6 @@ __global__ void repack_vq_kernel(const uint8_t* __restrict__ src, uint8_t* __res
 }
 
 static int gemm_mma(const lb_job& job, uint64_t x, int ldx, int ntok);   // mma.cu (long prompt passes)
-static bool is_vq(int type) { return type == T_CBK2 || type == T_CBK4 || type == T_D4L2; }
-
 template <int TY, int NT>
 static cudaError_t launch_vq_k(const lb_job& j, const float* x, int ldx, int blocks) {
     static bool attr = false;   // dynamic shared memory over 48 KB: allowed once per kernel
@@ -192,7 +190,8 @@ static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* res
         }
     }
     rest->nmat = 0;
-    for (int ty = T_CBK2; ty <= T_D4L2; ty++) {
+    constexpr int vq_types[] = {T_CBK2, T_CBK4, T_D4L2};
+    for (const int ty : vq_types) {
         lb_job j = job;
         j.nmat = 0;
         if (job.mode == 2) { if (job.m[0].type == ty) j.nmat = 2; }

@@ -18,6 +18,9 @@
 enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q6_K = 5, T_Q2_K = 6, T_Q3_K = 7, T_Q5_K = 8,
        T_CBK2 = 9, T_CBK4 = 10, T_D4L2 = 11,   // codebook types (vq_* below)
        T_F32S = 16, T_F16S = 17, T_BF16S = 18 };   // *S: rows not a multiple of 16 bytes (scalar loads)
+// the k-quants' codes and the codebook types' codes are each one contiguous range
+__host__ __device__ __forceinline__ constexpr bool is_kquant(int t) { return t >= T_Q4_K && t <= T_Q5_K; }
+__host__ __device__ __forceinline__ constexpr bool is_vq(int t) { return t >= T_CBK2 && t <= T_D4L2; }
 
 typedef struct {
     uint64_t body, tail, bias, xtra;   // device pointers (tail, bias, xtra may be 0)

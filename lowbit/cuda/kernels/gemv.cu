@@ -10,7 +10,7 @@ __device__ __forceinline__ float affine_w(float d, int sc, int q, float dmin, in
 __device__ float dequant_one(const lb_mat& m, int row, int c) {
     const uint8_t* r = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* mt = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
-    if (m.type >= T_Q4_K && m.type <= T_Q5_K && c >= (m.cols & ~255))
+    if (m.type >= T_Q4_K && m.type <= T_Q5_K && c >= (m.cols & ~255))   // is_kquant, written out: the call compiled the MMA tile loader differently
         return tail_weight(m.type, (const uint8_t*)m.xtra + (size_t)row * m.xtra_row, m.cols & 255, c & 255);
     const int i = c & 255, b = c >> 8;
     switch (m.type) {
