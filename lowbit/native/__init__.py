@@ -354,3 +354,8 @@ def _codebook_side(base):
 
 for _b in CODEBOOK_TYPES:
     SIDE_FILL[_b] = _codebook_side(_b)
+
+
+# every type with a C kernel gets its kernels["c"] entry when the native package is imported
+from .. import quants as _quants  # noqa: E402
+register(_quants.TYPES)
