@@ -290,6 +290,30 @@ def test_shared_model_matches_cpu(name, qtype, tmp_path_factory):
     assert len(b) > 0 and a[:4] == b[:4]
 
 
+def test_layouts_come_from_the_type_table():
+    """The GPU type codes are the type table's ids (lowbit_types.h), q4_ke and `.h` types run as
+    their kernel type, block geometry is the QuantType's, and the CUDA-only scalar codes sit above
+    every id with the value the kernels use."""
+    import re
+    from lowbit import quants
+    from lowbit.cuda.weights import CUDA_TYPES, LAYOUTS, SCALAR_BASE, layout_of
+    for name in CUDA_TYPES:
+        qt, lay = quants.get(name), LAYOUTS[name]
+        assert qt.has_kernels and lay.code == qt.id and (lay.block_size, lay.block_bytes) == (qt.block_size, qt.block_bytes)
+        if lay.repack is not None:
+            assert 0 < lay.repack.body_len and lay.repack.body_off + lay.repack.body_len <= qt.block_bytes
+    for name, qt in quants.TYPES.items():
+        lay = layout_of(name)
+        assert (lay is None) == (qt.kernel_type not in CUDA_TYPES), name
+        if lay is not None:
+            assert lay.code == quants.get(qt.kernel_type).id
+    assert layout_of("q4_ke").code == layout_of("q4_ke.h").code == quants.get("q4_k").id
+    assert layout_of("no such type") is None
+    assert max(qt.id for qt in quants.TYPES.values()) < SCALAR_BASE
+    common = (ROOT / "lowbit" / "cuda" / "kernels" / "common.cuh").read_text()
+    assert int(re.search(r"constexpr int T_SCALAR = (\d+);", common).group(1)) == SCALAR_BASE
+
+
 def test_every_declared_function_is_exported():
     """Each C function the cffi declarations name is defined (LB_API) in the kernels: a missing
     one only fails at first use on a GPU machine."""

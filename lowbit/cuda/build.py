@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LowbitError
+from ..quants import ctypes_header
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "lowbit_cuda.cu"
@@ -66,6 +67,8 @@ def source_hash(source: Path = SOURCE) -> str:
     for f in files:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    if source == SOURCE:   # and the generated type header the kernels include
+        h.update(b"lowbit_types.h\0" + ctypes_header.text().encode())
     return h.hexdigest()[:16]
 
 
@@ -83,9 +86,11 @@ def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
+    include = out.parent / "include"   # lowbit_types.h, generated from the type table for this build
+    ctypes_header.write(str(include))
     cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-gencode=arch=compute_{arch},code=compute_{arch}",
-           "-o", tmp, str(source)]
+           "-I", str(include), "-o", tmp, str(source)]
     if verbose:
         print("lowbit: building the CUDA kernels:", " ".join(cmd), file=sys.stderr)
     try:

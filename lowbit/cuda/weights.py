@@ -33,61 +33,77 @@ from ..errors import FormatError, LowbitError
 from ..format import LowbitFile
 from ..quants import vq
 
-T_F32, T_F16, T_BF16, T_Q8_0, T_Q4_K, T_Q6_K, T_Q2_K, T_Q3_K, T_Q5_K, T_CBK2, T_CBK4, T_D4L2 = range(12)
-SCALAR = {T_F32: 16, T_F16: 17, T_BF16: 18}   # plain floats whose rows are not 16-byte multiples
-KQUANTS = {T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K}   # rows may end in a tail block
-CODEBOOK = {T_CBK2, T_CBK4, T_D4L2}                 # side data (codebook, row scales) in lb_mat.xtra
+# The kernel types with CUDA kernels (kernels/, by family). A tensor runs as its type's kernel type
+# (QuantType.kernel_type: q4_ke as q4_k, `<base>.h` as its base after decoding), whose id is the
+# type code the kernels see (lowbit_types.h).
+CUDA_TYPES = ("f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "cbk2", "cbk4", "d4l2")
+KQUANTS = {quants.get(n).id for n in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")}   # rows may end in a tail block
+CODEBOOK = {quants.get(n).id for n in ("cbk2", "cbk4", "d4l2")}   # side data (codebook, row scales) in lb_mat.xtra
+FLOATS = {quants.get(n).id for n in ("f32", "f16", "bf16")}
+# kernels/common.cuh T_SCALAR: a float matrix whose rows are not 16-byte multiples gets the code
+# SCALAR_BASE + its id (scalar loads)
+SCALAR_BASE = 128
 
 
 @dataclass(frozen=True)
 class Repack:
-    block_bytes: int
+    """The split of each block into a 16-byte aligned body (bytes body_off..body_off+body_len) and
+    a tail (the block's other bytes, in order)."""
     body_off: int
     body_len: int
 
-    @property
-    def tail_len(self):
-        return self.block_bytes - self.body_len
+
+# q8_0 block: fp16 d at 0, 32 int8 at 2 -> body = quants (permuted), tail = d
+# q2_k block: 16 scale bytes, 64 bytes qs, d, dmin -> body = qs, tail = scales, d, dmin
+# q3_k block: hmask 32, qs 64, 12 scale bytes, d -> body = hmask + qs, tail = scales, d
+# q6_k block: ql|qh|scales (208 bytes), fp16 d at 208 -> body = first 208 bytes, tail = d
+# codebook blocks: scale byte, then the index bytes -> body = indices, tail = scale byte
+# q4_k (144 bytes), q5_k (176) and the floats are kept as in the file.
+REPACKS = {
+    "q8_0": Repack(2, 32), "q2_k": Repack(16, 64), "q3_k": Repack(0, 96), "q6_k": Repack(0, 208),
+    "cbk2": Repack(1, 16), "cbk4": Repack(1, 16), "d4l2": Repack(1, 8),
+}
 
 
 @dataclass(frozen=True)
 class GpuLayout:
-    code: int
-    block_size: int = 1
+    """A kernel type's layout on the GPU: its id and block geometry come from its QuantType."""
+    qtype: quants.QuantType
     repack: Optional[Repack] = None
 
+    @property
+    def code(self):
+        return self.qtype.id
 
-LAYOUTS = {
-    "f32": GpuLayout(T_F32),
-    "f16": GpuLayout(T_F16),
-    "bf16": GpuLayout(T_BF16),
-    # q8_0 block: fp16 d at 0, 32 int8 at 2 -> body = quants (permuted), tail = d
-    "q8_0": GpuLayout(T_Q8_0, 32, Repack(34, 2, 32)),
-    # q2_k block: 16 scale bytes, 64 bytes qs, d, dmin -> body = qs, tail = scales, d, dmin
-    "q2_k": GpuLayout(T_Q2_K, 256, Repack(84, 16, 64)),
-    # q3_k block: hmask 32, qs 64, 12 scale bytes, d -> body = hmask + qs, tail = scales, d
-    "q3_k": GpuLayout(T_Q3_K, 256, Repack(110, 0, 96)),
-    "q4_k": GpuLayout(T_Q4_K, 256),   # 144-byte blocks, kept as in the file
-    "q4_ke": GpuLayout(T_Q4_K, 256),  # q4_k's bytes (only its quantizer differs)
-    "q5_k": GpuLayout(T_Q5_K, 256),   # 176-byte blocks, kept as in the file
-    # q6_k block: ql|qh|scales (208 bytes), fp16 d at 208 -> body = first 208 bytes, tail = d
-    "q6_k": GpuLayout(T_Q6_K, 256, Repack(210, 0, 208)),
-    # codebook blocks: scale byte, then the index bytes -> body = indices, tail = scale byte
-    "cbk2": GpuLayout(T_CBK2, 64, Repack(17, 1, 16)),
-    "cbk4": GpuLayout(T_CBK4, 32, Repack(17, 1, 16)),
-    "d4l2": GpuLayout(T_D4L2, 32, Repack(9, 1, 8)),
-}
+    @property
+    def block_size(self):
+        return self.qtype.block_size
+
+    @property
+    def block_bytes(self):
+        return self.qtype.block_bytes
+
+    @property
+    def tail_len(self):
+        return self.qtype.block_bytes - self.repack.body_len
+
+
+LAYOUTS = {n: GpuLayout(quants.get(n), REPACKS.get(n)) for n in CUDA_TYPES}
 
 
 def layout_of(qtype: str):
-    """The GPU layout of a file's tensor type: `<base>.h` runs as its base type (decoded at load)."""
-    return LAYOUTS.get(qtype[:-2] if qtype.endswith(".h") else qtype)
+    """The GPU layout a file's tensor type runs as (None: no CUDA kernel reads it)."""
+    qt = quants.TYPES.get(qtype)
+    return LAYOUTS.get(qt.kernel_type) if qt is not None else None
+
 
 ROW_BLOCK = 256
 
 
 def base_type(qtype: str) -> str:
-    return qtype[:-2] if qtype.endswith(".h") else qtype
+    """The type whose bytes a tensor of `qtype` holds once loaded (`<base>.h`: its base)."""
+    qt = quants.TYPES.get(qtype)
+    return qt.coded_base if qt is not None and qt.coded_base else qtype
 
 
 def base_tensor_bytes(f, name):
@@ -133,11 +149,11 @@ class GpuMatrix:
         layout = layout_of(info.type)
         if layout is None:
             raise LowbitError(f"{f.path}: tensor {name!r} has type {info.type!r}, which has no CUDA kernel yet "
-                              f"(CUDA types: {', '.join(LAYOUTS)}, and the .h variants of those); use --device cpu")
+                              f"(CUDA types: {', '.join(LAYOUTS)}, and the types that run as those: q4_ke, the .h "
+                              f"variants); use --device cpu")
         rows, cols = shape
         f.qtype(name)   # (an unknown type: the file's own error)
         bname, prefix, raw = base_tensor_bytes(f, name)   # .h: decoded to the base type's bytes here
-        qt = quants.get(bname)
         self.nbytes = prefix.nbytes + raw.nbytes   # bytes the GPU reads (.h: the decoded base bytes)
         nfull = cols // layout.block_size            # whole blocks per row
         rem = cols - nfull * layout.block_size
@@ -149,7 +165,7 @@ class GpuMatrix:
         if layout.code in CODEBOOK:   # codebook and row scales: the kernels' side data
             m.xtra = model.upload(codebook_side_data(bname, prefix))
         if rem:   # k-quant rows ending in a tail block: tail blocks go to their own array
-            fb = nfull * qt.block_bytes
+            fb = nfull * layout.block_bytes
             m.xtra, m.xtra_row = model.upload(np.ascontiguousarray(raw[:, fb:])), raw.shape[1] - fb
             raw = np.ascontiguousarray(raw[:, :fb])
         row_bytes = raw.shape[1]
@@ -158,24 +174,24 @@ class GpuMatrix:
             if raw.nbytes:
                 rt.htod(body, raw)
             m.body, m.body_row, m.tail, m.tail_row = body, row_bytes, 0, 0
-            if row_bytes % 16 and layout.code in SCALAR:
-                m.type = SCALAR[layout.code]
+            if row_bytes % 16 and layout.code in FLOATS:
+                m.type = SCALAR_BASE + layout.code
         else:
             p = layout.repack
             nblocks = rows * nfull
-            body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * p.tail_len)
+            body, tail = model.alloc(nblocks * p.body_len), model.alloc(nblocks * layout.tail_len)
             if nblocks:
                 scratch = model.scratch(raw.nbytes)
                 rt.htod(scratch, raw)
-                if layout.code == T_Q8_0:
+                if layout.qtype.name == "q8_0":
                     rt.call("lb_repack_q8", scratch, body, tail, rows, cols)
                 elif layout.code in CODEBOOK:
                     rt.call("lb_repack_vq", scratch, body, tail, rows, cols, layout.code)
                 else:
-                    rt.call("lb_repack", scratch, body, tail, nblocks, p.block_bytes, p.body_off, p.body_len)
+                    rt.call("lb_repack", scratch, body, tail, nblocks, layout.block_bytes, p.body_off, p.body_len)
                 rt.call("lb_sync")
             m.body, m.body_row = body, nfull * p.body_len
-            m.tail, m.tail_row = tail, nfull * p.tail_len
+            m.tail, m.tail_row = tail, nfull * layout.tail_len
         m.bias = 0
         if bias is not None and bias in f.tensors:
             if f.info(bias).shape != (rows,):

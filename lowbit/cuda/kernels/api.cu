@@ -95,7 +95,7 @@ LB_API int lb_gemv(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     if (ntok > 1) {   // a prompt pass: the CPU's activation rounding first (in place: x is this job's own input)
         int bs = 0;
         for (int i = 0; i < job_in->nmat; i++) {
-            const int t = job_in->m[i].type, b = t == T_Q8_0 ? 32 : is_kquant(t) ? 256 : -1;
+            const int t = job_in->m[i].type, b = t == LB_Q8_0 ? 32 : is_kquant(t) ? 256 : -1;
             bs = i == 0 || bs == b ? b : -1;
         }
         if (bs > 0) {

@@ -4,8 +4,8 @@
 // ----------------------------------------------------------------------------- codebook types
 // w[b*B + v*D + j] = d_row * SCALE[s_b] * codebook[idx[b, v], j], SCALE[0] = 0, SCALE[s] =
 // 2^((s - 255) / 16) (float32 of the double value, as the CPU's table). VQ_D/VQ_B: D and B of a type.
-__host__ __device__ constexpr int VQ_D(int ty) { return ty == T_CBK4 ? 2 : 4; }
-__host__ __device__ constexpr int VQ_B(int ty) { return ty == T_CBK2 ? 64 : 32; }
+__host__ __device__ constexpr int VQ_D(int ty) { return ty == LB_CBK4 ? 2 : 4; }
+__host__ __device__ constexpr int VQ_B(int ty) { return ty == LB_CBK2 ? 64 : 32; }
 __device__ __forceinline__ float vq_scale(int s) { return s ? (float)exp2((double)(s - 255) / 16.0) : 0.f; }
 // Index bytes of a row in the body: each full chunk of 512 vectors permuted so that lane l's 16
 // bytes hold vectors l, l+32, ..., l+480 (then every x load of the warp is contiguous); the rest
@@ -190,7 +190,7 @@ static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* res
         }
     }
     rest->nmat = 0;
-    constexpr int vq_types[] = {T_CBK2, T_CBK4, T_D4L2};
+    constexpr int vq_types[] = {LB_CBK2, LB_CBK4, LB_D4L2};
     for (const int ty : vq_types) {
         lb_job j = job;
         j.nmat = 0;
@@ -222,9 +222,9 @@ static int gemv_vq(const lb_job& job, uint64_t x, int ldx, int ntok, lb_job* res
             lb_job jt = j;
             for (int i = 0; i < 3; i++) if (jt.y[i]) jt.y[i] += (uint64_t)t0 * jt.ldy[i] * sizeof(float);
             const float* xp = (const float*)x + (size_t)t0 * ldx;
-            cudaError_t r = ty == T_CBK2 ? launch_vq_nt<T_CBK2>(jt, xp, ldx, nt, blocks)
-                          : ty == T_CBK4 ? launch_vq_nt<T_CBK4>(jt, xp, ldx, nt, blocks)
-                                         : launch_vq_nt<T_D4L2>(jt, xp, ldx, nt, blocks);
+            cudaError_t r = ty == LB_CBK2 ? launch_vq_nt<LB_CBK2>(jt, xp, ldx, nt, blocks)
+                          : ty == LB_CBK4 ? launch_vq_nt<LB_CBK4>(jt, xp, ldx, nt, blocks)
+                                         : launch_vq_nt<LB_D4L2>(jt, xp, ldx, nt, blocks);
             if (r != cudaSuccess) return fail("gemv_vq_kernel launch", r);
             CKL("gemv_vq_kernel");
             t0 += nt;

@@ -15,12 +15,21 @@
 
 #define LB_API extern "C" __attribute__((visibility("default")))
 
-enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q6_K = 5, T_Q2_K = 6, T_Q3_K = 7, T_Q5_K = 8,
-       T_CBK2 = 9, T_CBK4 = 10, T_D4L2 = 11,   // codebook types (vq_* below)
-       T_F32S = 16, T_F16S = 17, T_BF16S = 18 };   // *S: rows not a multiple of 16 bytes (scalar loads)
-// the k-quants' codes and the codebook types' codes are each one contiguous range
-__host__ __device__ __forceinline__ constexpr bool is_kquant(int t) { return t >= T_Q4_K && t <= T_Q5_K; }
-__host__ __device__ __forceinline__ constexpr bool is_vq(int t) { return t >= T_CBK2 && t <= T_D4L2; }
+// Type ids: the generated lowbit_types.h (lowbit/quants/ctypes_header.py, written by build.py
+// into the build's include folder), the one id space of Python, C and CUDA. lb_mat.type holds the
+// id of the type whose kernels read the bytes (q4_ke and `.h` tensors arrive as their kernel type).
+#include "lowbit_types.h"
+// CUDA-only layout variants of the float types: rows that are not 16-byte multiples take scalar
+// loads. Codes T_SCALAR + id, above every type id (a `.h` id is 64 + its base's, so ids stay < 128);
+// lowbit/cuda/weights.py sets them (SCALAR_CODE).
+constexpr int T_SCALAR = 128;
+enum { T_F32S = T_SCALAR + LB_F32, T_F16S = T_SCALAR + LB_F16, T_BF16S = T_SCALAR + LB_BF16 };
+// the k-quants' ids and the codebook types' ids are each one contiguous range
+static_assert(LB_Q3_K == LB_Q2_K + 1 && LB_Q4_K == LB_Q2_K + 2 && LB_Q5_K == LB_Q2_K + 3 && LB_Q6_K == LB_Q2_K + 4, "k-quant ids");
+static_assert(LB_CBK4 == LB_CBK2 + 1 && LB_D4L2 == LB_CBK2 + 2, "codebook ids");
+static_assert(LB_Q4_KE_H < T_SCALAR && LB_D4L2_H < T_SCALAR, "type ids below the CUDA-only codes");
+__host__ __device__ __forceinline__ constexpr bool is_kquant(int t) { return t >= LB_Q2_K && t <= LB_Q6_K; }
+__host__ __device__ __forceinline__ constexpr bool is_vq(int t) { return t >= LB_CBK2 && t <= LB_D4L2; }
 
 typedef struct {
     uint64_t body, tail, bias, xtra;   // device pointers (tail, bias, xtra may be 0)

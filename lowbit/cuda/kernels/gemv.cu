@@ -10,40 +10,40 @@ __device__ __forceinline__ float affine_w(float d, int sc, int q, float dmin, in
 __device__ float dequant_one(const lb_mat& m, int row, int c) {
     const uint8_t* r = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* mt = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
-    if (m.type >= T_Q4_K && m.type <= T_Q5_K && c >= (m.cols & ~255))   // is_kquant, written out: the call compiled the MMA tile loader differently
+    if (is_kquant(m.type) && c >= (m.cols & ~255))
         return tail_weight(m.type, (const uint8_t*)m.xtra + (size_t)row * m.xtra_row, m.cols & 255, c & 255);
     const int i = c & 255, b = c >> 8;
     switch (m.type) {
-    case T_F32: case T_F32S: return reinterpret_cast<const float*>(r)[c];
-    case T_F16: case T_F16S: return h2f(reinterpret_cast<const uint16_t*>(r)[c]);
-    case T_BF16: case T_BF16S: return bf2f(reinterpret_cast<const uint16_t*>(r)[c]);
-    case T_Q8_0: {
+    case LB_F32: case T_F32S: return reinterpret_cast<const float*>(r)[c];
+    case LB_F16: case T_F16S: return h2f(reinterpret_cast<const uint16_t*>(r)[c]);
+    case LB_BF16: case T_BF16S: return bf2f(reinterpret_cast<const uint16_t*>(r)[c]);
+    case LB_Q8_0: {
         const uint16_t* dt = (const uint16_t*)mt;
         return __fmul_rn(h2f(dt[c >> 5]), (float)(int8_t)r[q8_pos(c, m.cols)]);
     }
-    case T_CBK2: case T_CBK4: case T_D4L2: return vq_weight(m, row, c);
-    case T_Q4_K: {
-        const uint8_t* blk = r + (size_t)b * 144;
+    case LB_CBK2: case LB_CBK4: case LB_D4L2: return vq_weight(m, row, c);
+    case LB_Q4_K: {
+        const uint8_t* blk = r + (size_t)b * LB_Q4_K_BLOCK_BYTES;
         int j = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
         q4k_scale_min(2 * j + hi, blk + 4, sc, mn);
         uint8_t q = blk[16 + 32 * j + l];
         return affine_w(h2f(blk[0] | (blk[1] << 8)), sc, hi ? (q >> 4) : (q & 15), h2f(blk[2] | (blk[3] << 8)), mn);
     }
-    case T_Q5_K: {
-        const uint8_t* blk = r + (size_t)b * 176;
+    case LB_Q5_K: {
+        const uint8_t* blk = r + (size_t)b * LB_Q5_K_BLOCK_BYTES;
         int j = i >> 5, cc = i >> 6, hi = (i >> 5) & 1, l = i & 31, sc, mn;
         q4k_scale_min(j, blk + 4, sc, mn);
         int q = ((blk[48 + 32 * cc + l] >> (4 * hi)) & 15) | (((blk[16 + l] >> j) & 1) << 4);
         return affine_w(h2f(blk[0] | (blk[1] << 8)), sc, q, h2f(blk[2] | (blk[3] << 8)), mn);
     }
-    case T_Q2_K: {
+    case LB_Q2_K: {
         const uint8_t* blk = r + (size_t)b * 64;
         const uint8_t* t = mt + (size_t)b * 20;
         int h = i >> 7, j = (i >> 5) & 3, l = i & 31, s = t[i >> 4];
         int q = (blk[32 * h + l] >> (2 * j)) & 3;
         return affine_w(h2f(t[16] | (t[17] << 8)), s & 15, q, h2f(t[18] | (t[19] << 8)), s >> 4);
     }
-    case T_Q3_K: {
+    case LB_Q3_K: {
         const uint8_t* blk = r + (size_t)b * 96;
         const uint8_t* t = mt + (size_t)b * 14;
         int h = i >> 7, j = (i >> 5) & 3, l = i & 31, js = i >> 4;
@@ -53,7 +53,7 @@ __device__ float dequant_one(const lb_mat& m, int row, int c) {
         float d = h2f(t[12] | (t[13] << 8));
         return __fmul_rn(__fmul_rn(d, (float)((lo | (hs << 4)) - 32)), (float)(low - (high ? 0 : 4)));
     }
-    case T_Q6_K: {
+    case LB_Q6_K: {
         const uint16_t* dt = (const uint16_t*)mt;
         const uint8_t* blk = r + (size_t)b * 208;
         int n = i >> 7, quarter = (i >> 5) & 3, l = i & 31;
@@ -87,15 +87,15 @@ __device__ __forceinline__ void row_dot_scalar(const lb_mat& m, int row, const f
 template <int NT>
 __device__ __forceinline__ void row_dot(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     switch (m.type) {
-    case T_Q4_K: row_dot_q4k<NT>(m, row, x, ldx, lane, acc); break;
-    case T_Q6_K: row_dot_q6k<NT>(m, row, x, ldx, lane, acc); break;
-    case T_Q2_K: row_dot_k8<T_Q2_K, NT>(m, row, x, ldx, lane, acc); break;
-    case T_Q3_K: row_dot_k8<T_Q3_K, NT>(m, row, x, ldx, lane, acc); break;
-    case T_Q5_K: row_dot_k8<T_Q5_K, NT>(m, row, x, ldx, lane, acc); break;
-    case T_Q8_0: row_dot_q8_0<NT>(m, row, x, ldx, lane, acc); break;
-    case T_F32: row_dot_float<NT, T_F32>(m, row, x, ldx, lane, acc); break;
-    case T_F16: row_dot_float<NT, T_F16>(m, row, x, ldx, lane, acc); break;
-    case T_BF16: row_dot_float<NT, T_BF16>(m, row, x, ldx, lane, acc); break;
+    case LB_Q4_K: row_dot_q4k<NT>(m, row, x, ldx, lane, acc); break;
+    case LB_Q6_K: row_dot_q6k<NT>(m, row, x, ldx, lane, acc); break;
+    case LB_Q2_K: row_dot_k8<LB_Q2_K, NT>(m, row, x, ldx, lane, acc); break;
+    case LB_Q3_K: row_dot_k8<LB_Q3_K, NT>(m, row, x, ldx, lane, acc); break;
+    case LB_Q5_K: row_dot_k8<LB_Q5_K, NT>(m, row, x, ldx, lane, acc); break;
+    case LB_Q8_0: row_dot_q8_0<NT>(m, row, x, ldx, lane, acc); break;
+    case LB_F32: row_dot_float<NT, LB_F32>(m, row, x, ldx, lane, acc); break;
+    case LB_F16: row_dot_float<NT, LB_F16>(m, row, x, ldx, lane, acc); break;
+    case LB_BF16: row_dot_float<NT, LB_BF16>(m, row, x, ldx, lane, acc); break;
     default: row_dot_scalar<NT>(m, row, x, ldx, lane, acc); break;
     }
     if (m.xtra) row_dot_tail<NT>(m, row, x, ldx, lane, 32, acc);
@@ -111,9 +111,9 @@ __device__ __forceinline__ void gemv_q4k_rows(const lb_job& job, int mi, int war
         const lb_mat& m = job_mat(job, mi);
         const int rr = min(4 * grp + (lane >> 3), m.rows - 1);
         const int nb = m.cols >> 8, kb0 = nb * ks / S, kb1 = nb * (ks + 1) / S;
-        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * 144;
+        const uint8_t* b0 = (const uint8_t*)m.body + (size_t)rr * m.body_row + (size_t)kb0 * LB_Q4_K_BLOCK_BYTES;
         const float* xs = x + (size_t)kb0 * 256;
-        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + (size_t)kb0 * 144, kb1 - kb0, xs, lane, ab);
+        if (job.mode == 2) dot_q4k_g8<2>(b0, (const uint8_t*)job.m[1].body + (size_t)rr * job.m[1].body_row + (size_t)kb0 * LB_Q4_K_BLOCK_BYTES, kb1 - kb0, xs, lane, ab);
         else dot_q4k_g8<1>(b0, b0, kb1 - kb0, xs, lane, ab);
     }
     const lb_mat& m = job_mat(job, mi);
@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, NT == 1 ? 4 : 1) gemv_kernel(
     const int R = mi == 0 ? job.rpw[0] : mi == 1 ? job.rpw[1] : job.rpw[2];
     if (NT == 1 && R == 4) { gemv_q4k_rows(job, mi, warp, lane, x); return; }
     // the q8_0 / q6_k decode paths wait for the previous kernel after their first weight loads
-    if (!(NT == 1 && (m.type == T_Q8_0 || m.type == T_Q6_K))) pdl_wait();
+    if (!(NT == 1 && (m.type == LB_Q8_0 || m.type == LB_Q6_K))) pdl_wait();
     const int row = warp;
     float a[NT], b[NT];
 #pragma unroll
@@ -217,7 +217,7 @@ static cudaError_t launch_gemv(const lb_job& job, const float* x, int ldx, int w
     return launch(gemv_kernel<NT>, dim3(blocks), dim3(32 * GEMV_WARPS), job, x, ldx);
 }
 
-static int rows_per_warp(int type, int nt) { return nt == 1 && type == T_Q4_K ? 4 : 1; }
+static int rows_per_warp(int type, int nt) { return nt == 1 && type == LB_Q4_K ? 4 : 1; }
 
 static int gemv_float(const lb_job* job_in, uint64_t x, int ldx, int ntok) {
     lb_job job = *job_in;

@@ -23,7 +23,7 @@ __device__ __forceinline__ void row_dot_q4k(const lb_mat& m, int row, const floa
 #pragma unroll
         for (int k = 0; k < U; k++) {
             if (b0 + k < nb) {
-                const uint8_t* blk = base + (size_t)(b0 + k) * 144;
+                const uint8_t* blk = base + (size_t)(b0 + k) * LB_Q4_K_BLOCK_BYTES;
                 hd[k] = __ldg(reinterpret_cast<const uint4*>(blk));
                 q[k] = __ldcs(reinterpret_cast<const unsigned int*>(blk + 16 + 32 * j + 4 * p));
             }
@@ -128,7 +128,7 @@ __device__ __forceinline__ void dot_q4k_g8(const uint8_t* base0, const uint8_t* 
     _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                         \
         _Pragma("unroll") for (int k = 0; k < U; k++) {                                        \
             if ((B0) + k < nb) {                                                               \
-                const uint8_t* blk = (mm ? base1 : base0) + (size_t)((B0) + k) * 144;          \
+                const uint8_t* blk = (mm ? base1 : base0) + (size_t)((B0) + k) * LB_Q4_K_BLOCK_BYTES;  \
                 HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(blk));                        \
                 Q[mm][k] = ldw(blk + 16 + 32 * c + 16 * h);                                    \
             }                                                                                  \
@@ -183,8 +183,8 @@ __device__ __forceinline__ void dot_q4k_g8(const uint8_t* base0, const uint8_t* 
 // block (one sub-block, one scale), so the warp's x loads are contiguous.
 template <int TY, int NT>
 __device__ __forceinline__ void row_dot_k8(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
-    constexpr int BODY = TY == T_Q2_K ? 64 : TY == T_Q3_K ? 96 : 176;
-    constexpr int TAIL = TY == T_Q2_K ? 20 : TY == T_Q3_K ? 14 : 0;
+    constexpr int BODY = TY == LB_Q2_K ? 64 : TY == LB_Q3_K ? 96 : LB_Q5_K_BLOCK_BYTES;
+    constexpr int TAIL = TY == LB_Q2_K ? 20 : TY == LB_Q3_K ? 14 : 0;
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
     const uint8_t* meta = (const uint8_t*)m.tail + (size_t)row * m.tail_row;
     const int nb = m.cols >> 8;
@@ -193,7 +193,7 @@ __device__ __forceinline__ void row_dot_k8(const lb_mat& m, int row, const float
         const uint8_t* blk = base + (size_t)b * BODY;
         float A, B = 0.f;   // w = A * q - B for the lane's 8 weights
         uint32_t qlo, qhi;  // the 8 quants, one per byte (0..31)
-        if (TY == T_Q2_K) {
+        if (TY == LB_Q2_K) {
             const uint8_t* mt = meta + (size_t)b * TAIL;
             uint2 v = __ldcs(reinterpret_cast<const uint2*>(blk + 32 * (lane >> 4) + l8));
             int sh = 2 * ((lane >> 2) & 3);
@@ -201,7 +201,7 @@ __device__ __forceinline__ void row_dot_k8(const lb_mat& m, int row, const float
             uint32_t sc = mt[lane >> 1];
             float d = h2f(mt[16] | (mt[17] << 8)), dmin = h2f(mt[18] | (mt[19] << 8));
             A = d * (float)(sc & 15); B = dmin * (float)(sc >> 4);
-        } else if (TY == T_Q3_K) {
+        } else if (TY == LB_Q3_K) {
             const uint8_t* mt = meta + (size_t)b * TAIL;
             uint2 v = __ldcs(reinterpret_cast<const uint2*>(blk + 32 + 32 * (lane >> 4) + l8));
             uint2 hm = __ldcs(reinterpret_cast<const uint2*>(blk + l8));
@@ -249,20 +249,20 @@ __device__ __forceinline__ int tail_bits(const uint8_t* p, int i, int bits) {
 }
 // exact dequantization (no fused multiply-add, products in the spec's order)
 __device__ float tail_weight(int type, const uint8_t* tb, int r, int i) {
-    const bool k32 = type == T_Q4_K || type == T_Q5_K;
+    const bool k32 = type == LB_Q4_K || type == LB_Q5_K;
     const int S = k32 ? 32 : 16;
-    const int bits = type == T_Q2_K ? 2 : type == T_Q3_K ? 3 : type == T_Q4_K ? 4 : type == T_Q5_K ? 5 : 6;
+    const int bits = type == LB_Q2_K ? 2 : type == LB_Q3_K ? 3 : type == LB_Q4_K ? 4 : type == LB_Q5_K ? 5 : 6;
     const int nsub = (r + S - 1) / S, j = i / S;
     float d = h2f(tb[0] | (tb[1] << 8));
-    const bool affine = type == T_Q2_K || k32;
+    const bool affine = type == LB_Q2_K || k32;
     float dmin = affine ? h2f(tb[2] | (tb[3] << 8)) : 0.f;
     const uint8_t* sc = tb + (affine ? 4 : 2);
     const uint8_t* qp = sc + (k32 ? 2 * nsub : nsub);
     int q = tail_bits(qp, i, bits);
     switch (type) {
-    case T_Q2_K: { int s = sc[j]; return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)(s & 15)), (float)q), __fmul_rn(dmin, (float)(s >> 4))); }
-    case T_Q3_K: return __fmul_rn(__fmul_rn(d, (float)(sc[j] - 32)), (float)(q - 4));
-    case T_Q6_K: return __fmul_rn(__fmul_rn(d, (float)(int8_t)sc[j]), (float)(q - 32));
+    case LB_Q2_K: { int s = sc[j]; return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)(s & 15)), (float)q), __fmul_rn(dmin, (float)(s >> 4))); }
+    case LB_Q3_K: return __fmul_rn(__fmul_rn(d, (float)(sc[j] - 32)), (float)(q - 4));
+    case LB_Q6_K: return __fmul_rn(__fmul_rn(d, (float)(int8_t)sc[j]), (float)(q - 32));
     default: return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)sc[j]), (float)q), __fmul_rn(dmin, (float)sc[nsub + j]));
     }
 }
@@ -337,7 +337,7 @@ __device__ __forceinline__ void tail_dot_q8(const lb_mat& m, int row, const uint
     const uint8_t* tb = (const uint8_t*)m.xtra + (size_t)row * m.xtra_row;
     const uint8_t* xb = xq + 256 * (size_t)b;
     const int* xbs = reinterpret_cast<const int*>(xq + xq_bs_off(cap));
-    const bool q4 = m.type == T_Q4_K;
+    const bool q4 = m.type == LB_Q4_K;
     int I = 0, M = 0;
     if (q4) {
         const int nsub = (r + 31) >> 5;
@@ -386,7 +386,7 @@ __device__ __forceinline__ void q4k_group_ptrs(const lb_job& job, int g, int kb0
     mi = (NM == 2 || g < g0) ? 0 : g < g0 + g1 ? 1 : 2;
     const int gl = g - (mi == 0 ? 0 : mi == 1 ? g0 : g0 + g1);
     grow = 4 * H * gl;
-    const size_t off = (size_t)kb0 * 144 + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
+    const size_t off = (size_t)kb0 * LB_Q4_K_BLOCK_BYTES + 16 + 32 * ((lane & 7) >> 1) + 16 * (lane & 1);
 #pragma unroll
     for (int sl = 0; sl < M; sl++) {
         const lb_mat& m = NM == 2 ? job_mat(job, sl / H) : job_mat(job, mi);
@@ -418,7 +418,7 @@ __device__ __forceinline__ void q4k_q8_blocks(const lb_job& job, const int bid, 
     _Pragma("unroll") for (int mm = 0; mm < M; mm++) {                                             \
         _Pragma("unroll") for (int k = 0; k < U; k++) {                                            \
             if ((B0) + k < nbs) {                                                                  \
-                const uint8_t* qp = (P)[mm] + (size_t)((B0) + k) * 144;                            \
+                const uint8_t* qp = (P)[mm] + (size_t)((B0) + k) * LB_Q4_K_BLOCK_BYTES;            \
                 Q[mm][k] = ldw(qp);                                                                \
                 HD[mm][k] = __ldg(reinterpret_cast<const uint4*>(qp - (16 + 32 * c + 16 * (lane & 1)))); \
             }                                                                                      \
@@ -722,7 +722,7 @@ static int launch_q8act(lb_job j, int type) {
     // groups of ROWS_Q6 = 8 q6_k rows (P = 2), ROWS_GU = 4 rows of each of gate and up (M = 2, H = 1),
     // ROWS_Q4 = 8 rows of one q4_k matrix (M = H = 2)
     static_assert(ROWS_Q6 == 8 && ROWS_GU == 4 && ROWS_Q4 == 8, "the launches below instantiate these group sizes");
-    cudaError_t r = type == T_Q6_K ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
+    cudaError_t r = type == LB_Q6_K ? launch(gemv_q6k_q8_kernel<2>, grid, block, j, (const float*)0)
                   : j.mode == 2 ? launch(gemv_q4k_q8_kernel<2, 1>, grid, block, j, (const float*)0)
                                 : launch(gemv_q4k_q8_kernel<2, 2>, grid, block, j, (const float*)0);
     if (r != cudaSuccess) return fail("gemv q8-activation kernel launch", r);
@@ -749,12 +749,12 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     rest->nmat = j4.nmat = j6.nmat = 0;
     bool quantized = false;
     if (job.mode == 2) {
-        if (job.m[0].type != T_Q4_K || job.m[1].type != T_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
+        if (job.m[0].type != LB_Q4_K || job.m[1].type != LB_Q4_K || job.m[0].cols != job.m[1].cols) { *rest = job; return 0; }
         j4.nmat = 2;
     } else {
         for (int i = 0; i < job.nmat; i++) {
             const int t = job.m[i].type;
-            lb_job& d = t == T_Q4_K ? j4 : t == T_Q6_K ? j6 : *rest;
+            lb_job& d = t == LB_Q4_K ? j4 : t == LB_Q6_K ? j6 : *rest;
             d.m[d.nmat] = job.m[i]; d.y[d.nmat] = job.y[i]; d.ldy[d.nmat] = job.ldy[i]; d.nmat++;
         }
     }
@@ -762,7 +762,7 @@ static int gemv_q8act(const lb_job& job, uint64_t x, lb_job* rest) {
     j4.ksplit = job.mode == 2 ? ROWS_GU : ROWS_Q4;   // rows per group (in the ksplit field)
     j6.ksplit = ROWS_Q6;
     if (j4.nmat && j6.nmat && j4.ksplit == 8 && j6.ksplit == 8) return launch_q46(j4, j6);   // (its bodies: 8 rows)
-    if (j4.nmat) { int rc = launch_q8act(j4, T_Q4_K); if (rc) return rc; }
-    if (j6.nmat) { int rc = launch_q8act(j6, T_Q6_K); if (rc) return rc; }
+    if (j4.nmat) { int rc = launch_q8act(j4, LB_Q4_K); if (rc) return rc; }
+    if (j6.nmat) { int rc = launch_q8act(j6, LB_Q6_K); if (rc) return rc; }
     return 0;
 }

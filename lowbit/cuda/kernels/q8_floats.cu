@@ -59,7 +59,7 @@ __device__ __forceinline__ void row_dot_q8_0(const lb_mat& m, int row, const flo
 template <int NT, int TY>
 __device__ __forceinline__ void row_dot_float(const lb_mat& m, int row, const float* __restrict__ x, int ldx, int lane, float* acc) {
     const uint8_t* base = (const uint8_t*)m.body + (size_t)row * m.body_row;
-    constexpr int PER = TY == T_F32 ? 4 : 8;
+    constexpr int PER = TY == LB_F32 ? 4 : 8;
     const int units = m.cols / PER;
     constexpr int U = 4;
     for (int u0 = 0; u0 < units; u0 += 32 * U) {
@@ -74,8 +74,8 @@ __device__ __forceinline__ void row_dot_float(const lb_mat& m, int row, const fl
             const uint32_t qw[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                if (TY == T_F32) w[i] = __uint_as_float(qw[i]);
-                else if (TY == T_F16) { w[2 * i] = h2f(qw[i]); w[2 * i + 1] = h2f(qw[i] >> 16); }
+                if (TY == LB_F32) w[i] = __uint_as_float(qw[i]);
+                else if (TY == LB_F16) { w[2 * i] = h2f(qw[i]); w[2 * i + 1] = h2f(qw[i] >> 16); }
                 else { w[2 * i] = bf2f(qw[i]); w[2 * i + 1] = bf2f(qw[i] >> 16); }
             }
 #pragma unroll
@@ -98,7 +98,7 @@ __global__ void repack_q8_kernel(const uint8_t* __restrict__ src, uint8_t* __res
     const size_t words = (size_t)rows * (cols / 4);
     for (size_t wi = blockIdx.x * (size_t)blockDim.x + threadIdx.x; wi < words; wi += (size_t)gridDim.x * blockDim.x) {
         int row = (int)(wi / (cols / 4)), c = (int)(wi % (cols / 4)) * 4;
-        const uint8_t* blk = src + ((size_t)row * (cols / 32) + c / 32) * 34;
+        const uint8_t* blk = src + ((size_t)row * (cols / 32) + c / 32) * LB_Q8_0_BLOCK_BYTES;
         uint8_t* o = body + (size_t)row * cols + q8_pos(c, cols);
         for (int k = 0; k < 4; k++) o[k] = blk[2 + (c & 31) + k];
         if ((c & 31) == 0) tail[(size_t)row * (cols / 32) + c / 32] = blk[0] | (blk[1] << 8);
