@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LowbitError
-from ..quants import ctypes_header
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "lowbit_cuda.cu"
@@ -68,6 +67,7 @@ def source_hash(source: Path = SOURCE) -> str:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     if source == SOURCE:   # and the generated type header the kernels include
+        from ..quants import ctypes_header
         h.update(b"lowbit_types.h\0" + ctypes_header.text().encode())
     return h.hexdigest()[:16]
 
@@ -87,6 +87,7 @@ def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
     include = out.parent / "include"   # lowbit_types.h, generated from the type table for this build
+    from ..quants import ctypes_header
     ctypes_header.write(str(include))
     cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-gencode=arch=compute_{arch},code=compute_{arch}",
