@@ -2,8 +2,6 @@
 // it): init and kill switches, memory, load-time repacks, the GEMV dispatch across families, norms,
 // attention, argmax, CUDA graphs and events.
 
-// ------------------------------------------------------------------------------------- C API
-
 LB_API const char* lb_last_error(void) { return g_err; }
 
 LB_API int lb_init(int device, char* name, int name_len, int* cc, long long* total_mem, int* sms) {

@@ -1,5 +1,3 @@
-// Greedy decoding on the device: the argmax that feeds the next step without the host.
-
 // Greedy decoding on the device: argmax of one token's logits (the first index of the largest
 // value, as numpy's argmax), written as the next step's input (io[1] = token, io[0] = pos + 1)
 // and into host-mapped memory (out[pos], 0 = none), so the host can queue the next decode step

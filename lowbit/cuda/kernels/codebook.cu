@@ -1,7 +1,6 @@
 // Codebook types (cbk2, cbk4, d4l2; format_spec/types/codebook.md): one weight, the codebook GEMV
 // (codebook in shared memory) and its launcher, and the index repack.
 
-// ----------------------------------------------------------------------------- codebook types
 // w[b*B + v*D + j] = d_row * SCALE[s_b] * codebook[idx[b, v], j], SCALE[0] = 0, SCALE[s] =
 // 2^((s - 255) / 16) (float32 of the double value, as the CPU's table). VQ_D/VQ_B: D and B of a type.
 __host__ __device__ constexpr int VQ_D(int ty) { return ty == LB_CBK4 ? 2 : 4; }

@@ -1,6 +1,5 @@
 // Prompt passes on tensor cores (WMMA): a GEMM over any type's weights, dequantized per tile.
 
-// ------------------------------------------------------------ prompt passes on tensor cores (WMMA)
 // A prompt pass of >= g_mma_min tokens: C[row][tok] = sum_k W[row][k] x[tok][k] as a GEMM. Each
 // block owns MMA_BM weight rows and MMA_BN tokens; per K step of MMA_BK columns it dequantizes its
 // weight tile into fp16 in shared memory with dequant_one (every type through one kernel: the
