@@ -1,13 +1,22 @@
 """Build the native kernels with cffi: one extension module per CPU feature level, from the same C
 source. Used by setup.py (cffi_modules, at install time) and by the loader (first use, into a
 per-user cache). Needs only gcc (or any C compiler setuptools finds)."""
+import glob
 import hashlib
 import os
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("lowbit_native.h", "lowbit_native.c")
+
+
+def sources() -> list:
+    """Every file the build reads, relative to this folder: lowbit_native.c includes the family files
+    under kernels/ (one compilation unit), so all of them go into the hash and the dependencies."""
+    kernels = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "kernels", "*.[ch]")))
+    return ["lowbit_native.h", "lowbit_native.c"] + kernels
+
+
 COMMON = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
           "-fno-signed-zeros", "-ffp-contract=fast", "-pthread"]
 LEVELS = {   # name -> (compiler flags, lb_cpu_level() value it needs)
@@ -20,7 +29,8 @@ LEVELS = {   # name -> (compiler flags, lb_cpu_level() value it needs)
 
 def source_hash() -> str:
     h = hashlib.sha256()
-    for name in SOURCES + ("build.py",):
+    for name in sources() + ["build.py"]:
+        h.update(name.encode() + b"\0")   # a renamed or moved file changes the hash too
         with open(os.path.join(HERE, name), "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
@@ -39,6 +49,7 @@ def make_ffi(level: str, module_name: str = None, src_dir: str = HERE) -> FFI:
     ffi.cdef(cdef_text())
     ffi.set_source(module_name or f"_lowbit_{level}", '#include "lowbit_native.h"',
                    sources=[os.path.join(src_dir, "lowbit_native.c")], include_dirs=[src_dir],
+                   depends=[os.path.join(src_dir, name) for name in sources()],
                    extra_compile_args=COMMON + flags + [f'-DLB_SOURCE_HASH="{source_hash()}"'],
                    libraries=["m"], extra_link_args=["-pthread"])
     return ffi
