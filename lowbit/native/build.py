@@ -14,7 +14,7 @@ def sources() -> list:
     """Every file the build reads, relative to this folder: lowbit_native.c includes the family files
     under kernels/ (one compilation unit), so all of them go into the hash and the dependencies."""
     kernels = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "kernels", "*.[ch]")))
-    return ["lowbit_native.h", "lowbit_native.c"] + kernels
+    return ["lowbit_native.h", "lowbit_bench.h", "lowbit_native.c"] + kernels
 
 
 COMMON = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
@@ -36,32 +36,44 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cdef_text() -> str:
-    with open(os.path.join(HERE, "lowbit_native.h")) as f:
-        return "\n".join(line for line in f.read().splitlines() if not line.lstrip().startswith("#"))
+def cdef_text(bench: bool = False) -> str:
+    text = []
+    for name in ["lowbit_native.h"] + (["lowbit_bench.h"] if bench else []):
+        with open(os.path.join(HERE, name)) as f:
+            text += [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(text)
 
 
-def make_ffi(level: str, module_name: str = None, src_dir: str = HERE) -> FFI:
+def module_name(level: str, bench: bool = False) -> str:
+    """The extension module's name: _lowbit_<level>, or _lowbit_bench_<level> for the bench build
+    (the same kernels plus the tools' benchmark entry points of lowbit_bench.h, never installed)."""
+    return f"_lowbit_bench_{level}" if bench else f"_lowbit_{level}"
+
+
+def make_ffi(level: str, module: str = None, src_dir: str = HERE, bench: bool = False) -> FFI:
     """src_dir: where the C sources are, as the build will see it (setuptools wants paths relative
     to setup.py; a build on first use passes absolute ones)."""
     flags, _ = LEVELS[level]
     ffi = FFI()
-    ffi.cdef(cdef_text())
-    ffi.set_source(module_name or f"_lowbit_{level}", '#include "lowbit_native.h"',
+    ffi.cdef(cdef_text(bench))
+    header = '#include "lowbit_bench.h"' if bench else '#include "lowbit_native.h"'
+    ffi.set_source(module or module_name(level, bench), header,
                    sources=[os.path.join(src_dir, "lowbit_native.c")], include_dirs=[src_dir],
                    depends=[os.path.join(src_dir, name) for name in sources()],
-                   extra_compile_args=COMMON + flags + [f'-DLB_SOURCE_HASH="{source_hash()}"'],
+                   extra_compile_args=(COMMON + flags + [f'-DLB_SOURCE_HASH="{source_hash()}"']
+                                       + (["-DLB_BENCH"] if bench else [])),
                    libraries=["m"], extra_link_args=["-pthread"])
     return ffi
 
 
-def build(level: str, outdir: str) -> str:
-    """Compile one level into outdir; returns the path of the extension module."""
-    ffi = make_ffi(level)
+def build(level: str, outdir: str, bench: bool = False) -> str:
+    """Compile one level (its bench build if `bench`) into outdir; returns the path of the module."""
+    ffi = make_ffi(level, bench=bench)
     import shutil
-    tmp = os.path.join(outdir, f"build-{level}")
+    name = module_name(level, bench)
+    tmp = os.path.join(outdir, f"build-{name}")
     try:
-        built = ffi.compile(tmpdir=tmp, verbose=False, target=f"_lowbit_{level}.*")
+        built = ffi.compile(tmpdir=tmp, verbose=False, target=f"{name}.*")
         final = os.path.join(outdir, os.path.basename(built))
         os.replace(built, final)          # atomic: a concurrent reader sees no half-written module
         return final

@@ -23,3 +23,7 @@
 #include "kernels/norm_rope.c"   /* RMSNorm, RoPE, SwiGLU rows */
 #include "kernels/layer.c"       /* one transformer block, step by step */
 #include "kernels/api.c"         /* the exported lb_* functions of lowbit_native.h */
+#ifdef LB_BENCH
+#include "lowbit_bench.h"
+#include "kernels/bench.c"       /* entry points for tools/ only (lb_huff_bench) */
+#endif

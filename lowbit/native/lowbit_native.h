@@ -64,6 +64,3 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
 void lb_huff_free(lb_huff *h);
 /* Rows ids[0..n) of the base type's bytes (row_bytes each) into out: the decode alone (tests, tools). */
 int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out);
-/* Decode the index bytes of rows 0..rows-1 `reps` times (4 rows interleaved, as matmul does) into
-   scratch; returns the symbols decoded (a decode-rate benchmark). */
-int64_t lb_huff_bench(const lb_huff *h, int64_t reps);

@@ -143,8 +143,10 @@ static __attribute__((noinline)) int64_t huff_finish(const uint8_t (*T)[4], cons
    Reads may run past a chunk's end into the next chunks (never past the stream's end): a chunk
    whose n codes took no more bits than it has decoded exactly as the spec's decoder would (each
    symbol depends on its own code's bits only). One that took more (a damaged, short chunk, whose
-   missing bits the spec reads as zeros) is decoded again with reads bounded by its end. */
-static void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const out[4]) {
+   missing bits the spec reads as zeros) is decoded again with reads bounded by its end.
+   noinline: kept a call from huff_rows4, as it was built when the decode benchmark (kernels/bench.c,
+   tools only) was its second caller; inlining it there would be an unmeasured change. */
+static __attribute__((noinline)) void huff_decode4(const lb_huff *h, const int64_t ids[4], uint8_t *const out[4]) {
     const int64_t n = h->n_idx;
     if (!n) return;
     const uint8_t (*T)[4] = h->table;
@@ -245,24 +247,6 @@ int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out) 
     }
     free(buf);
     return 0;
-}
-
-int64_t lb_huff_bench(const lb_huff *h, int64_t reps) {
-    if (!h || reps < 0) return -1;
-    const int64_t ib = (h->n_idx + HUFF_SLACK + 63) / 64 * 64;
-    uint8_t *buf = aligned_alloc(64, 4 * ib);
-    if (!buf) return -1;
-    uint8_t *out[4] = {buf, buf + ib, buf + 2 * ib, buf + 3 * ib};
-    for (int64_t k = 0; k < reps; k++)
-        for (int64_t r0 = 0; r0 < h->rows; r0 += 4) {
-            int64_t ids[4];
-            for (int j = 0; j < 4; j++) ids[j] = r0 + j < h->rows ? r0 + j : h->rows - 1;
-            huff_decode4(h, ids, out);
-        }
-    volatile uint8_t sink = buf[0];
-    (void)sink;
-    free(buf);
-    return reps * ((h->rows + 3) / 4 * 4) * h->n_idx;
 }
 
 /* Per-thread room for a decoded tile (grown by the caller before a parallel call). */
