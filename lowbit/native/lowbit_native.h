@@ -1,5 +1,7 @@
 /* lowbit native CPU kernels: the C API seen by cffi (build.py feeds this file, minus preprocessor
    lines, to cffi's cdef, so keep it plain C declarations). */
+#ifndef LOWBIT_NATIVE_H
+#define LOWBIT_NATIVE_H
 #include <stdint.h>
 
 /* Tensor types with a native kernel. A new type (e.g. a k-quant) adds an id here, its row size in
@@ -64,3 +66,4 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
 void lb_huff_free(lb_huff *h);
 /* Rows ids[0..n) of the base type's bytes (row_bytes each) into out: the decode alone (tests, tools). */
 int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out);
+#endif /* LOWBIT_NATIVE_H */
