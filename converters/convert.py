@@ -15,10 +15,6 @@ from . import recipes
 from .gptq import DEFAULT_DAMP
 from .hf import Checkpoint
 
-# When a row does not fit a block type, the next type in this chain that fits is used.
-FALLBACK = {"q8_0": "f16", "cbk2": "q2_k", "cbk2.h": "q2_k", "d4l2": "q2_k", "d4l2.h": "q2_k",
-            "cbk4": "q4_k", "cbk4.h": "q4_k", "q4_k.h": "q4_k"}
-
 
 def choose_type(name: str, shape, requested: str):
     """(type, reason for a fallback or None) for one tensor."""
@@ -26,8 +22,8 @@ def choose_type(name: str, shape, requested: str):
         return "f32", None          # norms and biases stay full precision: tiny and sensitive
     qt = quants.get(requested)
     t = requested
-    while not quants.get(t).fits(shape[-1]):
-        nxt = FALLBACK.get(t)
+    while not quants.get(t).fits(shape[-1]):   # the type's fallback chain (QuantType.fallback)
+        nxt = quants.get(t).fallback
         if nxt is None:
             raise ConvertError(f"{name}: row length {shape[-1]} fits no fallback of {requested}")
         t = nxt
@@ -202,9 +198,9 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
         log(f"fallback: {name} stored as {info['type']} ({info['reason']})")
     vectors = im["vectors"] if im else {}
 
-    from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky
+    from .gptq import gptq_quantize, inverse_cholesky
     factor = {}                     # the Cholesky factor of the group being quantized (q/k/v share one)
-    n_gptq = sum(1 for n in names if n in covs and types[n] in GPTQ_TYPES)
+    n_gptq = sum(1 for n in names if n in covs and quants.get(types[n]).gptq is not None)
 
     def quantize(name, qt):
         if tb is not None and types[name] in tb["measured"].get(name, {}):
@@ -212,7 +208,7 @@ def convert(src, out, qtype: str = "q8_0", progress: bool = True, log=None, over
             if raw is not None:
                 return raw
         w = ck.tensor(name)
-        if name in covs and qt.name in GPTQ_TYPES:
+        if name in covs and qt.gptq is not None:
             H = covs[name]
             if id(H) not in factor:
                 factor.clear()

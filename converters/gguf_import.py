@@ -199,10 +199,9 @@ def import_gguf(src, out, log=None) -> dict:
     except Exception as e:   # the reader raises assorted types on malformed files
         raise ConvertError(f"{src}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     keys = _Keys(reader, src)
-    by_ggml = {}   # first registered name wins: q4_ke shares Q4_K's bytes, but a GGUF Q4_K tensor is q4_k
-    for name, qt in quants.TYPES.items():
-        if qt.ggml_type is not None:
-            by_ggml.setdefault(qt.ggml_type, name)
+    # a GGUF Q4_K tensor is q4_k: q4_ke writes the same bytes (same_bytes_as) with another quantizer
+    by_ggml = {qt.ggml_type: name for name, qt in quants.TYPES.items()
+               if qt.ggml_type is not None and qt.same_bytes_as is None}
     tensors = {}
     for t in reader.tensors:
         if t.name in tensors:

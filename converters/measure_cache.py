@@ -1,4 +1,4 @@
-"""On-disk cache of --target-bpw measurements: (bytes, error) per (weight, candidate type).
+"""--target-bpw measurements, (bytes, error) per (weight, candidate type), and their on-disk cache.
 
 Measuring every candidate type of every weight is most of a --target-bpw conversion; the numbers
 depend only on the weight, its imatrix data (importance vector, covariance, sensitivity), the
@@ -16,7 +16,12 @@ import os
 
 import numpy as np
 
+from lowbit import quants
 from lowbit.atomic import atomic_output
+from lowbit.errors import ConvertError
+from lowbit.imatrix import LOOKUP
+
+from .gptq import gptq_quantize, inverse_cholesky, output_error
 
 FORMAT = 1
 _CODE = None
@@ -34,13 +39,12 @@ def cache_dir():
 
 
 def code_version() -> str:
-    """Hash of the code the measurements come from: the quantizers, GPTQ, target_bpw.measure and
-    this file, plus the numeric libraries (GPTQ's BLAS products) and lowbit's version."""
+    """Hash of the code the measurements come from: the quantizers, GPTQ and this file (measure),
+    plus the numeric libraries (GPTQ's BLAS products) and lowbit's version."""
     global _CODE
     if _CODE is None:
         import numba
         import lowbit
-        from lowbit import quants
         h = hashlib.sha256(f"{FORMAT}|{lowbit.__version__}|numpy {np.__version__}|numba {numba.__version__}".encode())
         here = os.path.dirname(os.path.abspath(__file__))
         qdir = os.path.dirname(os.path.abspath(quants.__file__))
@@ -50,10 +54,6 @@ def code_version() -> str:
             h.update(os.path.basename(path).encode())
             with open(path, "rb") as f:
                 h.update(f.read())
-        # of target_bpw.py only what measures (the allocation and the candidate lists do not change a number)
-        import inspect
-        from . import target_bpw
-        h.update(inspect.getsource(target_bpw.measure).encode())
         _CODE = h.hexdigest()
     return _CODE
 
@@ -131,3 +131,77 @@ def _warn(warn, msg):
         print(f"warning: {msg}", file=sys.stderr)
     else:
         warn(f"warning: {msg}")
+
+
+def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
+            candidates=None, fixed: dict = None, sensitivity: dict = None, log=None, warn=None,
+            cache: bool = True) -> dict:
+    """{name: {type: (bytes, error, packed uint8[rows, row_bytes] or None)}} for every 2-D weight
+    in `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
+    one type (overrides); `sensitivity` {weight name or LOOKUP: KL divergence per unit of output
+    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence.
+    With `cache`, measurements found in the on-disk cache are reused (their packed bytes are then
+    None: the caller quantizes the type it chooses) and new ones are stored; `warn` receives
+    the cache's warnings."""
+    candidates = CANDIDATES if candidates is None else candidates
+    fixed = fixed or {}
+    sens = sensitivity or {}
+    out = {}
+    U_for = {}
+    digests = {}           # id(covariance) -> its hash (q/k/v share one matrix)
+    for k, name in enumerate(names):
+        shape = shapes[name]
+        if len(shape) != 2:
+            continue
+        w = np.asarray(tensor(name), np.float32)
+        rows, cols = shape
+        H = covs.get(name)
+        im = vectors.get(name)
+        gptq_here = use_gptq and H is not None
+        types = [fixed[name]] if name in fixed else [t for t in candidates if quants.get(t).fits(cols)]
+        if not types:
+            raise ConvertError(f"{name}: row length {cols} fits none of the candidate types ({', '.join(candidates)}); "
+                               "add one that does, e.g. +q4_k (k-quants store any row length)")
+        key, cached = None, {}
+        if cache:
+            if H is not None and id(H) not in digests:
+                digests.clear()
+                digests[id(H)] = array_digest(H)
+            parts = {"imatrix": array_digest(im),
+                     "cov": digests[id(H)] if H is not None else "none", "gptq": gptq_here,
+                     "sensitivity": sens.get(name, 1.0)}
+            if name == "token_embd.weight":
+                parts.update(tied=bool(tied), lookup_sensitivity=sens.get(LOOKUP, 1.0))
+            key = entry_key(name, array_digest(w), parts)
+            cached = load(key, warn)
+        U = None
+        res = {}
+        for t in types:
+            if t in cached:
+                res[t] = (cached[t][0], cached[t][1], None)
+                continue
+            qt = quants.get(t)
+            if gptq_here and qt.gptq is not None:
+                if U is None:
+                    U = U_for.get(id(H))
+                    if U is None:
+                        U_for.clear()          # groups are consecutive: keep only the current factor
+                        U = U_for[id(H)] = inverse_cholesky(H)
+                raw = gptq_quantize(t, w, H, im, U=U)
+            else:
+                raw = qt.quantize(w, im)
+            if name == "token_embd.weight":
+                e = output_error(t, w, raw) / rows * sens.get(LOOKUP, 1.0)     # the lookup: one row per token
+                if tied:
+                    e += output_error(t, w, raw, H, im) * sens.get(name, 1.0)
+            else:
+                e = output_error(t, w, raw, H, im) * sens.get(name, 1.0)
+            res[t] = (int(raw.nbytes), float(e), raw)
+        new = [t for t in types if t not in cached]
+        if cache and new:
+            save(key, name, {**cached, **{t: res[t][:2] for t in new}}, warn)
+        out[name] = res
+        if log:
+            log(f"target-bpw: measured {name} ({k + 1}/{len(names)}): " +
+                ", ".join(f"{t} {v[1]:.4g}{' (cached)' if t in cached else ''}" for t, v in res.items()))
+    return out

@@ -26,20 +26,26 @@ import heapq
 import numpy as np
 
 from lowbit import quants
-from lowbit.imatrix import LOOKUP
 from lowbit.errors import ConvertError
 
-from . import measure_cache
-from .gptq import GPTQ_TYPES, gptq_quantize, inverse_cholesky, output_error
+from .measure_cache import measure  # noqa: F401  (the measuring step of a --target-bpw conversion)
 
-# The types a weight may get by default, in any order: the k-quants, which have fast native kernels on
-# every backend. Measurements are cached per type, so adding a type measures only the new type.
-CANDIDATES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
+
+def _candidates(kind):
+    """The types whose QuantType.candidate is `kind`, smallest first."""
+    return [n for n, qt in sorted(quants.TYPES.items(), key=lambda kv: kv[1].block_bytes / kv[1].block_size)
+            if qt.candidate == kind]
+
+
+# The types a weight may get by default (QuantType.candidate == "default"): the k-quants and q8_0,
+# which have fast native kernels on every backend. Measurements are cached per type, so adding a
+# type measures only the new type.
+CANDIDATES = _candidates("default")
 # Types a user may opt in to (`--candidates +q4_ke.h,+cbk4`): q4_ke and the codebook types, plain or
 # with Huffman-coded indices (.h; their bytes are the encoded size of each tensor, which depends on it).
 # Not the default: their CPU kernels are slower than the k-quants' (docs/results/codebook-*.md).
+OPT_IN = _candidates("opt-in")
 KNAPSACK_UNITS = 100_000      # the budget's resolution for the knapsack allocation (see allocate)
-OPT_IN = ["q4_ke", "q4_ke.h", "q4_k.h", "cbk4", "cbk4.h", "cbk2", "cbk2.h", "d4l2", "d4l2.h"]
 CANDIDATES_HELP = ("comma-separated candidate types for --target-bpw: NAME replaces the default list, +NAME adds "
                    "to it, -NAME removes from it; 'all' = the default plus every opt-in type. Default: "
                    f"{','.join(CANDIDATES)}; opt-in: {','.join(OPT_IN)} (their CPU kernels are slower). "
@@ -77,80 +83,6 @@ def parse_candidates(spec) -> list:
             out = [t for t in out if t not in drop]
     if not out:
         raise ConvertError(f"--candidates {','.join(items)}: leaves no candidate type")
-    return out
-
-
-def measure(names, shapes, tensor, vectors: dict, covs: dict, tied: bool, use_gptq: bool = True,
-            candidates=None, fixed: dict = None, sensitivity: dict = None, log=None, warn=None,
-            cache: bool = True) -> dict:
-    """{name: {type: (bytes, error, packed uint8[rows, row_bytes] or None)}} for every 2-D weight
-    in `names`; `tensor(name)` gives float32 weights; `fixed` {name: type} restricts a tensor to
-    one type (overrides); `sensitivity` {weight name or LOOKUP: KL divergence per unit of output
-    error} (from `lowbit imatrix --hessian`) turns each error into an estimated KL divergence.
-    With `cache`, measurements found in the on-disk cache are reused (their packed bytes are then
-    None: the caller quantizes the type it chooses) and new ones are stored; `warn` receives
-    the cache's warnings."""
-    candidates = CANDIDATES if candidates is None else candidates
-    fixed = fixed or {}
-    sens = sensitivity or {}
-    out = {}
-    U_for = {}
-    digests = {}           # id(covariance) -> its hash (q/k/v share one matrix)
-    for k, name in enumerate(names):
-        shape = shapes[name]
-        if len(shape) != 2:
-            continue
-        w = np.asarray(tensor(name), np.float32)
-        rows, cols = shape
-        H = covs.get(name)
-        im = vectors.get(name)
-        gptq_here = use_gptq and H is not None
-        types = [fixed[name]] if name in fixed else [t for t in candidates if quants.get(t).fits(cols)]
-        if not types:
-            raise ConvertError(f"{name}: row length {cols} fits none of the candidate types ({', '.join(candidates)}); "
-                               "add one that does, e.g. +q4_k (k-quants store any row length)")
-        key, cached = None, {}
-        if cache:
-            if H is not None and id(H) not in digests:
-                digests.clear()
-                digests[id(H)] = measure_cache.array_digest(H)
-            parts = {"imatrix": measure_cache.array_digest(im),
-                     "cov": digests[id(H)] if H is not None else "none", "gptq": gptq_here,
-                     "sensitivity": sens.get(name, 1.0)}
-            if name == "token_embd.weight":
-                parts.update(tied=bool(tied), lookup_sensitivity=sens.get(LOOKUP, 1.0))
-            key = measure_cache.entry_key(name, measure_cache.array_digest(w), parts)
-            cached = measure_cache.load(key, warn)
-        U = None
-        res = {}
-        for t in types:
-            if t in cached:
-                res[t] = (cached[t][0], cached[t][1], None)
-                continue
-            qt = quants.get(t)
-            if gptq_here and t in GPTQ_TYPES:
-                if U is None:
-                    U = U_for.get(id(H))
-                    if U is None:
-                        U_for.clear()          # groups are consecutive: keep only the current factor
-                        U = U_for[id(H)] = inverse_cholesky(H)
-                raw = gptq_quantize(t, w, H, im, U=U)
-            else:
-                raw = qt.quantize(w, im)
-            if name == "token_embd.weight":
-                e = output_error(t, w, raw) / rows * sens.get(LOOKUP, 1.0)     # the lookup: one row per token
-                if tied:
-                    e += output_error(t, w, raw, H, im) * sens.get(name, 1.0)
-            else:
-                e = output_error(t, w, raw, H, im) * sens.get(name, 1.0)
-            res[t] = (int(raw.nbytes), float(e), raw)
-        new = [t for t in types if t not in cached]
-        if cache and new:
-            measure_cache.save(key, name, {**cached, **{t: res[t][:2] for t in new}}, warn)
-        out[name] = res
-        if log:
-            log(f"target-bpw: measured {name} ({k + 1}/{len(names)}): " +
-                ", ".join(f"{t} {v[1]:.4g}{' (cached)' if t in cached else ''}" for t, v in res.items()))
     return out
 
 

@@ -172,7 +172,7 @@ def test_measure_cache_reuses_measurements_and_gives_identical_files(stories_ima
     # a second conversion, at this and at another target, must not measure anything
     def no_measuring(*a, **k):
         raise AssertionError("measured although every measurement is cached")
-    monkeypatch.setattr(target_bpw, "output_error", no_measuring)
+    monkeypatch.setattr(measure_cache, "output_error", no_measuring)
     logs = []
     for target in (6.0, 8.0):
         out = str(tmp_path / f"cached{target}.lowbit")
@@ -292,7 +292,7 @@ def test_measure_cache_keeps_measurements_per_candidate(stories_imatrix, tmp_pat
     def spy(qtype, *a, **k):
         measured.append(qtype)
         return real(qtype, *a, **k)
-    monkeypatch.setattr(target_bpw, "output_error", spy)
+    monkeypatch.setattr(measure_cache, "output_error", spy)
     first = str(tmp_path / "b.lowbit")
     convert(STORIES, first, "ignored", progress=False, log=lambda m: None, imatrix=imat, target_bpw=6.0,
             candidates="+q4_ke.h")

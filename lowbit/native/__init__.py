@@ -12,3 +12,7 @@ from .loader import ORDER, available_levels, default_threads, enabled, library, 
 from .weights import (C_TYPES, CODEBOOK_TYPES, SIDE_FILL, HuffDecoder, HuffWeight, NativeMatmul,  # noqa: F401
                       bind_codebook, dequantize, fill_codebook, fill_weight, get_rows, huff_base, register,
                       supported)
+
+# every type with a C kernel gets its kernels["c"] entry when the native package is imported
+from .. import quants as _quants  # noqa: E402
+register(_quants.TYPES)

@@ -1,5 +1,7 @@
-"""The registry of tensor types. Adding a type = one module with a QuantType + one line here
-+ its section in format_spec/SPEC.md."""
+"""The registry of tensor types: the one type table. Adding a type = one module with a QuantType
+(layout, quantizer, dequantizer, id, fallback, GPTQ routine) + one line here + its section in
+format_spec/SPEC.md + its kernels in the family files of lowbit/native/kernels and lowbit/cuda/kernels,
+which include the lowbit_types.h generated from this table (ctypes_header.py)."""
 from .base import QuantType
 from . import floats, kquants, q8_0, q4ke, vq, huffcoded
 
@@ -19,10 +21,11 @@ for _module in (floats, q8_0, kquants, q4ke, vq):
 for _qt in huffcoded.make_types(TYPES):   # entropy-coded variants of index-based types
     register(_qt)
 
-
-# fused native kernels (built lazily on first use): QuantType.kernels["c"]
-from .. import native as _native  # noqa: E402
-_native.register(TYPES)
+_ids = {}
+for _qt in TYPES.values():
+    if _qt.id < 0 or _qt.id in _ids:
+        raise ValueError(f"quant type {_qt.name!r}: id {_qt.id} is missing or taken by {_ids.get(_qt.id)!r}")
+    _ids[_qt.id] = _qt.name
 
 
 def get(name: str) -> QuantType:

@@ -37,6 +37,34 @@ class QuantType:
     bind: Optional[Callable] = None
     # Byte positions within a row that hold quant indices (entropy-codable): (cols) -> int64 array.
     index_positions: Optional[Callable] = None
+    # The type's one numeric id, shared by Python, the C kernels and the CUDA kernels through the
+    # generated lowbit_types.h (ctypes_header.py). Stable: an id is never reused for another layout.
+    id: int = -1
+    # Whether the C and CUDA kernels read this type's own bytes (its id is then a kernel type).
+    has_kernels: bool = False
+    # A type whose exact bytes this one writes with another quantizer (q4_ke -> q4_k): it runs on
+    # that type's kernels and exports as that type.
+    same_bytes_as: Optional[str] = None
+    # `<base>.h` types: the base type whose bytes the decoded stream gives back.
+    coded_base: Optional[str] = None
+    # The type that stores a row this one cannot (row length not a multiple of the block size).
+    fallback: Optional[str] = None
+    # As a --target-bpw candidate: "default" (always considered), "opt-in" (--candidates +NAME) or None.
+    candidate: Optional[str] = None
+    # GPTQ-style error feedback: (w float32[rows, cols], U = inverse_cholesky(H), importance
+    # float[cols]) -> uint8 tensor bytes in the type's ordinary layout; None: no GPTQ routine.
+    gptq: Optional[Callable] = None
+
+    @property
+    def kernel_type(self) -> Optional[str]:
+        """The type whose kernels run these bytes (the type itself, the owner of its bytes, or the
+        base of a `.h` type after decoding); None when no kernel reads them."""
+        if self.has_kernels:
+            return self.name
+        if self.same_bytes_as is not None or self.coded_base is not None:
+            from . import get
+            return get(self.same_bytes_as or self.coded_base).kernel_type
+        return None
 
     @property
     def whole_tensor(self) -> bool:

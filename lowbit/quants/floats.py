@@ -64,10 +64,11 @@ def np_dequant_bf16(raw):
 
 
 # U8 holds opaque byte blobs (embedded tokenizer files) as one-dimensional tensors.
-U8 = QuantType("u8", 1, 1, quantize_u8, dequant_row_u8, "raw bytes (embedded blobs)",
+U8 = QuantType("u8", 1, 1, quantize_u8, dequant_row_u8, "raw bytes (embedded blobs)", id=13,
                np_dequantize=np_dequant(np.uint8))
-F32 = QuantType("f32", 1, 4, quantize_f32, dequant_row_f32, "IEEE binary32", ggml_type=0, np_dequantize=np_dequant("<f4"))
-F16 = QuantType("f16", 1, 2, quantize_f16, dequant_row_f16, "IEEE binary16", ggml_type=1, np_dequantize=np_dequant("<f2"))
+F32 = QuantType("f32", 1, 4, quantize_f32, dequant_row_f32, "IEEE binary32", ggml_type=0, id=0, has_kernels=True, np_dequantize=np_dequant("<f4"))
+F16 = QuantType("f16", 1, 2, quantize_f16, dequant_row_f16, "IEEE binary16", ggml_type=1, id=1, has_kernels=True, np_dequantize=np_dequant("<f2"))
 BF16 = QuantType("bf16", 1, 2, quantize_bf16, dequant_row_bf16, "bfloat16 (upper half of binary32)", ggml_type=30,
+                id=2, has_kernels=True,
                 np_dequantize=np_dequant_bf16)
 TYPES = [F32, F16, BF16, U8]

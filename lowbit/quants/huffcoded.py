@@ -233,9 +233,21 @@ def make_type(base: QuantType, lam: float) -> QuantType:
     def check(flat, shape):
         parse(base, flat, shape, pieces=False)
 
+    gptq = None
+    if base.gptq is not None and base.name != "q4_k":   # q4_k.h has no GPTQ path (never had: adding one is a change of its own)
+        def gptq(w, U, imatrix):
+            kw = {"lam": lam} if base.name in vq.PARAMS else {}
+            return encode(base, base.gptq(w, U, imatrix, **kw), np.shape(w))
+
     return QuantType(base.name + ".h", base.block_size, base.block_bytes, quantize, base.dequant_row,
                      f"{base.name} with Huffman-coded indices (bit-identical weights)", tail_bytes=base.tail_bytes,
-                     self_sized=True, check=check, bind=lambda flat, shape: Bound(base, flat, shape))
+                     self_sized=True, check=check, bind=lambda flat, shape: Bound(base, flat, shape),
+                     id=CODED_ID_BASE + base.id, coded_base=base.name, fallback=base.fallback or base.name,
+                     candidate="opt-in", gptq=gptq)
+
+
+# `<base>.h` ids: the base's id in a range of their own, so an id names one byte layout
+CODED_ID_BASE = 64
 
 
 def q4_k_index_positions(cols):

@@ -423,10 +423,21 @@ _DESCRIPTION = {
     "q5_k": "5-bit affine k-quant: 8x32 sub-blocks, 6-bit scales/mins, fp16 d/dmin (GGML Q5_K)",
     "q6_k": "6-bit symmetric k-quant: 16x16 sub-blocks, int8 scales, fp16 d (GGML Q6_K)",
 }
+_IDS = {"q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8}
+
+
+def _gptq(name):
+    def gptq(w, U, imatrix):
+        from .kquant_gptq import gptq_quantize   # Numba code compiled only when GPTQ runs
+        return gptq_quantize(name, w, U, imatrix)
+    return gptq
+
+
 TYPES_BY_NAME = {}
 for _name, (_S, _bits, _affine, _bb, _ggml) in PARAMS.items():
     TYPES_BY_NAME[_name] = QuantType(_name, QK, _bb, make_quantizer(_name), _DEQUANT[_name],
-                                     _DESCRIPTION[_name], ggml_type=_ggml, tail_bytes=tail_bytes_fn(_name))
+                                     _DESCRIPTION[_name], ggml_type=_ggml, tail_bytes=tail_bytes_fn(_name),
+                                     id=_IDS[_name], has_kernels=True, candidate="default", gptq=_gptq(_name))
 TYPES = list(TYPES_BY_NAME.values())
 
 

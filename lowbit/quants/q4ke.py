@@ -159,7 +159,8 @@ def index_positions(cols):
 TYPE = QuantType("q4_ke", QK, 144, quantize, dequant_row_q4_k,
                  "q4_k bytes (GGML Q4_K) quantized for entropy coding: symmetric sub-blocks, step from the "
                  "signal level; plain file = q4_k size, q4_ke.h ~12% smaller", ggml_type=12,
-                 tail_bytes=tail_bytes_fn("q4_k"), index_positions=index_positions)
+                 tail_bytes=tail_bytes_fn("q4_k"), index_positions=index_positions,
+                 id=12, same_bytes_as="q4_k", candidate="opt-in", gptq=lambda w, U, im: gptq_quantize(w, U, im))
 TYPES = [TYPE]
 
 

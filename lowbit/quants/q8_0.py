@@ -47,5 +47,6 @@ def np_dequantize_q8_0(raw):
 
 Q8_0 = QuantType("q8_0", QK, BLOCK_BYTES, quantize_q8_0, dequant_row_q8_0,
                  "32 int8 weights with one fp16 scale (GGML Q8_0)", ggml_type=8,
+                 id=3, has_kernels=True, fallback="f16", candidate="default",
                  np_dequantize=np_dequantize_q8_0)
 TYPES = [Q8_0]

@@ -344,11 +344,20 @@ def make_type(name):
     def dequant_row_unbound(raw, out):   # rows cannot be decoded without the tensor's side data
         raise ValueError("codebook types are decoded through bind()")
 
+    def gptq(w, U, imatrix, lam=0.0):
+        return gptq_quantize(name, w, U, imatrix, lam=lam)
+
     what = "learned k-means codebook (stored)" if learned else "fixed D4-lattice codebook (no storage)"
     return QuantType(name, B, 1 + B // D, quantize, dequant_row_unbound,
                      f"{D}-weight vectors as 1-byte indices into a {what}, u8 log scale per {B} weights, "
                      "fp16 row scale", prefix_bytes=lambda shape, n=name: layout(n, shape)[1],
-                     bind=lambda flat, shape, n=name: Bound(n, flat, shape), index_positions=index_positions)
+                     bind=lambda flat, shape, n=name: Bound(n, flat, shape), index_positions=index_positions,
+                     id=IDS[name], has_kernels=True, fallback=FALLBACK[name], candidate="opt-in", gptq=gptq)
+
+
+IDS = {"cbk2": 9, "cbk4": 10, "d4l2": 11}
+# Rows whose length is not a multiple of the block go to the k-quant of about the same size.
+FALLBACK = {"cbk2": "q2_k", "cbk4": "q4_k", "d4l2": "q2_k"}
 
 
 TYPES = [make_type(n) for n in PARAMS]
