@@ -17,14 +17,17 @@ int lb_cpu_level(void) {
     return 0;
 }
 
+/* the ids with kernels are LB_F32..LB_D4L2, each run by the family that owns it */
+_Static_assert(LB_F32 == 0 && LB_F16 == 1 && LB_BF16 == 2 && LB_Q8_0 == 3 && LB_Q2_K == 4 && LB_CBK2 == LB_Q6_K + 1,
+               "kernel type ids are 0..LB_D4L2 without gaps");
 int lb_type_supported(int type) { return type >= LB_F32 && type <= LB_D4L2; }
 
 int64_t lb_row_bytes(int type, int64_t cols) {
     if (cols <= 0) return -1;
     switch (type) {
-    case LB_F32: return cols * 4;
-    case LB_F16: case LB_BF16: return cols * 2;
-    case LB_Q8_0: return cols % QK ? -1 : cols / QK * Q8_0_BYTES;
+    case LB_F32: return cols * LB_F32_BLOCK_BYTES;
+    case LB_F16: case LB_BF16: return cols * LB_F16_BLOCK_BYTES;   /* asserted equal in q8_floats.c */
+    case LB_Q8_0: return cols % QK ? -1 : cols / QK * LB_Q8_0_BLOCK_BYTES;
     case LB_Q2_K: case LB_Q3_K: case LB_Q4_K: case LB_Q5_K: case LB_Q6_K: return kq_row_bytes(kq_kind(type), cols);
     case LB_CBK2: case LB_CBK4: case LB_D4L2: return cb_row_bytes(type, cols);
     }

@@ -6,7 +6,13 @@
    load (4 KiB at most: stays in L1). Activations stay float: a block's dot product is the sum over
    its vectors of <P[idx], x>, times the block's scale; the row scale is applied once at the end. */
 
-static const int CB_D[3] = {4, 2, 4}, CB_B[3] = {64, 32, 32};   /* cbk2, cbk4, d4l2 */
+static const int CB_D[3] = {4, 2, 4};   /* cbk2, cbk4, d4l2: values per codebook point */
+static const int CB_B[3] = {LB_CBK2_BLOCK_SIZE, LB_CBK4_BLOCK_SIZE, LB_D4L2_BLOCK_SIZE};
+/* a block: its scale byte, then one index byte per point (cb_row_bytes, cb_dot4); kind = id - LB_CBK2 + 1 */
+_Static_assert(LB_CBK4 == LB_CBK2 + 1 && LB_D4L2 == LB_CBK2 + 2, "codebook ids are consecutive, cbk2 to d4l2");
+_Static_assert(LB_CBK2_BLOCK_BYTES == 1 + LB_CBK2_BLOCK_SIZE / 4, "cbk2: a scale byte, then 4-value indices");
+_Static_assert(LB_CBK4_BLOCK_BYTES == 1 + LB_CBK4_BLOCK_SIZE / 2, "cbk4: a scale byte, then 2-value indices");
+_Static_assert(LB_D4L2_BLOCK_BYTES == 1 + LB_D4L2_BLOCK_SIZE / 4, "d4l2: a scale byte, then 4-value indices");
 
 static int cb_kind(int type) { return type >= LB_CBK2 && type <= LB_D4L2 ? type - LB_CBK2 + 1 : 0; }
 
@@ -202,8 +208,8 @@ static void cb4_dot4_i8(const cb4_tab *T, const uint8_t *const w[4], const uint8
 
 static void cb_dot4(const lb_weight *W, const uint8_t *const w[4], const float rs[4], const float *x, float out[4]) {
     switch (W->type) {
-    case LB_CBK2: cb_dot4_impl(W, w, rs, x, out, 4, 64); break;
-    case LB_CBK4: cb_dot4_impl(W, w, rs, x, out, 2, 32); break;
-    default: cb_dot4_impl(W, w, rs, x, out, 4, 32); break;
+    case LB_CBK2: cb_dot4_impl(W, w, rs, x, out, 4, LB_CBK2_BLOCK_SIZE); break;
+    case LB_CBK4: cb_dot4_impl(W, w, rs, x, out, 2, LB_CBK4_BLOCK_SIZE); break;
+    default: cb_dot4_impl(W, w, rs, x, out, 4, LB_D4L2_BLOCK_SIZE); break;
     }
 }

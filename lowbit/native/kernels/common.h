@@ -4,6 +4,8 @@
 #ifndef LB_COMMON_H
 #define LB_COMMON_H
 
+#include "lowbit_types.h"   /* type ids and block sizes, generated from the type table */
+
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -31,8 +33,7 @@
 #define LB_LEVEL "scalar"
 #endif
 
-#define QK 32            /* q8 block: 32 int8 + one scale */
-#define Q8_0_BYTES 34
+#define QK LB_Q8_0_BLOCK_SIZE   /* q8 block (q8_0 weights, 8-bit activations): QK int8 + one scale */
 #define MAX_THREADS 256
 
 /* ---------------------------------------------------------------- fp16 / bf16 scalars */

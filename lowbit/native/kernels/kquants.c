@@ -11,8 +11,20 @@
    product is maddubs(u, x) -> int16 pairs times the scale (vpdpwssd / pmaddwd) in integers, and
    the min term is sum(mn * bsum) per 16. Tail blocks unpack to the same form, zero-padded to 256. */
 
-#define QKK 256
+#define QKK LB_Q4_K_BLOCK_SIZE   /* every k-quant's super-block, and the activations' 8-bit blocks */
 #define PF_BYTES 16384   /* decode kernels: software prefetch distance (see PF_BLOCK) */
+
+/* The kernels spell out GGML's super-block layouts (field offsets, 256 weights, kind = id - LB_Q2_K + 2):
+   the generated type header must agree with them. */
+_Static_assert(LB_Q3_K == LB_Q2_K + 1 && LB_Q4_K == LB_Q2_K + 2 && LB_Q5_K == LB_Q2_K + 3 && LB_Q6_K == LB_Q2_K + 4,
+               "k-quant ids are consecutive, q2_k to q6_k");
+_Static_assert(LB_Q2_K_BLOCK_SIZE == 256 && LB_Q3_K_BLOCK_SIZE == 256 && LB_Q4_K_BLOCK_SIZE == 256 &&
+               LB_Q5_K_BLOCK_SIZE == 256 && LB_Q6_K_BLOCK_SIZE == 256, "k-quant super-blocks of 256 weights");
+_Static_assert(LB_Q2_K_BLOCK_BYTES == 84, "q2_k: scales[16], qs[64], d, dmin");
+_Static_assert(LB_Q3_K_BLOCK_BYTES == 110, "q3_k: hmask[32], qs[64], scales[12], d");
+_Static_assert(LB_Q4_K_BLOCK_BYTES == 144, "q4_k: d, dmin, scales[12], qs[128]");
+_Static_assert(LB_Q5_K_BLOCK_BYTES == 176, "q5_k: d, dmin, scales[12], qh[32], qs[128]");
+_Static_assert(LB_Q6_K_BLOCK_BYTES == 210, "q6_k: ql[128], qh[64], scales[16], d");
 
 static int kq_kind(int type) { return type >= LB_Q2_K && type <= LB_Q6_K ? type - LB_Q2_K + 2 : 0; }
 
@@ -20,7 +32,8 @@ static int kq_kind(int type) { return type >= LB_Q2_K && type <= LB_Q6_K ? type 
 static const int KQ_S[7] = {0, 0, 16, 16, 32, 32, 16};
 static const int KQ_BITS[7] = {0, 0, 2, 3, 4, 5, 6};
 static const int KQ_AFFINE[7] = {0, 0, 1, 0, 1, 1, 0};
-static const int KQ_BYTES[7] = {0, 0, 84, 110, 144, 176, 210};
+static const int KQ_BYTES[7] = {0, 0, LB_Q2_K_BLOCK_BYTES, LB_Q3_K_BLOCK_BYTES, LB_Q4_K_BLOCK_BYTES,
+                                LB_Q5_K_BLOCK_BYTES, LB_Q6_K_BLOCK_BYTES};
 static const int KQ_OFF[7] = {0, 0, 0, 4, 0, 0, 32};
 
 static int64_t kq_tail_bytes(int kind, int64_t r) {

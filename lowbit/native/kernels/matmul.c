@@ -140,7 +140,7 @@ static void matmuls(const mm_job *jobs, int njobs, int64_t n, int ith, int nth) 
                         direct(rows, xq, xp, xd, xs, nfull, t ? rows[0] : pf, pfs, o);
                         if (tail4) {
 #if defined(LB_AVX512) || defined(LB_AVX2)
-                            const uint8_t *tails[4] = {rows[0] + nfull * 144, rows[1] + nfull * 144, rows[2] + nfull * 144, rows[3] + nfull * 144};
+                            const uint8_t *tails[4] = {rows[0] + nfull * LB_Q4_K_BLOCK_BYTES, rows[1] + nfull * LB_Q4_K_BLOCK_BYTES, rows[2] + nfull * LB_Q4_K_BLOCK_BYTES, rows[3] + nfull * LB_Q4_K_BLOCK_BYTES};
                             dot4_q4k_tail(tails, (int)(k - nfull * QKK), xq + nfull * QKK, xd[nfull], xs + nfull * 16, ot);
                             for (int r = 0; r < 4; r++) o[r] += ot[r];
 #endif

@@ -1,3 +1,10 @@
+/* The kernels below read f32/f16/bf16 rows as arrays of 4- and 2-byte values and q8_0 blocks as an
+   fp16 scale followed by 32 int8 (the AVX loads take a block's quants whole). */
+_Static_assert(LB_F32_BLOCK_SIZE == 1 && LB_F32_BLOCK_BYTES == 4, "f32: one float per weight");
+_Static_assert(LB_F16_BLOCK_SIZE == 1 && LB_F16_BLOCK_BYTES == 2, "f16: one half per weight");
+_Static_assert(LB_BF16_BLOCK_SIZE == 1 && LB_BF16_BLOCK_BYTES == LB_F16_BLOCK_BYTES, "bf16: one bfloat16 per weight");
+_Static_assert(LB_Q8_0_BLOCK_SIZE == 32 && LB_Q8_0_BLOCK_BYTES == 2 + LB_Q8_0_BLOCK_SIZE, "q8_0: fp16 d, then 32 int8");
+
 /* An activation row: float, or quantized to 8-bit blocks (qs int8 [cols], d float [cols/32]). */
 typedef struct { const float *f; const int8_t *qs; const float *d; } act_row;
 
@@ -133,12 +140,12 @@ static void dot4_q8_0(const uint8_t *const w[4], act_row a, int64_t k, float out
         const __m512i xv = _mm512_loadu_si512(xq + b * QK);
         const __m512 xs = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(xd + b)))));
         for (int r = 0; r < 4; r++) {
-            const uint8_t *p = w[r] + b * Q8_0_BYTES;
+            const uint8_t *p = w[r] + b * LB_Q8_0_BLOCK_BYTES;
             __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
-                                            _mm256_loadu_si256((const __m256i *)(p + 2 + Q8_0_BYTES)), 1);
+                                            _mm256_loadu_si256((const __m256i *)(p + 2 + LB_Q8_0_BLOCK_BYTES)), 1);
             __mmask64 neg = _mm512_movepi8_mask(wv);
             __m512i dp = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wv), _mm512_mask_sub_epi8(xv, neg, zero, xv));
-            __m128i hh = _mm_insert_epi16(_mm_cvtsi32_si128(rd16(p)), rd16(p + Q8_0_BYTES), 1);
+            __m128i hh = _mm_insert_epi16(_mm_cvtsi32_si128(rd16(p)), rd16(p + LB_Q8_0_BLOCK_BYTES), 1);
             __m512 ws = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(hh)));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(ws, xs), acc[r]);
         }
@@ -151,7 +158,7 @@ static void dot4_q8_0(const uint8_t *const w[4], act_row a, int64_t k, float out
     for (; b < nb; b++) {
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
         for (int r = 0; r < 4; r++) {
-            const uint8_t *p = w[r] + b * Q8_0_BYTES;
+            const uint8_t *p = w[r] + b * LB_Q8_0_BLOCK_BYTES;
             __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
             /* |w| <= 128 and |x| <= 127: maddubs cannot saturate (2 * 128 * 127 < 32767) */
             __m256i s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
@@ -167,7 +174,7 @@ static void dot4_q8_0(const uint8_t *const w[4], act_row a, int64_t k, float out
 #else
     for (; b < nb; b++) {
         for (int r = 0; r < 4; r++) {
-            const uint8_t *p = w[r] + b * Q8_0_BYTES;
+            const uint8_t *p = w[r] + b * LB_Q8_0_BLOCK_BYTES;
             const int8_t *q = (const int8_t *)(p + 2);
             int32_t sum = 0;
             for (int i = 0; i < QK; i++) sum += (int32_t)q[i] * xq[b * QK + i];
@@ -197,7 +204,7 @@ static void dequant_row(int type, const uint8_t *p, int64_t cols, float *out) {
     case LB_BF16: for (int64_t i = 0; i < cols; i++) out[i] = bf16_to_f32(rd16(p + 2 * i)); break;
     case LB_Q8_0:
         for (int64_t b = 0; b < cols / QK; b++) {
-            const uint8_t *blk = p + b * Q8_0_BYTES;
+            const uint8_t *blk = p + b * LB_Q8_0_BLOCK_BYTES;
             float d = fp16_to_f32(rd16(blk));
             for (int i = 0; i < QK; i++) out[b * QK + i] = d * (float)(int8_t)blk[2 + i];
         }
@@ -231,12 +238,12 @@ static q8_tile q8_tile_pack(uint8_t *buf, const uint8_t *const rows[4], int64_t 
     for (int64_t bp = 0; bp < T.nbp; bp++) {
         const int two = 2 * bp + 1 < T.nb;
         for (int r = 0; r < 4; r++) {
-            const uint8_t *p = rows[r] + 2 * bp * Q8_0_BYTES;
-            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + 2 + Q8_0_BYTES)) : _mm256_setzero_si256();
+            const uint8_t *p = rows[r] + 2 * bp * LB_Q8_0_BLOCK_BYTES;
+            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(p + 2 + LB_Q8_0_BLOCK_BYTES)) : _mm256_setzero_si256();
             const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
             _mm512_store_si512(w + (bp * 4 + r) * 64, wv);
             cw[bp * 4 + r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, wv));
-            const float d1 = two ? fp16_to_f32(rd16(p + Q8_0_BYTES)) : 0.f;
+            const float d1 = two ? fp16_to_f32(rd16(p + LB_Q8_0_BLOCK_BYTES)) : 0.f;
             ws[bp * 4 + r] = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(fp16_to_f32(rd16(p))), _mm512_set1_ps(d1));
         }
     }
