@@ -99,7 +99,7 @@ class Transformer:
         self.tokenizer = Tokenizer(f)
         self.native = None   # one C call per block when every weight type has a native kernel
         if native.enabled():
-            from .native.runtime import NativeTransformer
+            from .native.model import NativeTransformer
             if NativeTransformer.supports(self):
                 self.native = NativeTransformer(self)
 

@@ -16,6 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lowbit  # noqa: E402
 from lowbit import native  # noqa: E402
+from lowbit.native import loader  # noqa: E402
 from lowbit.format import LowbitFile  # noqa: E402
 
 
@@ -23,7 +24,8 @@ def decode_rate(path, reps, runs):
     """(symbols per token, symbols/ns) over the file's coded weights that a token multiplies (the
     embedding only when tied: the output projection; a lookup reads one row); None when none."""
     f = LowbitFile(path)
-    ffi, lib = native.library()
+    bench = loader.bench_library()   # lb_huff_bench is in the tools' build of the kernels only
+    lib = bench[1]
     total_s = total_n = per_token = 0
     tied = "output.weight" not in f.tensors
     for name in f.tensors:
@@ -31,7 +33,7 @@ def decode_rate(path, reps, runs):
         if not qt.name.endswith(".h") or (name == "token_embd.weight" and not tied) or native.huff_base(qt.name) is None:
             continue
         b = qt.bind(f.raw(name).reshape(-1), f.info(name).shape)
-        dec = native.HuffDecoder(b)
+        dec = native.HuffDecoder(b, lib=bench)
         best = None
         for _ in range(runs):
             t = time.process_time()

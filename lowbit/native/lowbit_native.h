@@ -1,12 +1,14 @@
 /* lowbit native CPU kernels: the C API seen by cffi (build.py feeds this file, minus preprocessor
    lines, to cffi's cdef, so keep it plain C declarations). */
+#ifndef LOWBIT_NATIVE_H
+#define LOWBIT_NATIVE_H
 #include <stdint.h>
 
-/* Tensor types with a native kernel. A new type (e.g. a k-quant) adds an id here, its row size in
-   row_bytes(), an activation format and a dot4 kernel in lowbit_native.c, and its name in
-   lowbit/native/__init__.py's C_TYPES. */
-enum { LB_F32 = 0, LB_F16 = 1, LB_BF16 = 2, LB_Q8_0 = 3, LB_Q2_K = 4, LB_Q3_K = 5, LB_Q4_K = 6, LB_Q5_K = 7,
-       LB_Q6_K = 8, LB_CBK2 = 9, LB_CBK4 = 10, LB_D4L2 = 11 };
+/* Type ids (LB_F32, LB_Q4_K, ...) and block sizes: lowbit_types.h, generated from the type table
+   (lowbit/quants/) by the build. The kernels run the ids LB_F32..LB_D4L2; a new kernel type adds
+   its row size in lb_row_bytes(), an activation format and a dot4 kernel in its family file of
+   kernels/, and its name in lowbit/native/weights.py's C_TYPES. */
+#include "lowbit_types.h"
 
 /* A Huffman-coded (".h") weight's decoder state, built once per tensor by lb_huff_new (opaque). */
 typedef struct lb_huff lb_huff;
@@ -64,6 +66,4 @@ lb_huff *lb_huff_new(const uint8_t *lengths, int64_t rows, int64_t n_idx, int64_
 void lb_huff_free(lb_huff *h);
 /* Rows ids[0..n) of the base type's bytes (row_bytes each) into out: the decode alone (tests, tools). */
 int lb_huff_rows(const lb_huff *h, const int64_t *ids, int64_t n, uint8_t *out);
-/* Decode the index bytes of rows 0..rows-1 `reps` times (4 rows interleaved, as matmul does) into
-   scratch; returns the symbols decoded (a decode-rate benchmark). */
-int64_t lb_huff_bench(const lb_huff *h, int64_t reps);
+#endif /* LOWBIT_NATIVE_H */

@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from . import fill_weight, library, supported
+from .loader import library
+from .weights import fill_weight, supported
 
 
 def _ptr(ffi, a, ctype="float *"):
