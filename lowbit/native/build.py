@@ -33,34 +33,26 @@ LEVELS = {   # name -> (compiler flags, lb_cpu_level() value it needs)
 }
 
 
-def types_header() -> str:
-    """lowbit_types.h's text (type ids, block sizes), generated from the type table of this tree."""
+def _ctypes_header():
+    """lowbit.quants.ctypes_header of this tree (the generator of lowbit_types.h)."""
     if globals().get("__package__"):   # imported as lowbit.native.build
         from ..quants import ctypes_header
-    else:   # run as a script, or by setup.py's cffi_modules: import the type table from this tree
-        sys.path.insert(0, ROOT)
-        try:
-            ctypes_header = importlib.import_module("lowbit.quants.ctypes_header")
-        finally:
-            sys.path.remove(ROOT)
-    return ctypes_header.text()
+        return ctypes_header
+    sys.path.insert(0, ROOT)   # run as a script, or by setup.py's cffi_modules: import it from this tree
+    try:
+        return importlib.import_module("lowbit.quants.ctypes_header")
+    finally:
+        sys.path.remove(ROOT)
+
+
+def types_header() -> str:
+    """lowbit_types.h's text (type ids, block sizes), generated from the type table of this tree."""
+    return _ctypes_header().text()
 
 
 def write_types_header(include_dir: str) -> str:
     """Write lowbit_types.h into include_dir (only when its text changed); returns include_dir."""
-    path = os.path.join(include_dir, TYPES_HEADER)
-    text = types_header()
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return include_dir
-    except OSError:
-        pass
-    os.makedirs(include_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _ctypes_header().write(include_dir)
     return include_dir
 
 

@@ -3,13 +3,24 @@ type the C library runs, codebook side data, Huffman-coded `<base>.h` decoders),
 single-matmul / row-lookup / dequantize entry points the rest of lowbit uses."""
 import numpy as np
 
+from .. import quants
 from .loader import library
 
-# lowbit type name -> the C library's type id (lowbit_native.h); a new type adds one entry.
-C_TYPES = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q2_k": 4, "q3_k": 5, "q4_k": 6, "q5_k": 7, "q6_k": 8,
-           "q4_ke": 6,   # q4_ke is q4_k's layout (another quantizer)
-           "cbk2": 9, "cbk4": 10, "d4l2": 11}
-CODEBOOK_TYPES = ("cbk2", "cbk4", "d4l2")   # side data (codebook, row scales) go in lb_weight's own fields
+
+def _c_types() -> dict:
+    """{type name: the C kernels' type id} for every type whose stored bytes a C kernel reads: the
+    type table's kernel types and the types that share their bytes (q4_ke runs as q4_k). `.h`
+    types are not here: they run as their base after decoding (huff_base)."""
+    out = {}
+    for name, qt in quants.TYPES.items():
+        if qt.coded_base is None and qt.kernel_type is not None:
+            out[name] = quants.get(qt.kernel_type).id
+    return out
+
+
+C_TYPES = _c_types()
+# types with side data in the tensor's prefix (codebook, row scales): lb_weight's own fields get them
+CODEBOOK_TYPES = tuple(n for n in C_TYPES if quants.get(n).prefix_bytes is not None)
 
 
 class NativeMatmul:
