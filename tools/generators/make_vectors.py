@@ -404,6 +404,8 @@ ERROR_CODES = {
 
 def generate(out_dir):
     os.makedirs(out_dir, exist_ok=True)
+    # "about" names the generator by the path it had when the vectors were made: the manifest is part of
+    # the contract in format_spec/ and must come out byte for byte as committed
     manifest = {"format": "lowbit", "version": 1,
                 "about": "Test vectors for format_spec/SPEC.md; made by tools/make_vectors.py. "
                          "Expected values: SHA-256 of the dequantized float32 little-endian bytes, every NaN as 0x7fc00000.",
