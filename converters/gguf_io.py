@@ -1,4 +1,4 @@
-"""What GGUF export and import share, and what tools/bench_side_by_side.py uses to write GGUF from
+"""What GGUF export and import share, and what tools/bench/bench_side_by_side.py uses to write GGUF from
 a Hugging Face checkpoint: the q/k row permutation, hyperparameter keys and tokenizer keys.
 
 Why the permutation: lowbit (like Hugging Face) pairs RoPE dimensions i and i + head_dim/2

@@ -1,6 +1,6 @@
 """Multi-turn sessions on pychat-30m (F16): KV-cache reuse, the context policy, interruption,
 sampling, and greedy replies equal to transformers' (tests/data/pychat_greedy_replies.json,
-made by tools/chat_reference.py)."""
+made by tools/generators/chat_reference.py)."""
 import json
 import os
 

@@ -9,8 +9,8 @@ import pytest
 
 import lowbit
 from lowbit import cuda as lbcuda
-from lowbit.cuda.random_weights import random_blocks
 from lowbit.format import LowbitFile
+from tools.generators.random_weights import random_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -97,10 +97,7 @@ def _random_model(tmp_path, mix, **kw):
     """Small random-weight model: random quant bytes (every scale and code, for the exact
     dequantization test) or, with from_floats=True, quantized N(0, 0.05) weights (random bytes give
     weights of up to ~2 and activations that fp16 rounding of the KV cache visibly perturbs)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("make_random_lowbit", ROOT / "tools" / "make_random_lowbit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from tools.generators import make_random_lowbit as mod
     path = tmp_path / f"{mix}.lowbit"
     args = dict(dim=256, layers=2, heads=4, kv_heads=2, ffn=512, vocab=1000, ctx=64)
     args.update(kw)

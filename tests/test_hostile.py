@@ -22,9 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VECTORS = os.path.join(ROOT, "format_spec", "vectors")
 SHARED = os.path.join(ROOT, "..", "shared", "models")
 sys.path.insert(0, os.path.join(ROOT, "format_spec", "reference"))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 from lowbit_ctypes import CReader, CReaderError  # noqa: E402
-from make_vectors import KQ, assemble, build, compact, kq_row_bytes  # noqa: E402
+from tools.generators.kquant_vectors import KQ, kq_row_bytes  # noqa: E402
+from tools.generators.make_vectors import assemble, build, compact  # noqa: E402
 
 REGRESSIONS = os.path.join(ROOT, "tests", "fuzz_regressions")
 
@@ -455,8 +455,7 @@ def test_h_mode_fuzz_inputs_same_verdict(tmp_path):
     """The fuzz harnesses' entropy-coded mode (tools/fuzz/h_mode.py): seeds made from the .h vectors
     are valid files; random byte changes to them (header fields are then re-fixed, so the changes land
     in code lengths, offsets, prefixes and streams) give the same verdict and weights in both readers."""
-    sys.path.insert(0, os.path.join(ROOT, "tools", "fuzz"))
-    import h_mode
+    from tools.fuzz import h_mode
     seeds = []
     for v in ("type_cbk2_h.lowbit", "type_cbk4_h.lowbit", "type_d4l2_h.lowbit", "type_q4_k_h.lowbit", "type_q4_ke_h.lowbit"):
         data = read(v)

@@ -1,14 +1,7 @@
-"""tools/quality_table.py's plot input and tools/frontier_table.py's point syntax."""
-import os
-import sys
-
+"""tools/reports/quality_table.py's plot input and tools/reports/frontier_table.py's point syntax."""
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import frontier_table  # noqa: E402
-import quality_table  # noqa: E402
+from tools.reports import frontier_table, quality_table
 
 
 def test_frontier_point_syntax():

@@ -3,7 +3,7 @@ opened files must list, dequantize every known tensor and verify CRCs without ot
 
     pip install atheris
     mkdir -p /tmp/fuzz-py && cp format_spec/vectors/*.lowbit /tmp/fuzz-py/
-    PYTHONPATH=$PWD timeout 700 python tools/fuzz/fuzz_python.py /tmp/fuzz-py \
+    timeout 700 python -m tools.fuzz.fuzz_python /tmp/fuzz-py \
         -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-py-crash-
 """
 import os
@@ -18,9 +18,7 @@ from lowbit import kernels, quants  # noqa: F401
 from lowbit.errors import FormatError
 
 from lowbit import config, format
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import h_mode  # noqa: E402
+from tools.fuzz import h_mode
 
 
 def _instrument(module):

@@ -4,9 +4,9 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  *       -I format_spec/reference tools/fuzz/fuzz_reader.c format_spec/reference/lowbit_reader.c -o /tmp/fuzz_reader
- *   mkdir -p /tmp/fuzz-c && python tools/fuzz/seeds.py /tmp/fuzz-c
+ *   mkdir -p /tmp/fuzz-c && python -m tools.fuzz.seeds /tmp/fuzz-c
  *   timeout 700 /tmp/fuzz_reader /tmp/fuzz-c -max_total_time=600 -max_len=8192 -artifact_prefix=/tmp/fuzz-c-crash-
- *   PYTHONPATH=$PWD python tools/fuzz/replay_both.py /tmp/fuzz-c    # then: both readers agree on the corpus
+ *   python -m tools.fuzz.replay_both /tmp/fuzz-c    # then: both readers agree on the corpus
  *
  * Input forms: a file as is; '{' a JSON header, NUL, the data region; 'H' one entropy-coded tensor
  * (tools/fuzz/h_mode.py describes it; check_h below is the same mapping).

@@ -2,7 +2,7 @@
 '{' structure-aware, 'H' entropy-coded tensor) to both the Python reader and the C reference reader;
 they must both reject it or both accept it and dequantize it identically.
 
-    PYTHONPATH=$PWD python tools/fuzz/replay_both.py /tmp/fuzz-c [more corpus dirs]
+    python -m tools.fuzz.replay_both /tmp/fuzz-c [more corpus dirs]
 """
 import os
 import struct
@@ -11,11 +11,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import h_mode  # noqa: E402
-from test_hostile import repair, same_verdict  # noqa: E402
+from tests.test_hostile import repair, same_verdict
+from tools.fuzz import h_mode
 
 
 def forms(data: bytes):

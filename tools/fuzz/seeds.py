@@ -2,16 +2,16 @@
 structure-aware form (JSON header, NUL, data region) that the harnesses turn back into a file, plus
 each small entropy-coded tensor as an 'H' input (h_mode.py).
 
-    python tools/fuzz/seeds.py /tmp/fuzz-corpus
+    python -m tools.fuzz.seeds /tmp/fuzz-corpus
 """
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import h_mode  # noqa: E402
+from tools._paths import ROOT
+from tools.fuzz import h_mode
 
-VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "format_spec", "vectors")
+VECTORS = os.path.join(ROOT, "format_spec", "vectors")
 
 
 def main(out):

@@ -1,15 +1,12 @@
 """Time each kernel of one decode step in isolation (device events, 200 launches each) to see
 where a token's time goes: GB/s per weight-matrix launch and microseconds per other kernel.
 
-    python tools/profile_cuda.py MODEL.lowbit [--pos 200]
+    python -m tools.bench.profile_cuda MODEL.lowbit [--pos 200]
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.model import CudaTransformer  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
+from lowbit.cuda.model import CudaTransformer
+from lowbit.format import LowbitFile
 
 
 

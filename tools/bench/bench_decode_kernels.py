@@ -4,22 +4,19 @@ tensor of the group, cycling over all of them (a group larger than the L3 cache 
 as decoding does); "cached": the first ~384 KiB of rows of the group's first tensor again and again (they stay in
 the L2 cache, so this is the kernel's own arithmetic speed plus the per-call overhead).
 
-  python tools/bench_decode_kernels.py /tmp/sbs-tl/tinyllama-random-q4_k_m.lowbit -t 2
-  python tools/bench_decode_kernels.py FILE -t 1 --level avx2
+  python -m tools.bench.bench_decode_kernels /tmp/sbs-tl/tinyllama-random-q4_k_m.lowbit -t 2
+  python -m tools.bench.bench_decode_kernels FILE -t 1 --level avx2
 """
 import argparse
 import os
-import sys
 import time
 from collections import defaultdict
 from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lowbit import native  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
+from lowbit import native
+from lowbit.format import LowbitFile
 
 
 def time_calls(fn, min_s, clock=time.perf_counter):

@@ -1,20 +1,18 @@
 """Write a lowbit file with random quantized weights (valid fp16 scales, random quant bits) in a
 given model shape: the GPU benchmark's Llama-2-7B stand-in, made on the machine that runs it.
 
-    python tools/make_random_lowbit.py out.lowbit --type q4_k_m   # or q2_k (mix), q8_0, f16, bf16, f32, q2_k..q6_k,
+    python -m tools.generators.make_random_lowbit out.lowbit --type q4_k_m   # or q2_k (mix), q8_0, f16, bf16, f32, q2_k..q6_k,
                                                                # q4_ke, cbk2, cbk4, d4l2 and the .h types via --type
-    python tools/make_random_lowbit.py small.lowbit --type q8_0 --dim 512 --layers 2 --heads 8 --ffn 1024 --vocab 1000
+    python -m tools.generators.make_random_lowbit small.lowbit --type q8_0 --dim 512 --layers 2 --heads 8 --ffn 1024 --vocab 1000
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.random_weights import random_blocks  # noqa: E402
-from lowbit.format import TensorSpec, write_lowbit  # noqa: E402
+from lowbit.format import TensorSpec, write_lowbit
+from tools.generators.random_weights import random_blocks
 
 HTYPES = ("q4_k.h", "q4_ke.h", "cbk2.h", "cbk4.h", "d4l2.h")   # Huffman-coded: the base's random bytes, coded
 LLAMA2_7B = dict(dim=4096, layers=32, heads=32, kv_heads=32, ffn=11008, vocab=32000)

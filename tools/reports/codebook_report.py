@@ -1,8 +1,8 @@
 """Size, Huffman saving, quality and speed of the codebook / entropy-coded types on a shared model.
 
-    python tools/codebook_report.py pycode-30m --types q4_k_m,q4_ke,q4_ke.h,cbk4,cbk4.h --kld --huffman --speed
+    python -m tools.reports.codebook_report pycode-30m --types q4_k_m,q4_ke,q4_ke.h,cbk4,cbk4.h --kld --huffman --speed
 
---kld: the quality rows come from tools/quality_table.py itself (same F16 base, imatrix, chunks and
+--kld: the quality rows come from tools/reports/quality_table.py itself (same F16 base, imatrix, chunks and
 files, cached in --workdir; default /tmp/lowbit-quality/MODEL, shared with quality_table runs):
 llama-perplexity-style PPL, mean / 99% KL(F16 || type), top-1 over the first 60 chunks of 512 tokens,
 each type with and without the imatrix where it uses one.
@@ -24,13 +24,10 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import quality_table as qt  # noqa: E402
-from lowbit import quants  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
+from lowbit import quants
+from lowbit.format import LowbitFile
+from tools._paths import ROOT
+from tools.reports import quality_table as qt
 
 
 def file_path(work, model, name, imatrix):
@@ -82,7 +79,7 @@ def main(argv=None):
     ap.add_argument("--types", default="q4_k_m,q4_k,q4_k.h,q4_ke,q4_ke.h,cbk4,cbk4.h")
     ap.add_argument("--chunks", type=int, default=60)
     ap.add_argument("--workdir", help="default /tmp/lowbit-quality/MODEL (quality_table's cache)")
-    ap.add_argument("--kld", action="store_true", help="quality rows (tools/quality_table.py)")
+    ap.add_argument("--kld", action="store_true", help="quality rows (tools/reports/quality_table.py)")
     ap.add_argument("--no-imatrix", action="store_true", help="--kld: only rows without the imatrix")
     ap.add_argument("--only-imatrix", action="store_true", help="--kld: only rows with the imatrix (where a type uses one)")
     ap.add_argument("--kld-types", help="--kld: only these of --types (a .h type's weights are its base's)")

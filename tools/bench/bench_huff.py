@@ -4,7 +4,7 @@ dequantization) and the CPU time of a whole one-token forward pass, next to the 
 other files (e.g. the base type's). CPU time (process_time, one thread) rather than wall time, so
 that the figures hold up on a machine shared with other jobs.
 
-    python tools/bench_huff.py pycode-q4_ke.lowbit pycode-q4_ke.h.lowbit [--reps 4] [--tokens 10] [--runs 5]
+    python -m tools.bench.bench_huff pycode-q4_ke.lowbit pycode-q4_ke.h.lowbit [--reps 4] [--tokens 10] [--runs 5]
 """
 import argparse
 import os
@@ -13,11 +13,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import lowbit  # noqa: E402
-from lowbit import native  # noqa: E402
-from lowbit.native import loader  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
+import lowbit
+from lowbit import native
+from lowbit.native import loader
+from lowbit.format import LowbitFile
 
 
 def decode_rate(path, reps, runs):

@@ -2,21 +2,19 @@
 generation (weight bytes + KV bytes read per token / time per token) against the card's own
 device-to-device copy bandwidth, measured in the same run with cudaMemcpy.
 
-    python tools/bench_cuda.py MODEL.lowbit [MODEL2.lowbit ...] [--prompt 128] [--gen 128] [--ctx 1024]
+    python -m tools.bench.bench_cuda MODEL.lowbit [MODEL2.lowbit ...] [--prompt 128] [--gen 128] [--ctx 1024]
 """
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowbit.cuda.model import CudaTransformer  # noqa: E402
-from lowbit.cuda.loader import get_runtime  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
+from lowbit.cuda.model import CudaTransformer
+from lowbit.cuda.loader import get_runtime
+from lowbit.format import LowbitFile
 
 
 

@@ -2,7 +2,7 @@
 and without it (the whole conversation prefilled from an empty cache, what a stateless server or
 a naive loop does). Prints a Markdown table.
 
-    python tools/chat_ttft.py FILE.lowbit [--turns 10] [--max-tokens 96] [--ctx N]
+    python -m tools.bench.chat_ttft FILE.lowbit [--turns 10] [--max-tokens 96] [--ctx N]
 
 The user messages are the first prompts of ../shared/data/pychat-prompts.jsonl; replies are greedy.
 """
@@ -12,8 +12,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tools._paths import SHARED
 
 
 def main(argv=None):
@@ -22,7 +21,7 @@ def main(argv=None):
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--ctx", type=int)
-    ap.add_argument("--prompts", default=os.path.join(ROOT, "..", "shared", "data", "pychat-prompts.jsonl"))
+    ap.add_argument("--prompts", default=os.path.join(SHARED, "data", "pychat-prompts.jsonl"))
     ap.add_argument("--no-baseline", action="store_true", help="skip the no-reuse prefill timing")
     args = ap.parse_args(argv)
 

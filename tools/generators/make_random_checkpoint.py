@@ -1,7 +1,7 @@
 """Random-weight checkpoints in Hugging Face layout at real model shapes (speed only): config.json,
 safetensors shards, and a real tokenizer copied at run time from ../shared (never into the repo).
 
-  python tools/make_random_checkpoint.py tinyllama-1.1b /tmp/tinyllama-random
+  python -m tools.generators.make_random_checkpoint tinyllama-1.1b /tmp/tinyllama-random
   python -m lowbit.cli convert /tmp/tinyllama-random -t q8_0 -o /tmp/tinyllama-q8_0.lowbit
 """
 import argparse
@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+from tools._paths import SHARED
 
 SHAPES = {   # name: (hidden, layers, heads, kv heads, ffn, vocab, context, rope theta)
     "stories110m": (768, 12, 12, 12, 2048, 32000, 1024, 10000.0),

@@ -1,13 +1,13 @@
 """The low-bit frontier of one shared model: size against KL divergence for GPTQ-quantized mixes
 and --target-bpw files, next to llama.cpp's i-quant rows (IQ2_XS, IQ3_XXS, Q4_K_M with imatrix).
 
-Each point is converted (cached in --workdir), then scored like tools/quality_table.py (whose
+Each point is converted (cached in --workdir), then scored like tools/reports/quality_table.py (whose
 machinery this reuses): llama-perplexity-style PPL, mean / 99% KL(F16 || point) and top-1 over
 the first 60 chunks of 512 tokens of the model's eval text. The imatrix is computed with
 --hessian (covariances + sensitivities) from 100 chunks of pycode-calib.txt.
 
-    python tools/frontier_table.py pycode-30m
-    python tools/frontier_table.py pychat-30m --points q3_k_m,q3_k_m+gptq,bpw4.25
+    python -m tools.reports.frontier_table pycode-30m
+    python -m tools.reports.frontier_table pychat-30m --points q3_k_m,q3_k_m+gptq,bpw4.25
 
 Point syntax: TYPE_OR_MIX (imatrix, no GPTQ), TYPE_OR_MIX+gptq (imatrix with GPTQ), bpwX
 (--target-bpw X, GPTQ), bpwX+T1+T2 (--target-bpw X --candidates +T1,+T2: the default k-quants plus
@@ -20,14 +20,10 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import lowbit  # noqa: E402
-from lowbit import imatrix as imx, perplexity  # noqa: E402
-from lowbit.format import LowbitFile  # noqa: E402
-from quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, converter_version,  # noqa: E402
+import lowbit
+from lowbit import imatrix as imx, perplexity
+from lowbit.format import LowbitFile
+from tools.reports.quality_table import (CALIB_TEXT, EVAL_TEXT, SHARED, _small, convert_cached, converter_version,  # noqa: E402
                            hf_weights, llamacpp_rows, log_quiet)
 
 DEFAULT_POINTS = {

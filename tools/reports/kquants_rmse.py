@@ -1,9 +1,9 @@
 """Relative error of each k-quant's searched quantizer vs plain min/max rounding (same layout) on
 real tensors: a quick proxy for KLD while working on the quantizers.
 
-    PYTHONPATH=. python tools/kquants_rmse.py [--model M] [tensor ...]
+    python -m tools.reports.kquants_rmse [--model M] [tensor ...]
         plain relative RMSE of every k-quant on a few tensors
-    PYTHONPATH=. python tools/kquants_rmse.py --model pycode-30m --type q3_k --imatrix FILE [--row-step 4]
+    python -m tools.reports.kquants_rmse --model pycode-30m --type q3_k --imatrix FILE [--row-step 4]
         every weight of the model that `--mix` (default q3_k_m) gives type --type, quantized without
         and with the importance matrix; the error of both is weighted by the importance matrix
         (mean squared input activation per channel), which estimates each weight's share of the
@@ -11,19 +11,14 @@ real tensors: a quick proxy for KLD while working on the quantizers.
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from converters.hf import Checkpoint  # noqa: E402
-from lowbit import quants  # noqa: E402
-from lowbit.quants import kquants  # noqa: E402
-
-SHARED = os.environ.get("LOWBIT_SHARED") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared")
+from converters.hf import Checkpoint
+from lowbit import quants
+from lowbit.quants import kquants
+from tools._paths import SHARED
 
 
 def rel_err(deq, w, im=None):
@@ -87,7 +82,7 @@ def main():
     ap.add_argument("--model", default="pychat-30m")
     ap.add_argument("--type", help="measure every tensor of this type in --mix (needs --imatrix)")
     ap.add_argument("--mix", default="q3_k_m")
-    ap.add_argument("--imatrix", help="importance matrix file of --model (tools/quality_table.py makes one)")
+    ap.add_argument("--imatrix", help="importance matrix file of --model (tools/reports/quality_table.py makes one)")
     ap.add_argument("--eval-imatrix", help="weigh the errors by this importance matrix instead (one made from "
                                            "the evaluation text: an estimate that does not favour --imatrix)")
     ap.add_argument("--row-step", type=int, default=4, help="use every Nth row of each tensor (speed)")

@@ -6,8 +6,8 @@ and without the imatrix where the type uses one, and measures llama-perplexity-s
 and 99th-percentile KL(F16 || type) and top-1 agreement. Prints a markdown table and draws
 KLD against bits/weight with llama.cpp's points (/work/shared/baselines/llamacpp.md).
 
-    python tools/quality_table.py pycode-30m --chunks 60
-    python tools/quality_table.py pychat-30m --chunks 40 --types f16,q8_0 --plot pychat.png
+    python -m tools.reports.quality_table pycode-30m --chunks 60
+    python -m tools.reports.quality_table pychat-30m --chunks 40 --types f16,q8_0 --plot pychat.png
 
 The shared test world is ../shared beside the checkout (LOWBIT_SHARED overrides it).
 bits/weight = file bytes x 8 / weights of the Hugging Face checkpoint (llama.cpp's definition
@@ -23,12 +23,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("LOWBIT_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
-sys.path.insert(0, ROOT)
-
-import lowbit  # noqa: E402
-from lowbit import imatrix as imx, perplexity, quants  # noqa: E402
+import lowbit
+from lowbit import imatrix as imx, perplexity, quants
+from tools._paths import ROOT, SHARED
 
 EVAL_TEXT = {"pycode-30m": ("pycode-eval.txt", 60), "pychat-30m": ("pychat-eval.txt", None),
              "stories260K": ("tinystories-sample.txt", None)}

@@ -8,8 +8,8 @@ q4_k_m (which the gguf package cannot quantize) that F16 GGUF goes through llama
 quantizer (llama_model_quantize, LLAMA_FTYPE_MOSTLY_Q4_K_M, no imatrix), which picks its own
 fallback types for rows that are not a multiple of 256 (pychat-30m's 384-wide ones).
 
-  python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q8_0 -p 128 -n 64 -t 2 -r 3
-  python tools/bench_side_by_side.py ../shared/models/pycode-30m --type q4_k_m -p 128 -n 64 -t 2 -r 3
+  python -m tools.bench.bench_side_by_side ../shared/models/pycode-30m --type q8_0 -p 128 -n 64 -t 2 -r 3
+  python -m tools.bench.bench_side_by_side ../shared/models/pycode-30m --type q4_k_m -p 128 -n 64 -t 2 -r 3
 
 --cpu-time (with -t 1) times both runtimes in this process's CPU time instead of the wall clock:
 tokens per CPU-second, which other processes taking the core away do not change (a check of the
@@ -23,8 +23,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def write_gguf(folder, out, qtype):

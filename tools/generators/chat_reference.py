@@ -9,7 +9,7 @@ top-1/top-2 logit gap met along the way (a near-tie explains a divergence, shoul
 A tool-only dependency on torch and transformers (pip install torch==2.13.0 transformers); the
 tests read the committed JSON and never import torch.
 
-    python tools/chat_reference.py [--model ../shared/models/pychat-30m] \
+    python -m tools.generators.chat_reference [--model ../shared/models/pychat-30m] \
         [--prompts ../shared/data/pychat-prompts.jsonl] [-o tests/data/pychat_greedy_replies.json]
 """
 import argparse
@@ -18,13 +18,13 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools._paths import ROOT, SHARED
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=os.path.join(ROOT, "..", "shared", "models", "pychat-30m"))
-    ap.add_argument("--prompts", default=os.path.join(ROOT, "..", "shared", "data", "pychat-prompts.jsonl"))
+    ap.add_argument("--model", default=os.path.join(SHARED, "models", "pychat-30m"))
+    ap.add_argument("--prompts", default=os.path.join(SHARED, "data", "pychat-prompts.jsonl"))
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "tests", "data", "pychat_greedy_replies.json"))
     ap.add_argument("--max-new-tokens", type=int, default=96)
     args = ap.parse_args(argv)

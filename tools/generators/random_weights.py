@@ -7,7 +7,7 @@ random fp16 codebook, fp16 row scales, scale bytes and indices (flat tensor byte
 q4_ke: q4_k's blocks; `<base>.h`: the base type's random bytes, Huffman-coded."""
 import numpy as np
 
-from .. import quants
+from lowbit import quants
 
 # fp16 fields of each block: (offset, scale of a plausible value); dmin ~ d * (mean quant) keeps
 # the affine types' weights roughly zero-mean
@@ -23,7 +23,7 @@ _FP16 = {
 
 def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
     if qtype.endswith(".h"):
-        from ..quants import huffcoded
+        from lowbit.quants import huffcoded
         base = qtype[:-2]
         bq = quants.get(base)
         if base == "q4_k":   # q4_k.h codes q4_k's quant bytes (huffcoded's own view of the base)
@@ -32,7 +32,7 @@ def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
         return huffcoded.encode(bq, random_blocks(base, rows, cols, rng), (rows, cols))
     if qtype == "q4_ke":
         qtype = "q4_k"
-    from ..quants import vq
+    from lowbit.quants import vq
     if qtype in vq.PARAMS:
         return _random_vq(qtype, rows, cols, rng)
     qt = quants.get(qtype)
@@ -59,7 +59,7 @@ def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
 def _random_vq(name, rows, cols, rng):
     """Flat tensor bytes: codebook ~N(0, 1) (learned types), d_row ~0.02, scale bytes 200..255
     (block scales 0.09..1 of d_row, a few 0: a zero block), uniform random indices."""
-    from ..quants import vq
+    from lowbit.quants import vq
     D, B, learned = vq.PARAMS[name]
     cbb, prefix, rb, _ = vq.layout(name, (rows, cols))
     out = np.empty(prefix + rows * rb, np.uint8)

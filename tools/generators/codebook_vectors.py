@@ -1,5 +1,5 @@
 """Test vectors for the codebook types (cbk2, cbk4, d4l2; format_spec/types/codebook.md) and the
-entropy-coded types (<base>.h; format_spec/types/huffman.md), used by tools/make_vectors.py.
+entropy-coded types (<base>.h; format_spec/types/huffman.md), used by tools/generators/make_vectors.py.
 
 The decoders here are written from those two documents alone (bit-by-bit Huffman decoding, the
 lattice enumerated by brute force, SCALE from its 16 listed constants), independently of the
@@ -7,6 +7,8 @@ runtime's Numba kernels and of lowbit.quants.huffman; the hand-made streams are 
 import struct
 
 import numpy as np
+
+from tools.generators.kquant_vectors import kq_random, kq_row_bytes
 
 F = np.float32
 
@@ -82,7 +84,7 @@ def index_mask(base, cols):
         D, B, _ = VQ[base]
         rb = cols // B * (1 + B // D)
         return np.arange(rb) % (1 + B // D) != 0
-    from make_vectors import kq_row_bytes   # q4_k: bytes 16..143 of every whole super-block
+    # q4_k: bytes 16..143 of every whole super-block
     p = np.arange(kq_row_bytes("q4_k", cols))
     m = (p < cols // 256 * 144) & (p % 144 >= 16)
     if base == "q4_ke" and cols % 256:      # and the tail block's packed quants: t + 4 + 2 nsub .. t + 4 + 18 nsub - 1
@@ -237,7 +239,6 @@ def valid(rng, add):
     # q4_ke (q4_ke.md): q4_k's bytes, so q4_k's random rows (blocks, block + tail, tail-only) and a matrix
     # from its own quantizer (symmetric sub-blocks: dmin = 8 d, min = scale) with a tail; its own rng, so
     # that the other vectors stay as they were
-    from make_vectors import kq_random
     krng = np.random.RandomState(11)
     add("type_q4_ke.lowbit", "q4_ke: random q4_k bytes in rows of 256, 384 (block + 128-weight tail), 172 and 1 weights "
         "(decoded exactly as q4_k), and matrices from the q4_ke quantizer with rows of 256 and 300 weights", {"note": "q4_ke"},
@@ -277,7 +278,6 @@ def valid(rng, add):
                     "bytes too) and 172 and 1 (tail only: the tail's quants are the only index bytes; every q4_ke row "
                     "has some); one symbol only (byte 0x88 and 0x89 get length 1); a quantized random matrix with tails")
         else:
-            from make_vectors import kq_random
             krng = np.random.RandomState(7)
             tensors = [("whole", typ, (2, 512), huff_encode("q4_k", (2, 512), kq_random(krng, "q4_k", 2, 512))),
                        ("block_tail", typ, (2, 384), huff_encode("q4_k", (2, 384), kq_random(krng, "q4_k", 2, 384))),
@@ -359,7 +359,6 @@ def invalid(add, entry_file, rng):
         entry_file("d4l2.h", [2**17, 2**16, 32], good))
     # q4_k.h and q4_ke.h share q4_k's bytes but not the index bytes of a tail block: each one's header
     # on the other type is a count mismatch
-    from make_vectors import kq_random
     kq = kq_random(np.random.RandomState(17), "q4_k", 2, 300)
     add("h_q4_ke_with_q4_k_counts.lowbit", "q4_ke.h [2, 300] whose header counts the tail's quants as other bytes "
         "(q4_k.h's n_idx 128, n_other 56; q4_ke.h needs 176, 8)", entry_file("q4_ke.h", [2, 300], huff_encode("q4_k", (2, 300), kq)))

@@ -1,6 +1,6 @@
 """Table of k-quant types and mixes on the shared models: file bytes, bits/weight over the whole
 file, conversion seconds, and relative Frobenius error of the logits vs transformers' reference.
-Usage: PYTHONPATH=. python tools/kquants_report.py [--models pychat-30m ...] [--types q4_k_m ...] [--imatrix FILE]"""
+Usage: python -m tools.reports.kquants_report [--models pychat-30m ...] [--types q4_k_m ...] [--imatrix FILE]"""
 import argparse
 import os
 import sys
@@ -8,8 +8,8 @@ import tempfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+from tools._paths import SHARED
+
 # weights counted as llama.cpp's baselines count them (the Hugging Face checkpoint's parameters)
 HF_WEIGHTS = {"pycode-30m": 30_417_408, "pychat-30m": 31_468_928}
 

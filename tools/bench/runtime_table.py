@@ -1,7 +1,7 @@
 """Per shared model and type: file bytes, conversion seconds, load seconds, RSS after load,
 tokens/s of generation and the logit error against transformers' reference.
 
-    python tools/runtime_table.py [--types f16,q8_0] [--models stories260K,pycode-30m,pychat-30m] [-n 64]
+    python -m tools.bench.runtime_table [--types f16,q8_0] [--models stories260K,pycode-30m,pychat-30m] [-n 64]
 
 Each measurement runs in a fresh subprocess so that RSS and load time are those of a cold process
 (with the kernel's page cache warm, as after a first run)."""
@@ -13,8 +13,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+from tools._paths import ROOT, SHARED
 
 PROBE = r"""
 import json, sys, time
@@ -49,7 +48,6 @@ def main():
     ap.add_argument("--types", default="f16,bf16,q8_0")
     ap.add_argument("-n", type=int, default=64, help="tokens to generate")
     args = ap.parse_args()
-    sys.path.insert(0, ROOT)
     from converters import convert
     env = dict(os.environ, PYTHONPATH=ROOT)
     print("| model | type | bytes | bits/weight | convert s | load s | RSS after load MiB | peak RSS MiB | prompt t/s | gen t/s | logit rel. err |")

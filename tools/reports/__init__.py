@@ -1,0 +1,1 @@
+"""Result tables and plots for docs/results/: quality (PPL, KLD) per type, mix and allocation."""
