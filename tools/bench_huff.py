@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lowbit  # noqa: E402
-from lowbit import native  # noqa: E402
+from lowbit import backend, native  # noqa: E402
 from lowbit.format import LowbitFile  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=10, help="tokens per timed forward run (default 10)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs, best/median reported (default 5)")
     a = ap.parse_args()
-    if not native.enabled():
+    if not backend.native_kernels():
         sys.exit("the native backend is off (LOWBIT_BACKEND) or cannot be built")
     native.set_threads(1)
     ffi, lib = native.library()

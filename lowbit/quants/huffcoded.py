@@ -172,8 +172,8 @@ class Bound:
     def native(self):
         """The C view of this tensor (native.HuffWeight), or None when the native backend is off or
         has no kernel for the base type; made once."""
-        from .. import native
-        if not native.enabled() or native.huff_base(self.base.name + ".h") is None:
+        from .. import backend, native
+        if not backend.native_kernels() or native.huff_base(self.base.name + ".h") is None:
             return None
         if getattr(self, "_native_weight", None) is None:
             self._native_weight = native.HuffWeight(self)
