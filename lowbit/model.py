@@ -88,6 +88,9 @@ class KVCache:
 
 
 class Transformer:
+    """The reference forward (also named ReferenceTransformer). lowbit.load builds it through
+    lowbit.backend, which attaches the C block forward when the file is "cpu-native"."""
+
     def __init__(self, f: LowbitFile, n_ctx: int = None):
         self.file = f
         meta = f.metadata
