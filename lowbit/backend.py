@@ -30,7 +30,7 @@ class Choice:
     reason: str   # one line for a user: why this backend
 
     def __str__(self):
-        return f"{self.name} ({self.reason})"
+        return f"{self.name}: {self.reason}"
 
 
 @contextmanager

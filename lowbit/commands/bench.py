@@ -138,5 +138,5 @@ def _run(args):
     print(f"\nload {load_s * 1000:.0f} ms; RSS after load +{rss_load / 2**20:.1f} MiB (file {size / 2**20:.1f} MiB, "
           f"memory-mapped); peak RSS {result['peak_rss_bytes'] / 2**20:.1f} MiB; KV cache {cache.nbytes / 2**20:.2f} MiB "
           f"for {n_ctx} positions" + (f"; Python overhead {over:.0f} us per generated token" if over is not None else ""))
-    print(f"backend: {model.backend}")
+    print(f"backend {model.backend}")
     return 0
