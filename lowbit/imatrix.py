@@ -183,10 +183,9 @@ def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> 
                 n += lp.shape[0]
             return (kl / n) / max(noisy.energy / max(noisy.count, 1), 1e-30)
 
-        targets = [(L, attr, li) for li, L in enumerate(t.layers) for attr in LINEARS]
-        targets.append((t, "output", len(t.layers)))
-        for obj, attr, start in targets:
-            lin = getattr(obj, attr)
+        targets = [(getattr(L, attr), li) for li, L in enumerate(t.layers) for attr in LINEARS]
+        targets.append((t.output, len(t.layers)))
+        for lin, start in targets:   # noise on this weight's output only
             noisy = Noisy(lin, rel, rng)
             t.perturb = lambda name, y, target=lin.name, noisy=noisy: noisy.add(y) if name == target else y
             out[lin.name] = kld_with(noisy, start)
