@@ -8,7 +8,8 @@ from .sampling import Sampler, SamplingParams
 
 
 class Model:
-    """A lowbit model, memory-mapped: nothing of the weights is copied at load."""
+    """A lowbit model, memory-mapped: nothing of the weights is copied at load. `backend` is the
+    lowbit.backend.Choice (name, reason) that runs it."""
 
     def __init__(self, path, n_ctx: int = None, device: str = "cpu"):
         self.file = LowbitFile(path)
