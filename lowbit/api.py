@@ -1,24 +1,21 @@
 """The Python API: lowbit.load(path) -> Model."""
 import numpy as np
 
+from . import backend
 from .format import LowbitFile
 from .generate import GenerationStats, default_sampling, generate_ids, stream_text
-from .model import Transformer
 from .sampling import Sampler, SamplingParams
 
 
 class Model:
-    """A lowbit model, memory-mapped: nothing of the weights is copied at load."""
+    """A lowbit model, memory-mapped: nothing of the weights is copied at load. `backend` is the
+    lowbit.backend.Choice (name, reason) that runs it."""
 
     def __init__(self, path, n_ctx: int = None, device: str = "cpu"):
         self.file = LowbitFile(path)
         self.path = self.file.path
-        self.device = _select_device(device)
-        if self.device == "cuda":
-            from .cuda.model import CudaTransformer
-            self.transformer = CudaTransformer(self.file, n_ctx=n_ctx)
-        else:
-            self.transformer = Transformer(self.file, n_ctx=n_ctx)
+        self.transformer, self.backend = backend.load(self.file, n_ctx=n_ctx, device=device)   # backend.Choice
+        self.device = "cuda" if self.backend.name == backend.CUDA else "cpu"
         self.config = self.transformer.config
         self.tokenizer = self.transformer.tokenizer
         self.metadata = self.file.metadata
@@ -69,20 +66,7 @@ class Model:
         yield from stream_text(self.tokenizer, stream, context_ids=ids, stop=stop)
 
 
-def _select_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto'. Without a usable GPU or nvcc, 'cuda' says why and runs on the CPU."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"unknown device {device!r} (choose cpu, cuda or auto)")
-    if device == "cpu":
-        return "cpu"
-    from .cuda import available
-    ok, why = available()
-    if ok:
-        return "cuda"
-    if device == "cuda":
-        import sys
-        print(f"lowbit: CUDA is not usable ({why}); running on the CPU", file=sys.stderr)
-    return "cpu"
+_select_device = backend.select_device   # the earlier name (tests/test_cuda.py)
 
 
 def load(path, n_ctx: int = None, device: str = "cpu") -> Model:

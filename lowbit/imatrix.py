@@ -6,8 +6,9 @@ With `hessian=True` it also records, once per distinct linear input, the full se
 matrix X^T X / n (the Hessian of the layer's squared output error), which GPTQ-style error
 feedback (converters/gptq.py) uses.
 
-Activations are observed by temporarily wrapping the model's Linear objects; the forward pass
-itself is untouched."""
+Activations are observed through the reference forward's hooks (model.Transformer.observer and
+.perturb), which see every matmul's input and may replace its output; while a hook is set the
+forward runs the reference path, whose matmuls are the same kernels the C block forward calls."""
 import os
 import time
 from contextlib import contextmanager
@@ -28,36 +29,31 @@ COV_PREFIX = "cov."
 
 
 class Observer:
-    """Stands in for a Linear: accumulates sum(x^2) per input channel and the row count, then
-    calls the wrapped Linear."""
+    """Accumulates sum(x^2) per input channel and the row count of one weight's inputs (and, with
+    `cov`, X^T X)."""
 
-    def __init__(self, linear, cov: bool = False):
-        self.linear = linear
-        self.name = linear.name
-        self.sum_sq = np.zeros(linear.in_features, np.float64)
+    def __init__(self, name: str, in_features: int, cov: bool = False):
+        self.name = name
+        self.sum_sq = np.zeros(in_features, np.float64)
         self.count = 0
         # X^T X, accumulated in float64 over per-call float32 products (one BLAS call per chunk)
-        self.sum_xx = np.zeros((linear.in_features, linear.in_features), np.float64) if cov else None
+        self.sum_xx = np.zeros((in_features, in_features), np.float64) if cov else None
 
-    def __call__(self, x):
+    def add(self, x):
         x64 = x.astype(np.float64)
         self.sum_sq += np.einsum("ti,ti->i", x64, x64)
         self.count += x.shape[0]
         if self.sum_xx is not None:
             self.sum_xx += _gram(x)
-        return self.linear(x)
-
-    def __getattr__(self, attr):   # anything else (shape, qtype, ...) is the Linear's
-        return getattr(self.linear, attr)
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
     """X^T X in float32. Through the native f32 matmul when there is one (X^T as the weight):
     it runs on lowbit's own thread pool, where BLAS's threads would spin against it (measured
     on 2 busy cores: 4 chunks of pycode-30m's --hessian pass 18-23 s -> 12.6 s)."""
-    from . import native, quants
+    from . import backend, quants
     xt = np.ascontiguousarray(np.asarray(x, np.float32).T)
-    mm = quants.get("f32").kernels.get("c") if native.enabled() else None
+    mm = quants.get("f32").kernels.get("c") if backend.native_kernels() else None
     if mm is None:
         return xt @ xt.T
     y = np.empty((xt.shape[0], xt.shape[0]), np.float32)
@@ -66,26 +62,22 @@ def _gram(x: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def observing(transformer, hessian: bool = False):
-    """Wrap every linear layer (and the output projection) of `transformer` with an Observer
-    for the duration of the block; yields {weight name: Observer}. With `hessian`, the first
-    Linear of each input-sharing group (and the output) also accumulates X^T X."""
-    saved, observers = [], {}
+    """Observe the input of every linear layer (and of the output projection) of the reference
+    `transformer` for the duration of the block; yields {weight name: Observer}. With `hessian`,
+    the first Linear of each input-sharing group (and the output) also accumulates X^T X."""
+    observers = {}
+    for L in transformer.layers:
+        for attr in LINEARS:
+            lin = getattr(L, attr)
+            observers.setdefault(lin.name, Observer(lin.name, lin.in_features, hessian and attr in COV_GROUPS))
+    out = transformer.output
+    observers.setdefault(out.name, Observer(out.name, out.in_features, hessian))
+    saved = transformer.observer
+    transformer.observer = lambda name, x: observers[name].add(x)
     try:
-        # the native runtime runs a whole block in one C call, past the Linear objects: observe
-        # through the per-matmul path instead (its matmuls still use the fused kernels)
-        saved.append((transformer, "native", getattr(transformer, "native", None)))
-        transformer.native = None
-        for L in transformer.layers:
-            for attr in LINEARS:
-                lin = getattr(L, attr)
-                saved.append((L, attr, lin))
-                setattr(L, attr, observers.setdefault(lin.name, Observer(lin, hessian and attr in COV_GROUPS)))
-        saved.append((transformer, "output", transformer.output))
-        transformer.output = observers.setdefault(transformer.output.name, Observer(transformer.output, hessian))
         yield observers
     finally:
-        for obj, attr, lin in reversed(saved):
-            setattr(obj, attr, lin)
+        transformer.observer = saved
 
 
 def covariance_groups(transformer) -> dict:
@@ -99,8 +91,9 @@ def covariance_groups(transformer) -> dict:
 
 
 class Noisy:
-    """Stands in for a Linear: adds Gaussian noise of `rel` times each token's output RMS to the
-    output and counts the noise energy per token."""
+    """Adds Gaussian noise of `rel` times each token's output RMS to a weight's output (add(y),
+    through Transformer.perturb; or standing in for a Linear when called) and counts the noise
+    energy per token."""
 
     def __init__(self, linear, rel, rng):
         self.linear, self.rel, self.rng = linear, rel, rng
@@ -145,7 +138,7 @@ def _kl_rows(lp, z, out):
 def _run_from(t, x, start: int, keep: list = None) -> np.ndarray:
     """Logits of every position when the residual stream entering layer `start` is x (changed
     in place): layers start.. and the output head, as Transformer.forward computes them on the
-    per-matmul path. `keep` receives a copy of the stream entering each layer and the last."""
+    reference path. `keep` receives a copy of the stream entering each layer and the last."""
     cache = t.new_cache()
     h = np.empty_like(x)
     for li in range(start, len(t.layers)):
@@ -156,7 +149,7 @@ def _run_from(t, x, start: int, keep: list = None) -> np.ndarray:
         keep.append(x.copy())
     out = np.empty_like(x)
     ops.rmsnorm(x, t.output_norm, t.config.rms_norm_eps, out)
-    return t.output(out)
+    return t.linear(t.output, out)
 
 
 def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> dict:
@@ -170,8 +163,7 @@ def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> 
     which gives the same numbers as a whole forward pass for about half of the layer work."""
     from .perplexity import log_softmax
     t = model.transformer
-    saved_native = getattr(t, "native", None)
-    t.native = None
+    saved_perturb = t.perturb
     rng = np.random.default_rng(seed)
     out = {}
     try:
@@ -191,22 +183,19 @@ def sensitivities(model, chunks, rel: float = 0.1, seed: int = 0, log=print) -> 
                 n += lp.shape[0]
             return (kl / n) / max(noisy.energy / max(noisy.count, 1), 1e-30)
 
-        targets = [(L, attr, li) for li, L in enumerate(t.layers) for attr in LINEARS]
-        targets.append((t, "output", len(t.layers)))
-        for obj, attr, start in targets:
-            lin = getattr(obj, attr)
+        targets = [(getattr(L, attr), li) for li, L in enumerate(t.layers) for attr in LINEARS]
+        targets.append((t.output, len(t.layers)))
+        for lin, start in targets:   # noise on this weight's output only
             noisy = Noisy(lin, rel, rng)
-            setattr(obj, attr, noisy)
-            try:
-                out[lin.name] = kld_with(noisy, start)
-            finally:
-                setattr(obj, attr, lin)
+            t.perturb = lambda name, y, target=lin.name, noisy=noisy: noisy.add(y) if name == target else y
+            out[lin.name] = kld_with(noisy, start)
+            t.perturb = saved_perturb
             log(".", end="")
         noisy = Noisy(None, rel, rng)
         out[LOOKUP] = kld_with(noisy, 0, first=noisy.add)      # noise on the looked-up rows
         log("")
     finally:
-        t.native = saved_native
+        t.perturb = saved_perturb
     return out
 
 

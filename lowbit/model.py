@@ -1,8 +1,15 @@
-"""The transformer (Llama / Qwen2): weights are views into the memory-mapped file, the forward
-pass reads top to bottom like llama2.c's."""
+"""The reference transformer (Llama / Qwen2): weights are views into the memory-mapped file, the
+forward pass reads top to bottom like llama2.c's.
+
+This forward is the reference: the tests check the C block forward (lowbit.native) and the CUDA
+forward (lowbit.cuda) against it, and statistics (lowbit.imatrix) are gathered on it through its
+hooks (Transformer.observer, Transformer.perturb). It decides nothing about backends:
+lowbit.backend chooses one for a file and, for "cpu-native", attaches the C block forward as
+Transformer.native, which forward() then hands the whole pass to. Its matmuls call a type's fused
+C kernel when backend.native_kernels() says the C kernels are on, else the Numba/NumPy kernels."""
 import numpy as np
 
-from . import kernels, native, ops
+from . import backend, kernels, native, ops
 from .config import ModelConfig, context_size
 from .errors import FormatError
 from .format import LowbitFile
@@ -28,9 +35,13 @@ class Linear:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = np.empty((x.shape[0], self.out_features), np.float32)
         if self.bound is not None:
-            self.bound.matmul(x, y)
+            fast = native.bound_weight(self.bound) if backend.native_kernels() else None
+            if fast is not None and y.flags.c_contiguous:   # `.h`: fused decode-dequantize-dot in C
+                fast.matmul(x, y)
+            else:
+                self.bound.matmul(x, y)
         else:
-            fused = self.qtype.kernels.get("c") if native.enabled() else None
+            fused = self.qtype.kernels.get("c") if backend.native_kernels() else None
             if fused is not None:   # fastest backend: fused SIMD kernel (bias added inside)
                 return fused(self.raw, x, y, cols=self.in_features, bias=self.bias)
             kernels.matmul(self.qtype.dequant_row, self.raw, x, y)
@@ -81,6 +92,9 @@ class KVCache:
 
 
 class Transformer:
+    """The reference forward (also named ReferenceTransformer). lowbit.load builds it through
+    lowbit.backend, which attaches the C block forward when the file is "cpu-native"."""
+
     def __init__(self, f: LowbitFile, n_ctx: int = None):
         self.file = f
         meta = f.metadata
@@ -97,17 +111,20 @@ class Transformer:
         self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
-        self.native = None   # one C call per block when every weight type has a native kernel
-        if native.enabled():
-            from .native.model import NativeTransformer
-            if NativeTransformer.supports(self):
-                self.native = NativeTransformer(self)
+        # the C block forward, attached by lowbit.backend.load when the file is "cpu-native"
+        self.native = None
+        # statistics hooks (lowbit.imatrix): observer(name, x) sees the input of every matmul,
+        # perturb(name, y) returns the output to use instead of y. The C block forward runs past the
+        # matmuls, so forward() takes this reference path while either is set.
+        self.observer = None
+        self.perturb = None
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Embedding rows of `tokens`, dequantized (only those rows are read)."""
         if self.embed_bound is not None:
-            return self.embed_bound.gather(np.asarray(tokens, np.int64))
-        if native.enabled() and self.embed_qtype.name in native.C_TYPES:   # in C: no Numba JIT
+            fast = native.bound_weight(self.embed_bound) if backend.native_kernels() else None
+            return (fast.get_rows if fast is not None else self.embed_bound.gather)(np.asarray(tokens, np.int64))
+        if backend.native_kernels() and self.embed_qtype.name in native.C_TYPES:   # in C: no Numba JIT
             return native.get_rows(self.embed_qtype.name, self.embed_raw, tokens, self.config.hidden_size)
         return np.ascontiguousarray(self.embed_qtype.dequantize(self.embed_raw[tokens], (len(tokens), self.config.hidden_size)),
                                     dtype=np.float32)
@@ -115,29 +132,36 @@ class Transformer:
     def new_cache(self) -> KVCache:
         return KVCache(self.config, self.n_ctx)
 
+    def linear(self, lin: Linear, x: np.ndarray) -> np.ndarray:
+        """lin(x), seen by the statistics hooks."""
+        if self.observer is not None:
+            self.observer(lin.name, x)
+        y = lin(x)
+        return y if self.perturb is None else self.perturb(lin.name, y)
+
     def layer_forward(self, li: int, x: np.ndarray, h: np.ndarray, cache: KVCache, pos0: int):
         """Layer `li` on the residual stream x (n, dim) of positions pos0.., in place; h is
-        scratch of x's shape; the layer's keys and values go into the cache (the per-matmul
-        path: imatrix observation and sensitivities start runs at a given layer)."""
+        scratch of x's shape; the layer's keys and values go into the cache (imatrix's
+        sensitivities start runs at a given layer)."""
         c, L, n = self.config, self.layers[li], x.shape[0]
         H, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
         # attention
         ops.rmsnorm(x, L.attn_norm, c.rms_norm_eps, h)
-        q = L.wq(h).reshape(n, H, D)
-        k = L.wk(h).reshape(n, KVH, D)
-        v = L.wv(h).reshape(n, KVH, D)
+        q = self.linear(L.wq, h).reshape(n, H, D)
+        k = self.linear(L.wk, h).reshape(n, KVH, D)
+        v = self.linear(L.wv, h).reshape(n, KVH, D)
         ops.rope(q, self.cos, self.sin, pos0)
         ops.rope(k, self.cos, self.sin, pos0)
         cache.k[li, pos0:pos0 + n] = k
         cache.v[li, pos0:pos0 + n] = v
         att = np.empty((n, H, D), np.float32)
         ops.attention(q, cache.k[li], cache.v[li], pos0, att)
-        x += L.wo(att.reshape(n, H * D))
+        x += self.linear(L.wo, att.reshape(n, H * D))
         # feed-forward (SwiGLU)
         ops.rmsnorm(x, L.ffn_norm, c.rms_norm_eps, h)
-        gate = L.w_gate(h)
-        ops.swiglu(gate, L.w_up(h))
-        x += L.w_down(gate)
+        gate = self.linear(L.w_gate, h)
+        ops.swiglu(gate, self.linear(L.w_up, h))
+        x += self.linear(L.w_down, gate)
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False, return_hidden: bool = False):
         """Run `tokens` at positions cache.pos.. and append them to the cache. Returns logits
@@ -152,7 +176,7 @@ class Transformer:
             raise ValueError(f"context is full: {pos0} + {n} tokens exceed the context length {cache.n_ctx}")
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        if self.native is not None:
+        if self.native is not None and self.observer is None and self.perturb is None:
             return self.native.forward(tokens, cache, all_logits, return_hidden)
 
         x = self.embed(tokens)
@@ -163,4 +187,8 @@ class Transformer:
         last = x if all_logits else x[-1:]
         out = np.empty_like(last)
         ops.rmsnorm(np.ascontiguousarray(last), self.output_norm, c.rms_norm_eps, out)
-        return (self.output(out), out) if return_hidden else self.output(out)
+        logits = self.linear(self.output, out)
+        return (logits, out) if return_hidden else logits
+
+
+ReferenceTransformer = Transformer   # the name says what it is: the reference forward

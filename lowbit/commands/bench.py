@@ -80,22 +80,17 @@ def measure(model, n_prompt, n_gen, reps):
 def run(args):
     if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1:
         raise ValueError("-p and -n must be >= 0 and -r >= 1")
-    old = os.environ.get("LOWBIT_BACKEND")
     if args.backend == "numba":
-        os.environ["LOWBIT_BACKEND"] = "numba"
-    try:
-        return _run(args)
-    finally:
-        if old is None:
-            os.environ.pop("LOWBIT_BACKEND", None)
-        else:
-            os.environ["LOWBIT_BACKEND"] = old
+        from lowbit import backend
+        with backend.reference_only("lowbit bench --backend numba"):
+            return _run(args)
+    return _run(args)
 
 
 def _run(args):
     import lowbit
-    from lowbit import native
-    if args.backend != "numba" and native.enabled():
+    from lowbit import backend, native
+    if backend.native_kernels():
         native.set_threads(args.threads or native.default_threads())
     elif args.threads:
         import numba
@@ -106,12 +101,12 @@ def _run(args):
     model = lowbit.load(args.model, n_ctx=n_ctx)
     load_s = time.perf_counter() - t0
     rss_load = rss_bytes() - rss0
-    if args.backend == "c" and model.transformer.native is None:
+    if args.backend == "c" and model.backend.name != backend.CPU_NATIVE:
         raise ValueError("the native backend cannot run this file (a tensor type has no C kernel, or no compiler)")
     res = measure(model, args.n_prompt, args.n_gen, args.repetitions)
-    backend = "c" if model.transformer.native is not None else "numba"
+    name = "c" if model.backend.name == backend.CPU_NATIVE else "numba"
     level = ""
-    if backend == "c":
+    if name == "c":
         ffi, lib = native.library()
         level = ffi.string(lib.lb_level_name()).decode()
         threads = lib.lb_threads()
@@ -125,7 +120,7 @@ def _run(args):
         if n:
             xs = res[key]
             rows.append({"test": f"{test}{n}", "median": statistics.median(xs), "spread": _spread(xs), "runs": xs})
-    result = {"model": os.path.basename(model.path), "bytes": size, "backend": backend, "level": level,
+    result = {"model": os.path.basename(model.path), "bytes": size, "backend": name, "backend_reason": model.backend.reason, "level": level,
               "threads": threads, "load_s": load_s, "rss_after_load_bytes": rss_load, "peak_rss_bytes": peak_rss_bytes(),
               "kv_cache_bytes": cache.nbytes, "n_ctx": n_ctx, "py_overhead_us_per_token": res["py_overhead_us"],
               "tests": rows}
@@ -133,7 +128,7 @@ def _run(args):
         import json
         print(json.dumps(result, indent=2))
         return 0
-    name = f"{backend} ({level})" if level else backend
+    name = f"{name} ({level})" if level else name
     print(f"| model | size | backend | threads | test | t/s (median ± stdev of {args.repetitions}) |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
@@ -143,4 +138,5 @@ def _run(args):
     print(f"\nload {load_s * 1000:.0f} ms; RSS after load +{rss_load / 2**20:.1f} MiB (file {size / 2**20:.1f} MiB, "
           f"memory-mapped); peak RSS {result['peak_rss_bytes'] / 2**20:.1f} MiB; KV cache {cache.nbytes / 2**20:.2f} MiB "
           f"for {n_ctx} positions" + (f"; Python overhead {over:.0f} us per generated token" if over is not None else ""))
+    print(f"backend {model.backend}")
     return 0

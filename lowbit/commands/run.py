@@ -56,6 +56,7 @@ def run(args):
     sys.stdout.write("\n")
     s = model.last_stats
     if args.verbose and s:
+        print(f"backend {model.backend}", file=sys.stderr)
         print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tokens/s; generated: {s.generated_tokens} "
               f"tokens, {s.decode_tps:.1f} tokens/s; stop: {s.stop_reason}", file=sys.stderr)
     return 0
@@ -83,6 +84,7 @@ def run_chat(model, message, args):
         return 0
     sys.stdout.write("\n")
     if args.verbose:
+        print(f"backend {model.backend}", file=sys.stderr)
         print(f"prompt: {t.prompt_tokens} tokens, {t.prefill_tps:.1f} tokens/s; first token after "
               f"{t.ttft_seconds:.2f} s; generated: {t.generated_tokens} tokens, {t.decode_tps:.1f} tokens/s; "
               f"stop: {t.stop_reason}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Loader of the native CPU kernels: picks the best feature level the CPU has (AVX-512 VNNI, AVX2,
 scalar), from the modules built at install time or, failing that, built on first use into a
-per-user cache (~/.cache/lowbit/native/<source hash>/). LOWBIT_NATIVE_LEVEL forces a level;
-LOWBIT_BACKEND=numba turns the native runtime off."""
+per-user cache (~/.cache/lowbit/native/<source hash>/). LOWBIT_NATIVE_LEVEL forces a level.
+(Whether a file runs natively is lowbit.backend's choice.)"""
 import fcntl
 import importlib
 import importlib.util
@@ -94,10 +94,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def enabled() -> bool:
-    return os.environ.get("LOWBIT_BACKEND", "").lower() not in ("numba", "python") and library() is not None
 
 
 def set_threads(n: int) -> int:

@@ -41,13 +41,6 @@ class NativeTransformer:
         self.p_cos, self.p_sin = _ptr(self.ffi, self.cos, "const float *"), _ptr(self.ffi, self.sin, "const float *")
         self.c_seconds = None   # set to 0.0 to add up the time spent inside C (lowbit bench's overhead figure)
 
-    @staticmethod
-    def supports(t) -> bool:
-        names = [t.embed_qtype.name, t.output.qtype.name]
-        for L in t.layers:
-            names += [getattr(L, n).qtype.name for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
-        return all(supported(n) for n in names)
-
     def _fill(self, w, lin):
         fill_weight(self.ffi, w, lin.qtype.name, lin.raw, lin.in_features, lin.bias, self._keep, lin.bound)
 

@@ -169,16 +169,6 @@ class Bound:
             self._table = huffman.decode_table(self.lengths)
         return self._table
 
-    def native(self):
-        """The C view of this tensor (native.HuffWeight), or None when the native backend is off or
-        has no kernel for the base type; made once."""
-        from .. import native
-        if not native.enabled() or native.huff_base(self.base.name + ".h") is None:
-            return None
-        if getattr(self, "_native_weight", None) is None:
-            self._native_weight = native.HuffWeight(self)
-        return self._native_weight
-
     def raw_rows(self, ids):
         out = np.empty((len(ids), self.rb), np.uint8)
         _rebuild_rows(self.other, self.op, self.stream, self.offsets, self.table, self.ip, np.asarray(ids, np.int64), out)
@@ -186,10 +176,6 @@ class Bound:
 
     def matmul(self, x, y):
         x = np.ascontiguousarray(x, np.float32)
-        nw = self.native()
-        if nw is not None and y.flags.c_contiguous:   # fused decode-dequantize-dot in C
-            nw.matmul(x, y)
-            return
         if x.shape[0] >= BLAS_TOKENS:   # a prompt: decode ROW_BLOCK rows at a time, multiply with BLAS
             for r0 in range(0, self.rows, ROW_BLOCK):
                 ids = np.arange(r0, min(r0 + ROW_BLOCK, self.rows))
@@ -203,9 +189,6 @@ class Bound:
 
     def gather(self, ids):
         ids = np.asarray(ids, np.int64)
-        nw = self.native()
-        if nw is not None:
-            return nw.get_rows(ids)
         raw = self.raw_rows(ids)
         if self.vqb is not None:
             out = np.empty((len(ids), self.cols), np.float32)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import lowbit
-from lowbit import native
+from lowbit import backend, native
 from lowbit.native import loader
 from lowbit.format import LowbitFile
 
@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=10, help="tokens per timed forward run (default 10)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs, best/median reported (default 5)")
     a = ap.parse_args()
-    if not native.enabled():
+    if not backend.native_kernels():
         sys.exit("the native backend is off (LOWBIT_BACKEND) or cannot be built")
     native.set_threads(1)
     ffi, lib = native.library()
@@ -78,9 +78,9 @@ def main():
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for p in a.files:
         rate = decode_rate(p, a.reps, a.runs)
-        med, best, backend = forward_ms(p, a.tokens, a.runs)
+        med, best, ran_on = forward_ms(p, a.tokens, a.runs)
         sym, r = (f"{rate[0]:,}", f"{rate[1]:.2f}") if rate else ("-", "-")
-        print(f"| {os.path.basename(p)} | {os.path.getsize(p) / 2**20:.2f} | {backend} | {sym} | {r} | {med:.2f}, {best:.2f} |")
+        print(f"| {os.path.basename(p)} | {os.path.getsize(p) / 2**20:.2f} | {ran_on} | {sym} | {r} | {med:.2f}, {best:.2f} |")
 
 
 if __name__ == "__main__":
