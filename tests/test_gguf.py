@@ -15,6 +15,7 @@ import pytest
 from conftest import SHARED, cli, reference
 
 from lowbit.errors import ConvertError, LowbitError
+from tools import llama_peer
 
 import gguf  # noqa: E402  (a test dependency)
 
@@ -161,12 +162,11 @@ def test_bad_inputs_are_clear_errors(tmp_path, converted):
 @pytest.mark.parametrize("model,qtype", [("pycode-30m", "q8_0"), ("pycode-30m", "q4_k_m"),
                                          ("pychat-30m", "q8_0"), ("pychat-30m", "q4_k_m")])
 def test_llama_cpp_logits_match_lowbit(exported, model, qtype):
-    import llama_cpp   # benchmark/test-only peer; .ci/run installs it
     import lowbit
     src, out, summary = exported(model, qtype)
     ids = [int(i) for i in reference(model)["ids"]]
     ours = lowbit.load(src, n_ctx=64).logits(ids)
-    llm = llama_cpp.Llama(model_path=out, logits_all=True, n_ctx=64, n_threads=2, verbose=False)
+    llm = llama_peer.llama(out, logits_all=True, n_ctx=64, n_threads=2, verbose=False)
     llm.eval(ids)
     theirs = np.array(llm.scores[:len(ids)], dtype=np.float32)
     diff = np.abs(ours - theirs)
@@ -188,11 +188,10 @@ def test_llama_cpp_tokenizes_like_lowbit(exported, model, text):
     """The exported vocabulary tokenizes text in llama.cpp as lowbit does. (pycode-30m is left out on
     purpose: its sentencepiece model has user-defined pieces ('\\n', indents), and llama.cpp puts a
     space prefix after every such piece where sentencepiece does not, so ids differ after newlines.)"""
-    import llama_cpp   # benchmark/test-only peer; .ci/run installs it
     import lowbit
     src, out, _ = exported(model, "q8_0")
     with open(os.path.join(SHARED, "data", text), encoding="utf-8") as fh:
         text = fh.read(20000)
     ours = lowbit.load(src, n_ctx=64)
-    llm = llama_cpp.Llama(model_path=out, n_ctx=64, vocab_only=True, verbose=False)
+    llm = llama_peer.llama(out, n_ctx=64, vocab_only=True, verbose=False)
     assert ours.tokenize(text) == llm.tokenize(text.encode("utf-8"), add_bos=ours.tokenizer.add_bos, special=True)

@@ -147,7 +147,7 @@ def main(argv=None):
     import lowbit
     from lowbit import native
     from lowbit.commands.bench import peak_rss_bytes, rss_bytes
-    from llama_cpp import Llama
+    from tools.llama_peer import llama
     native.set_threads(args.t)
     n_ctx = max(args.p, args.n) + 8
     r0 = rss_bytes()
@@ -156,7 +156,7 @@ def main(argv=None):
     lb_load, lb_rss = time.perf_counter() - t0, rss_bytes() - r0
     r0 = rss_bytes()
     t0 = time.perf_counter()
-    llm = Llama(gg_path, n_ctx=n_ctx, n_batch=max(args.p, 32), n_threads=args.t, n_threads_batch=args.t,
+    llm = llama(gg_path, n_ctx=n_ctx, n_batch=max(args.p, 32), n_threads=args.t, n_threads_batch=args.t,
                 verbose=False, logits_all=False)
     ll_load, ll_rss = time.perf_counter() - t0, rss_bytes() - r0
     vocab = model.config.vocab_size
