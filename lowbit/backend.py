@@ -54,8 +54,7 @@ def native_off_reason():
         return f"LOWBIT_BACKEND={env}"
     from . import native
     if native.library() is None:
-        # native.library() keeps the build error of the default level under "best"
-        return f"no native library (no C compiler?): {native._errors.get('best', 'unknown error')}"
+        return f"no native library (no C compiler?): {native.load_error() or 'unknown error'}"
     return None
 
 

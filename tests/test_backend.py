@@ -67,7 +67,7 @@ def test_a_type_without_native_kernel_runs_the_reference(stories, monkeypatch):
 def test_no_compiler_runs_the_reference(stories, monkeypatch):
     monkeypatch.delenv("LOWBIT_BACKEND", raising=False)
     monkeypatch.setattr(native, "library", lambda level=None: None)
-    monkeypatch.setattr(native, "_errors", {"best": "gcc: not found (test)"})
+    monkeypatch.setattr(native, "load_error", lambda level=None: "gcc: not found (test)")
     with LowbitFile(stories) as f:
         assert backend.select(f) == backend.Choice(backend.CPU_REFERENCE,
                                                    "no native library (no C compiler?): gcc: not found (test)")

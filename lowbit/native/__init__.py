@@ -8,7 +8,7 @@
 The C sources are lowbit_native.h (the API) and lowbit_native.c, which includes the kernel
 families of kernels/ as one compilation unit. LOWBIT_NATIVE_LEVEL forces a level;
 whether the native backend runs a file is lowbit.backend's choice (LOWBIT_BACKEND=numba turns it off)."""
-from .loader import ORDER, available_levels, default_threads, library, set_threads  # noqa: F401
+from .loader import ORDER, available_levels, default_threads, library, load_error, set_threads  # noqa: F401
 from .weights import (C_TYPES, CODEBOOK_TYPES, SIDE_FILL, HuffDecoder, HuffWeight, NativeMatmul,  # noqa: F401
                       bind_codebook, bound_weight, dequantize, fill_codebook, fill_weight, get_rows, huff_base, register,
                       supported)

@@ -79,6 +79,11 @@ def library(level: str = None):
     return result
 
 
+def load_error(level: str = None) -> str:
+    """Why library(level) gave None (the build or load error), or None when it has not failed."""
+    return _errors.get(level or "best")
+
+
 def available_levels() -> list:
     """Levels this CPU can run, best first."""
     lib = library("scalar")
