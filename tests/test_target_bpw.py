@@ -287,7 +287,7 @@ def test_measure_cache_keeps_measurements_per_candidate(stories_imatrix, tmp_pat
     convert(STORIES, str(tmp_path / "a.lowbit"), "ignored", progress=False, log=lambda m: None, imatrix=imat,
             target_bpw=6.0)
     measured = []
-    real = target_bpw.output_error
+    real = measure_cache.output_error
 
     def spy(qtype, *a, **k):
         measured.append(qtype)
