@@ -1,3 +1,5 @@
+/* ---------------------------------------------------------------- q8_0 and the float types (f32, f16, bf16) */
+
 /* The kernels below read f32/f16/bf16 rows as arrays of 4- and 2-byte values and q8_0 blocks as an
    fp16 scale followed by 32 int8 (the AVX loads take a block's quants whole). */
 _Static_assert(LB_F32_BLOCK_SIZE == 1 && LB_F32_BLOCK_BYTES == 4, "f32: one float per weight");
