@@ -36,10 +36,10 @@ from ..quants import vq
 # The kernel types with CUDA kernels (kernels/, by family). A tensor runs as its type's kernel type
 # (QuantType.kernel_type: q4_ke as q4_k, `<base>.h` as its base after decoding), whose id is the
 # type code the kernels see (lowbit_types.h).
-CUDA_TYPES = ("f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "cbk2", "cbk4", "d4l2")
-KQUANTS = {quants.get(n).id for n in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")}   # rows may end in a tail block
-CODEBOOK = {quants.get(n).id for n in ("cbk2", "cbk4", "d4l2")}   # side data (codebook, row scales) in lb_mat.xtra
-FLOATS = {quants.get(n).id for n in ("f32", "f16", "bf16")}
+CUDA_TYPES = tuple(n for n, qt in quants.TYPES.items() if qt.has_kernels)
+KQUANTS = {quants.get(n).id for n in CUDA_TYPES if quants.get(n).tail_bytes}       # rows may end in a tail block
+CODEBOOK = {quants.get(n).id for n in CUDA_TYPES if quants.get(n).prefix_bytes}    # side data (codebook, row scales) in lb_mat.xtra
+FLOATS = {quants.get(n).id for n in CUDA_TYPES if quants.get(n).block_size == 1}
 # kernels/common.cuh T_SCALAR: a float matrix whose rows are not 16-byte multiples gets the code
 # SCALAR_BASE + its id (scalar loads)
 SCALAR_BASE = 128
