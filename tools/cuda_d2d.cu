@@ -1,4 +1,4 @@
-// The card's own copy bandwidth for tools/bench_cuda.py (its "% of D2D" column): a benchmark, so
+// The card's own copy bandwidth for tools/bench/bench_cuda.py (its "% of D2D" column): a benchmark, so
 // it lives beside the tool, not in the shipped library. Built with lowbit.cuda.build like the
 // kernels (same nvcc flags) into a small library of its own.
 #include <cuda_runtime.h>

@@ -74,7 +74,7 @@ def source_hash(source: Path = SOURCE) -> str:
 
 def library(verbose=False, source: Path = SOURCE, name: str = LIB_NAME) -> Path:
     """Path of the built library, building it first when the cache has none. `source`/`name`: another
-    single-file .cu built the same way (tools/cuda_d2d.cu for tools/bench_cuda.py)."""
+    single-file .cu built the same way (tools/cuda_d2d.cu for tools/bench/bench_cuda.py)."""
     arch = gpu_arch()
     nvcc = find_nvcc()
     if nvcc is None:

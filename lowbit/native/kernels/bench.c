@@ -3,7 +3,7 @@
    Compiled only into the bench build (-DLB_BENCH, lowbit_bench.h), which tools build on demand next
    to the cached library (native.loader.bench_library); the shipped library does not have them. */
 
-/* The Huffman decoder alone (tools/bench_huff.py): see lowbit_bench.h. */
+/* The Huffman decoder alone (tools/bench/bench_huff.py): see lowbit_bench.h. */
 int64_t lb_huff_bench(const lb_huff *h, int64_t reps) {
     if (!h || reps < 0) return -1;
     const int64_t ib = (h->n_idx + HUFF_SLACK + 63) / 64 * 64;

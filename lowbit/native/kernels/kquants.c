@@ -408,8 +408,8 @@ static inline __attribute__((always_inline)) void dot_kq_tile(const kq_row R[4],
 #endif
 
 /* Software prefetch of a tile ahead (pf: its first byte), pfs bytes per block of this one: the
-   hardware prefetchers alone leave decoding well short of the memory bandwidth (one thread: 22
-   against 35 GB/s, q6_k 8 against 40, tools/bench_decode_kernels.py). */
+   hardware prefetchers alone leave decoding well short of the memory bandwidth (measured per
+   type with tools/bench/bench_decode_kernels.py). */
 #define PF_BLOCK(pf, b, pfs)                                                                   \
     for (int64_t o_ = 0; o_ < (pfs); o_ += 64) _mm_prefetch((const char *)(pf) + (b) * (pfs) + o_, _MM_HINT_T0)
 
