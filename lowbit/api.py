@@ -3,6 +3,7 @@ import numpy as np
 
 from . import backend
 from .format import LowbitFile
+from .model import Transformer
 from .generate import GenerationStats, default_sampling, generate_ids, stream_text
 from .sampling import Sampler, SamplingParams
 
@@ -14,7 +15,8 @@ class Model:
     def __init__(self, path, n_ctx: int = None, device: str = "cpu"):
         self.file = LowbitFile(path)
         self.path = self.file.path
-        self.transformer, self.backend = backend.load(self.file, n_ctx=n_ctx, device=device)   # backend.Choice
+        self.backend = backend.select(self.file, device)   # backend.Choice: the name and the reason
+        self.transformer = _build(self.file, self.backend, n_ctx)
         self.device = "cuda" if self.backend.name == backend.CUDA else "cpu"
         self.config = self.transformer.config
         self.tokenizer = self.transformer.tokenizer
@@ -64,6 +66,19 @@ class Model:
         stream = generate_ids(self.transformer, self.transformer.new_cache(), ids,
                               Sampler(self.sampling(**sampling)), max_tokens, self.eos_ids, stats)
         yield from stream_text(self.tokenizer, stream, context_ids=ids, stop=stop)
+
+
+def _build(f: LowbitFile, choice, n_ctx):
+    """The forward pass of the backend `choice` names: the CUDA forward, or the reference forward
+    with the C block forward attached (cpu-native) or not (cpu-reference)."""
+    if choice.name == backend.CUDA:
+        from .cuda.model import CudaTransformer
+        return CudaTransformer(f, n_ctx=n_ctx)
+    t = Transformer(f, n_ctx=n_ctx)
+    if choice.name == backend.CPU_NATIVE:
+        from .native.model import NativeTransformer
+        t.native = NativeTransformer(t)
+    return t
 
 
 _select_device = backend.select_device   # the earlier name (tests/test_cuda.py)

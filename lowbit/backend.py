@@ -9,8 +9,8 @@ Three backends:
   its other matmuls in C;
 - "cuda": lowbit/cuda's forward on an NVIDIA GPU, when device='cuda' or 'auto' finds one usable.
 
-select(file, device) returns a Choice(name, reason); load(file, n_ctx, device) builds the
-transformer of that choice. The C kernels are off when LOWBIT_BACKEND is "numba" or "python", the
+select(file, device) returns a Choice(name, reason); lowbit.load (api.py) builds the transformer
+of that choice. The C kernels are off when LOWBIT_BACKEND is "numba" or "python", the
 C library cannot be built, or inside reference_only() (lowbit bench --backend numba)."""
 import os
 import sys
@@ -118,18 +118,3 @@ def _matmul_weights(f) -> list:
         names += [f"blk.{i}.{w}.weight" for w in ("attn_q", "attn_k", "attn_v", "attn_output",
                                                    "ffn_gate", "ffn_up", "ffn_down")]
     return names
-
-
-def load(f, n_ctx: int = None, device: str = "cpu"):
-    """(transformer, Choice) for the LowbitFile `f`: the CUDA forward, or the reference forward
-    with the C block forward attached (cpu-native) or not (cpu-reference)."""
-    choice = select(f, device)
-    if choice.name == CUDA:
-        from .cuda.model import CudaTransformer
-        return CudaTransformer(f, n_ctx=n_ctx), choice
-    from .model import Transformer
-    t = Transformer(f, n_ctx=n_ctx)
-    if choice.name == CPU_NATIVE:
-        from .native.model import NativeTransformer
-        t.native = NativeTransformer(t)
-    return t, choice

@@ -92,8 +92,8 @@ class KVCache:
 
 
 class Transformer:
-    """The reference forward (also named ReferenceTransformer). lowbit.load builds it through
-    lowbit.backend, which attaches the C block forward when the file is "cpu-native"."""
+    """The reference forward (also named ReferenceTransformer). lowbit.load builds it and attaches
+    the C block forward when lowbit.backend chose "cpu-native" for the file."""
 
     def __init__(self, f: LowbitFile, n_ctx: int = None):
         self.file = f
@@ -111,7 +111,7 @@ class Transformer:
         self.output = Linear(f, out_name, (c.vocab_size, c.hidden_size))
         self.cos, self.sin = ops.rope_tables(c.head_dim, c.rope_theta, c.rope_scaling, self.n_ctx)
         self.tokenizer = Tokenizer(f)
-        # the C block forward, attached by lowbit.backend.load when the file is "cpu-native"
+        # the C block forward, attached by lowbit.load (api.py) when lowbit.backend chose "cpu-native"
         self.native = None
         # statistics hooks (lowbit.imatrix): observer(name, x) sees the input of every matmul,
         # perturb(name, y) returns the output to use instead of y. The C block forward runs past the
