@@ -106,7 +106,6 @@ def set_threads(n: int) -> int:
     return lib[1].lb_init(int(n)) if lib else 1
 
 
-
 def bench_library(level: str = None):
     """(ffi, lib) of the bench build (tools/ only: the kernels plus lowbit_bench.h's entry points) of
     `level`, by default the level library() runs; built on first use into the cache. A separate

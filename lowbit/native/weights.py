@@ -234,8 +234,8 @@ def fill_weight(ffi, w, type_name: str, raw, cols: int, bias, keep: list, bound=
 def bound_weight(bound):
     """The C weight (HuffWeight) of a bound `<base>.h` tensor (huffcoded.Bound), made once and kept on
     the bound; None for other bound tensors and for bases the C library does not run."""
-    base = getattr(bound, "base", None)
-    if base is None or not hasattr(bound, "stream") or huff_base(base.name + ".h") is None:
+    from ..quants import huffcoded
+    if not isinstance(bound, huffcoded.Bound) or huff_base(bound.base.name + ".h") is None:
         return None
     if getattr(bound, "_native_weight", None) is None:
         bound._native_weight = HuffWeight(bound)
